@@ -1,0 +1,168 @@
+/**
+ * Every metric relay-guard exposes is declared here and nowhere else (the metric catalogue).
+ * Label values come from closed sets listed in each Help text; never addresses, IPs, HELO or raw verbs.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export const KNOWN_VERBS = [
+  'HELO', 'EHLO', 'MAIL', 'RCPT', 'DATA', 'BDAT', 'RSET', 'NOOP', 'QUIT', 'VRFY', 'EXPN', 'HELP',
+  'STARTTLS', 'AUTH', 'TURN', 'ETRN', 'ATRN', 'XCLIENT', 'XFORWARD', 'XEXCH50', 'X-LINK2STATE', 'XRDST',
+] as const;
+
+export function verbLabel(verb: string): string {
+  const v = verb.toUpperCase();
+  return (KNOWN_VERBS as readonly string[]).includes(v) ? v : 'other';
+}
+
+export function createMetrics(register: Registry = new Registry(), opts: { defaultMetrics?: boolean; version?: string } = {}) {
+  if (opts.defaultMetrics !== false) collectDefaultMetrics({ register });
+  const registers = [register];
+  const m = {
+    register,
+    connections: new Counter({
+      name: 'relay_guard_connections_total',
+      help: 'Client connections by listener and outcome (accepted, banned, limited, capacity, proxy_refused, early_talker, backend_unavailable, shutting_down)',
+      labelNames: ['listener', 'outcome'] as const, registers,
+    }),
+    sessionsActive: new Gauge({
+      name: 'relay_guard_sessions_active', help: 'Client sessions currently open, by listener',
+      labelNames: ['listener'] as const, registers,
+    }),
+    commands: new Counter({
+      name: 'relay_guard_commands_total', help: 'Client commands by verb (known verbs, or other)',
+      labelNames: ['verb'] as const, registers,
+    }),
+    replies: new Counter({
+      name: 'relay_guard_replies_total', help: 'Replies sent to clients by source (guard, backend) and class (2xx, 3xx, 4xx, 5xx)',
+      labelNames: ['source', 'class'] as const, registers,
+    }),
+    rcptVerdicts: new Counter({
+      name: 'relay_guard_rcpt_verdicts_total',
+      help: 'RCPT verdicts by verdict (accept, reject, defer), mode (enforce, warn) and rule id',
+      labelNames: ['verdict', 'mode', 'rule'] as const, registers,
+    }),
+    relayDenials: new Counter({
+      name: 'relay_guard_relay_denials_total',
+      help: 'Recipients refused as relay attempts (rule relay-denied, routing tricks, never-relay), by rule id',
+      labelNames: ['rule'] as const, registers,
+    }),
+    mailVerdicts: new Counter({
+      name: 'relay_guard_mail_verdicts_total', help: 'MAIL FROM verdicts by verdict (accept, reject, defer), mode and rule id',
+      labelNames: ['verdict', 'mode', 'rule'] as const, registers,
+    }),
+    messages: new Counter({
+      name: 'relay_guard_messages_total',
+      help: 'Messages by outcome (delivered, rejected_by_backend, smuggling, too_large, aborted, backend_failed)',
+      labelNames: ['outcome'] as const, registers,
+    }),
+    messageBytes: new Counter({
+      name: 'relay_guard_message_bytes_total', help: 'Bytes of message data forwarded to the backend', registers,
+    }),
+    messageSize: new Histogram({
+      name: 'relay_guard_message_size_bytes', help: 'Size of messages the backend accepted',
+      buckets: [1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 52428800], registers,
+    }),
+    protocolErrors: new Counter({
+      name: 'relay_guard_protocol_errors_total',
+      help: 'Protocol errors by kind (line_too_long, bad_bytes, bare_lf, bare_cr, bad_eod, unknown_verb, syntax, bad_sequence, early_talker, http, tls_on_plain, too_many_errors)',
+      labelNames: ['kind'] as const, registers,
+    }),
+    smuggling: new Counter({
+      name: 'relay_guard_smuggling_attempts_total',
+      help: 'Messages with a bare CR or LF or a non-standard end-of-data, by kind (bare_lf, bare_cr, nul) and action (rejected, normalised)',
+      labelNames: ['kind', 'action'] as const, registers,
+    }),
+    refusedVerbs: new Counter({
+      name: 'relay_guard_refused_verbs_total', help: 'Commands refused by verb policy, by verb (known verbs, or other)',
+      labelNames: ['verb'] as const, registers,
+    }),
+    auth: new Counter({
+      name: 'relay_guard_auth_total', help: 'AUTH attempts by result (success, failure, aborted, refused)',
+      labelNames: ['result'] as const, registers,
+    }),
+    tlsHandshakes: new Counter({
+      name: 'relay_guard_tls_handshakes_total', help: 'TLS handshakes with clients by kind (starttls, implicit) and result (success, failure)',
+      labelNames: ['kind', 'result'] as const, registers,
+    }),
+    tlsCertExpiry: new Gauge({
+      name: 'relay_guard_tls_certificate_expiry_timestamp_seconds', help: 'Expiry (notAfter) of the served certificate, unix seconds, by listener',
+      labelNames: ['listener'] as const, registers,
+    }),
+    limitHits: new Counter({
+      name: 'relay_guard_limit_hits_total', help: 'Rate-limit hits by limit name and action (tempfail, close, tarpit, ban)',
+      labelNames: ['limit', 'action'] as const, registers,
+    }),
+    bansActive: new Gauge({
+      name: 'relay_guard_bans_active', help: 'Bans in force, by source (manual, automatic)',
+      labelNames: ['source'] as const, registers,
+    }),
+    limitStoreErrors: new Counter({
+      name: 'relay_guard_limit_store_errors_total', help: 'Faults of the limit store by store (redis); the guard falls back to local counters',
+      labelNames: ['store'] as const, registers,
+    }),
+    limitStoreFallback: new Gauge({
+      name: 'relay_guard_limit_store_fallback', help: '1 while limits run on local counters because the shared store is unreachable', registers,
+    }),
+    backendConnectDuration: new Histogram({
+      name: 'relay_guard_backend_connect_duration_seconds', help: 'Time to connect to a backend and read its greeting',
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers,
+    }),
+    backendReplyDuration: new Histogram({
+      name: 'relay_guard_backend_reply_duration_seconds', help: 'Time from forwarding a command to the backend reply, by verb',
+      labelNames: ['verb'] as const,
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], registers,
+    }),
+    backendUp: new Gauge({
+      name: 'relay_guard_backend_up', help: '1 if the last connection attempt to the backend succeeded, by backend name',
+      labelNames: ['backend'] as const, registers,
+    }),
+    backendConnections: new Gauge({
+      name: 'relay_guard_backend_connections', help: 'Open connections to backends, by backend name',
+      labelNames: ['backend'] as const, registers,
+    }),
+    backendErrors: new Counter({
+      name: 'relay_guard_backend_errors_total', help: 'Backend faults by kind (connect, timeout, closed, protocol)',
+      labelNames: ['kind'] as const, registers,
+    }),
+    recipientLookups: new Counter({
+      name: 'relay_guard_recipient_lookups_total',
+      help: 'Recipient validation lookups by source (list, ldap, cache) and result (known, unknown, error)',
+      labelNames: ['source', 'result'] as const, registers,
+    }),
+    rulesReloads: new Counter({
+      name: 'relay_guard_rules_reloads_total', help: 'Rule reloads by result (success, error)',
+      labelNames: ['result'] as const, registers,
+    }),
+    rulesLastReload: new Gauge({
+      name: 'relay_guard_rules_last_reload_timestamp_seconds', help: 'Time of the last successful rules reload, unix seconds', registers,
+    }),
+    rulesChanges: new Counter({
+      name: 'relay_guard_rules_changes_total', help: 'Rule changes through the admin API by section and operation (replace, add, remove, rollback)',
+      labelNames: ['section', 'operation'] as const, registers,
+    }),
+    internalErrors: new Counter({
+      name: 'relay_guard_internal_errors_total', help: 'Unexpected errors by where (session, admin, rules, limits)',
+      labelNames: ['where'] as const, registers,
+    }),
+    poolSessions: new Gauge({
+      name: 'relay_guard_pool_sessions', help: 'Pooled backend sessions by backend and state (idle, busy)',
+      labelNames: ['backend', 'state'] as const, registers,
+    }),
+    poolWaits: new Counter({
+      name: 'relay_guard_pool_waits_total', help: 'Transactions that waited for a pooled backend session, by result (got, timeout)',
+      labelNames: ['result'] as const, registers,
+    }),
+    poolReplacements: new Counter({
+      name: 'relay_guard_pool_replacements_total', help: 'Pooled backend sessions replaced, by reason (closed, unexpected_reply, health_check)',
+      labelNames: ['reason'] as const, registers,
+    }),
+    buildInfo: new Gauge({
+      name: 'relay_guard_build_info', help: 'Always 1; the version label says which build runs',
+      labelNames: ['version'] as const, registers,
+    }),
+  };
+  m.buildInfo.set({ version: opts.version ?? '0.0.0' }, 1);
+  return m;
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;
