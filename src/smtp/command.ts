@@ -3,6 +3,7 @@
  * Pure. Invariant 1: MAIL and RCPT are forwarded as formatCommand(parsed), never as the raw line.
  */
 import type { ForwardPath, EsmtpParam, ReversePath } from './path.js';
+import type { Parsed } from './reply.js';
 
 export type Command =
   | { readonly verb: 'HELO' | 'EHLO'; readonly domain: string }
@@ -16,3 +17,17 @@ export type Command =
   | { readonly verb: 'OTHER'; readonly name: string; readonly arg: string };
 
 export type Verb = Command['verb'];
+
+export function parseCommand(line: Buffer): Parsed<Command> {
+  void line;
+  throw new Error('not implemented');
+}
+
+export function formatCommand(cmd: Command): Buffer {
+  void cmd;
+  throw new Error('not implemented');
+}
+
+export function commandVerbName(cmd: Command): string {
+  return cmd.verb === 'OTHER' ? cmd.name : cmd.verb;
+}

@@ -46,3 +46,31 @@ export interface PathWithParams<P> {
   readonly path: P;
   readonly params: readonly EsmtpParam[];
 }
+
+// ── API (implementation below is filled in incrementally) ──
+
+export function parseReversePath(arg: string): Parsed<PathWithParams<ReversePath>> {
+  void arg;
+  throw new Error('not implemented');
+}
+
+export function parseForwardPath(arg: string): Parsed<PathWithParams<ForwardPath>> {
+  void arg;
+  throw new Error('not implemented');
+}
+
+export function formatReversePath(p: ReversePath): string {
+  return p.kind === 'null' ? '<>' : `<${mailboxAddress(p.mailbox)}>`;
+}
+
+export function formatForwardPath(p: ForwardPath): string {
+  return p.kind === 'postmaster' ? '<postmaster>' : `<${mailboxAddress(p.mailbox)}>`;
+}
+
+export function formatParams(params: readonly EsmtpParam[]): string {
+  return params.map((p) => (p.value === undefined ? ` ${p.keyword}` : ` ${p.keyword}=${p.value}`)).join('');
+}
+
+export function mailboxAddress(m: Mailbox): string {
+  return `${m.localPart}@${m.domain}`;
+}
