@@ -1,23 +1,214 @@
 /**
- * Mailbox helpers: domain normalisation and routing-trick detection. Pure.
+ * Mailbox helpers: domain normalisation (names, IDN, address literals) and detection of
+ * sender-specified routing ("routing tricks"). Pure: node:url's domainToASCII is the only import.
  */
+import { domainToASCII } from 'node:url';
 import type { ForwardPath, ReversePath, RoutingTrick } from './path.js';
 
 export type NormalizedDomain =
   | { readonly ok: true; readonly domain: string; readonly kind: 'name' | 'ipv4' | 'ipv6' }
   | { readonly ok: false; readonly reason: string };
 
+/** RFC 5321 §4.5.3.1.2: a domain is at most 255 octets. */
+export const MAX_DOMAIN_OCTETS = 255;
+/** RFC 1035 §2.3.4 / RFC 5321 §4.5.3.1.2: a label is at most 63 octets. */
+export const MAX_LABEL_OCTETS = 63;
+
+// RFC 5321 §4.1.2 sub-domain = Let-dig [Ldh-str]: no leading or trailing hyphen.
+const LDH_LABEL = /^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$/;
+const ASCII_DOMAIN_CHARS = /^[A-Za-z0-9.-]*$/;
+// RFC 5321 §4.1.3 IPv4-address-literal, strict: decimal, no leading zeros, each part ≤ 255.
+const IPV4_PART = '(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])';
+const IPV4 = new RegExp(`^${IPV4_PART}(?:\\.${IPV4_PART}){3}$`);
+
+function fault(reason: string): NormalizedDomain {
+  return { ok: false, reason };
+}
+
+/**
+ * Normalise an RFC 5321 Domain or address-literal (the part after '@').
+ * Names: lower case, one trailing dot removed, U-labels → A-labels (IDNA via node:url), then the
+ * RFC 5321 letter-digit-hyphen syntax is checked on the result. A name whose last label is all
+ * digits is refused: no top-level domain is numeric (RFC 3696 §2), and MTAs that read such a
+ * "name" as an IP address are a routing hole. Literals: "[192.0.2.1]", "[IPv6:...]" (written in
+ * RFC 5952 canonical form). General address literals ("[tag:...]", RFC 5321 §4.1.3) are refused.
+ */
 export function normalizeDomain(raw: string): NormalizedDomain {
-  void raw;
-  throw new Error('not implemented');
+  if (raw.startsWith('[')) return normalizeAddressLiteral(raw);
+  let name = raw.endsWith('.') ? raw.slice(0, -1) : raw;
+  if (name.length === 0) return fault('empty domain');
+  // Refuse any ASCII character outside letters/digits/hyphen/dot before IDNA processing, so that
+  // the WHATWG host parser cannot percent-decode or reinterpret it.
+  let ascii = true;
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    if (c < 0x80) {
+      if (!ASCII_DOMAIN_CHARS.test(name[i] ?? '')) return fault('invalid character in domain');
+    } else {
+      ascii = false;
+    }
+  }
+  name = name.toLowerCase();
+  if (!ascii || name.split('.').some((l) => l.startsWith('xn--'))) {
+    // IDNA (UTS #46) mapping and punycode; '' means the name is not a valid IDN. For names that
+    // are already A-labels this checks the punycode.
+    const converted = domainToASCII(name);
+    if (converted === '') return fault('invalid internationalised domain name');
+    if (ascii && converted !== name) return fault('invalid A-label');
+    name = converted;
+  }
+  if (name.length > MAX_DOMAIN_OCTETS) return fault('domain longer than 255 octets');
+  const labels = name.split('.');
+  for (const label of labels) {
+    if (label.length === 0) return fault('empty label in domain');
+    if (label.length > MAX_LABEL_OCTETS) return fault('label longer than 63 octets');
+    if (!LDH_LABEL.test(label)) return fault('invalid label in domain');
+  }
+  if (/^[0-9]+$/.test(labels[labels.length - 1] ?? '')) return fault('numeric top-level label');
+  return { ok: true, domain: name, kind: 'name' };
 }
 
+function normalizeAddressLiteral(raw: string): NormalizedDomain {
+  if (!raw.endsWith(']') || raw.length < 3) return fault('unterminated address literal');
+  const inner = raw.slice(1, -1);
+  if (IPV4.test(inner)) return { ok: true, domain: `[${inner}]`, kind: 'ipv4' };
+  const colon = inner.indexOf(':');
+  if (colon < 0) return fault('invalid IPv4 address literal');
+  // RFC 5321 §4.1.3: the tag is "IPv6" (compared case-insensitively); anything else is a
+  // General-address-literal, which no legitimate sender needs.
+  if (inner.slice(0, colon).toLowerCase() !== 'ipv6') return fault('general address literal');
+  const canonical = canonicalIpv6(inner.slice(colon + 1));
+  if (canonical === undefined) return fault('invalid IPv6 address literal');
+  return { ok: true, domain: `[IPv6:${canonical}]`, kind: 'ipv6' };
+}
+
+/**
+ * Parse an IPv6 address (RFC 4291 §2.2 text forms, incl. an embedded dotted quad) and write it in
+ * RFC 5952 canonical form: lower case, no leading zeros, the longest run (≥ 2) of zero groups as
+ * "::", IPv4-mapped addresses as ::ffff:a.b.c.d (RFC 5952 §5). Returns undefined when invalid.
+ */
+export function canonicalIpv6(text: string): string | undefined {
+  if (text.length === 0 || text.length > 45) return undefined;
+  const halves = text.split('::');
+  if (halves.length > 2) return undefined;
+  const parseSide = (side: string, allowV4: boolean): number[] | undefined => {
+    if (side === '') return [];
+    const parts = side.split(':');
+    const out: number[] = [];
+    for (let i = 0; i < parts.length; i++) {
+      const part = parts[i] ?? '';
+      if (allowV4 && i === parts.length - 1 && part.includes('.')) {
+        if (!IPV4.test(part)) return undefined;
+        const o = part.split('.').map(Number);
+        out.push(((o[0] ?? 0) << 8) | (o[1] ?? 0), ((o[2] ?? 0) << 8) | (o[3] ?? 0));
+      } else {
+        if (!/^[0-9A-Fa-f]{1,4}$/.test(part)) return undefined;
+        out.push(parseInt(part, 16));
+      }
+    }
+    return out;
+  };
+  let groups: number[];
+  if (halves.length === 1) {
+    const all = parseSide(text, true);
+    if (all === undefined || all.length !== 8) return undefined;
+    groups = all;
+  } else {
+    const head = parseSide(halves[0] ?? '', false);
+    const tail = parseSide(halves[1] ?? '', true);
+    if (head === undefined || tail === undefined) return undefined;
+    // "::" stands for at least one zero group (RFC 4291 §2.2).
+    if (head.length + tail.length > 7) return undefined;
+    groups = [...head, ...new Array<number>(8 - head.length - tail.length).fill(0), ...tail];
+  }
+  return formatIpv6(groups);
+}
+
+function formatIpv6(groups: readonly number[]): string {
+  const isMapped = groups.slice(0, 5).every((g) => g === 0) && groups[5] === 0xffff;
+  if (isMapped) {
+    const hi = groups[6] ?? 0;
+    const lo = groups[7] ?? 0;
+    return `::ffff:${hi >> 8}.${hi & 0xff}.${lo >> 8}.${lo & 0xff}`;
+  }
+  // Longest run of zero groups, first one on a tie, only if ≥ 2 long (RFC 5952 §4.2).
+  let bestStart = -1;
+  let bestLen = 0;
+  for (let i = 0; i < 8; ) {
+    if (groups[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLen) {
+      bestStart = i;
+      bestLen = j - i;
+    }
+    i = j;
+  }
+  const hex = groups.map((g) => g.toString(16));
+  if (bestLen < 2) return hex.join(':');
+  return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLen).join(':')}`;
+}
+
+/** Exchange encapsulated address (IMCEA<type>-...): Exchange decodes and routes these itself. */
+const ENCAPSULATED = /^IMCEA[A-Z0-9]*-/i;
+
+/** Decode Exchange's "+XX" hex escapes (IMCEA encoding), e.g. "+40" → "@". */
+export function decodePlusHex(s: string): string {
+  return s.replace(/\+([0-9A-Fa-f]{2})/g, (_, hex: string) => String.fromCharCode(parseInt(hex, 16)));
+}
+
+/**
+ * Sender-specified routing found in a path (Postfix's allow_untrusted_routing / RFC 5321 §3.6.1,
+ * App. C, RFC 2505 §2.6). The local part is inspected unquoted, so `"a%b"@c` counts as 'percent'.
+ * Order of the result is fixed: source-route, percent, bang, at-in-local-part, encapsulated.
+ */
 export function routingTricks(path: ForwardPath | ReversePath): RoutingTrick[] {
-  void path;
-  throw new Error('not implemented');
+  if (path.kind !== 'mailbox') return [];
+  const local = path.mailbox.localPart;
+  const decoded = decodePlusHex(local);
+  const tricks: RoutingTrick[] = [];
+  if (path.sourceRoute.length > 0) tricks.push('source-route');
+  if (local.includes('%')) tricks.push('percent');
+  if (local.includes('!')) tricks.push('bang');
+  if (local.includes('@')) tricks.push('at-in-local-part');
+  if (ENCAPSULATED.test(local) || ENCAPSULATED.test(decoded)) tricks.push('encapsulated');
+  return tricks;
 }
 
+/**
+ * RFC 5321 §4.1.2 Dot-string: atoms of atext (RFC 5322 §3.2.3) separated by single dots. With
+ * SMTPUTF8, atext also holds every non-ASCII character (RFC 6531 §3.3); C1 controls excepted.
+ */
 export function isDotAtom(s: string): boolean {
-  void s;
-  throw new Error('not implemented');
+  if (s.length === 0) return false;
+  let prevDot = true;
+  for (const ch of s) {
+    if (ch === '.') {
+      if (prevDot) return false;
+      prevDot = true;
+      continue;
+    }
+    if (!isAtext(ch)) return false;
+    prevDot = false;
+  }
+  return !prevDot;
+}
+
+const ASCII_ATEXT = /^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]$/;
+
+export function isAtext(ch: string): boolean {
+  const c = ch.codePointAt(0) ?? 0;
+  if (c >= 0x80) return isUtf8NonAsciiText(c);
+  return ASCII_ATEXT.test(ch);
+}
+
+/** Non-ASCII characters allowed in addresses: not C1 controls, not lone surrogates, not U+FFFD. */
+export function isUtf8NonAsciiText(c: number): boolean {
+  if (c <= 0xa0) return false; // C1 controls and NO-BREAK SPACE
+  if (c >= 0xd800 && c <= 0xdfff) return false;
+  if (c === 0xfffd || c === 0x2028 || c === 0x2029) return false;
+  return true;
 }
