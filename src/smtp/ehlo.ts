@@ -1,18 +1,119 @@
-/** EHLO capability filter (stub; implementation follows). */
+/**
+ * EHLO capability filter: the guard shows clients only the extensions it understands and
+ * enforces (RFC 5321 §4.1.1.1, §2.2.2). Everything else the backend offers — CHUNKING/BDAT and
+ * BINARYMIME (the guard only scans DATA), Exchange's XEXCH50, X-LINK2STATE, X-EXPS, XRDST,
+ * TURN/ETRN/ATRN, the backend's own STARTTLS and AUTH — is hidden unless explicitly allowed.
+ * Pure: no I/O.
+ */
 import type { Reply } from './reply.js';
 
+/** Extensions that are safe to pass through by default. */
 export const DEFAULT_EHLO_ALLOW = ['PIPELINING', 'SIZE', '8BITMIME', 'SMTPUTF8', 'DSN', 'ENHANCEDSTATUSCODES', 'HELP'];
 
 export interface FilterEhloOptions {
+  /** Keywords to keep (compared case-insensitively). */
   allow: ReadonlySet<string>;
+  /** The guard's own message size limit; SIZE is advertised as min(backend, this). */
   maxSizeBytes?: number;
+  /** Lines the guard adds itself (e.g. 'STARTTLS', 'AUTH PLAIN LOGIN'); they replace a backend line with the same keyword. */
   add?: readonly string[];
 }
 
-export function filterEhlo(r: Reply, _opts: FilterEhloOptions): Reply {
-  return { code: 250, lines: [r.lines[0] ?? ''] };
+/**
+ * Keyword of an EHLO line, upper-cased (RFC 5321 §4.1.1.1: ehlo-keyword is case-insensitive).
+ * The legacy "AUTH=LOGIN" form (pre-RFC 4954 clients) belongs to AUTH.
+ */
+function keywordOf(line: string): string {
+  const token = line.trim().split(/\s+/, 1)[0] ?? '';
+  const upper = token.toUpperCase();
+  return upper.startsWith('AUTH=') ? 'AUTH' : upper;
 }
 
-export function ehloKeywords(_r: Reply): Map<string, string> {
-  return new Map();
+function paramsOf(line: string): string {
+  const trimmed = line.trim();
+  const sp = trimmed.search(/\s/);
+  return sp < 0 ? '' : trimmed.slice(sp + 1).trim();
+}
+
+/** SIZE parameter (RFC 1870 §4): a decimal number; 0 or missing means "no fixed limit". */
+function parseSize(params: string): number | undefined {
+  if (!/^\d{1,15}$/.test(params)) return undefined;
+  const n = Number(params);
+  return n > 0 ? n : undefined;
+}
+
+/**
+ * Filter the backend's EHLO reply. Keeps the first line (greeting), keeps keyword lines whose
+ * keyword is allowed (first occurrence only), rewrites SIZE to min(backend, maxSizeBytes) — or
+ * adds SIZE when the backend has none and maxSizeBytes is set, as long as SIZE is allowed —
+ * and appends `add` lines, replacing backend lines with the same keyword.
+ */
+export function filterEhlo(r: Reply, opts: FilterEhloOptions): Reply {
+  const allow = new Set<string>();
+  for (const k of opts.allow) allow.add(k.toUpperCase());
+  const added = new Map<string, string>();
+  for (const line of opts.add ?? []) {
+    const k = keywordOf(line);
+    if (k !== '' && !added.has(k)) added.set(k, line.trim());
+  }
+
+  const out: string[] = [r.lines[0] ?? ''];
+  const seen = new Set<string>();
+  let sizeDone = false;
+  for (const line of r.lines.slice(1)) {
+    const k = keywordOf(line);
+    if (k === '' || !allow.has(k) || added.has(k)) continue;
+    const upperLine = line.trim().toUpperCase();
+    // Several AUTH lines (AUTH and AUTH=…) may coexist; other keywords appear once.
+    const dedupKey = k === 'AUTH' ? upperLine : k;
+    if (seen.has(dedupKey)) continue;
+    seen.add(dedupKey);
+    if (k === 'SIZE') {
+      out.push(sizeLine(parseSize(paramsOf(line)), opts.maxSizeBytes));
+      sizeDone = true;
+      continue;
+    }
+    out.push(line.trim());
+  }
+  if (!sizeDone && allow.has('SIZE') && !added.has('SIZE') && opts.maxSizeBytes !== undefined) {
+    out.push(sizeLine(undefined, opts.maxSizeBytes));
+  }
+  for (const line of added.values()) out.push(line);
+  return { code: 250, lines: out };
+}
+
+function sizeLine(backend: number | undefined, guard: number | undefined): string {
+  const limit = guard !== undefined && guard > 0 ? (backend !== undefined ? Math.min(backend, guard) : guard) : backend;
+  return limit === undefined ? 'SIZE' : `SIZE ${limit}`;
+}
+
+/**
+ * What the backend offers: keyword (upper-case) → parameters, for learning PIPELINING,
+ * STARTTLS, AUTH mechanisms, SIZE… Repeated keywords (e.g. "AUTH LOGIN" and the legacy
+ * "AUTH=LOGIN PLAIN") have their parameters merged, without case-insensitive duplicates.
+ */
+export function ehloKeywords(r: Reply): Map<string, string> {
+  const map = new Map<string, string>();
+  for (const line of r.lines.slice(1)) {
+    const k = keywordOf(line);
+    if (k === '') continue;
+    const trimmed = line.trim();
+    // "AUTH=LOGIN PLAIN": the mechanisms after "=" count as parameters.
+    const params = trimmed.toUpperCase().startsWith('AUTH=') ? trimmed.slice(5).trim() : paramsOf(trimmed);
+    const prev = map.get(k);
+    if (prev === undefined) {
+      map.set(k, params);
+      continue;
+    }
+    const have = prev.split(/\s+/).filter((p) => p !== '');
+    const upper = new Set(have.map((p) => p.toUpperCase()));
+    for (const p of params.split(/\s+/)) {
+      if (p !== '' && !upper.has(p.toUpperCase())) {
+        have.push(p);
+        upper.add(p.toUpperCase());
+      }
+    }
+    map.set(k, have.join(' '));
+  }
+  return map;
 }
