@@ -1,0 +1,28 @@
+/**
+ * Who is trusted to relay: a client in a relay network, an authenticated client, or a client on a
+ * relay-allowed (internal) listener — unless its address is in a never-relay network, which
+ * overrides all three.
+ */
+import type { SessionContext } from './context.js';
+import type { RulesSnapshot } from './compile.js';
+import { parseIp } from './ip-address.js';
+
+export interface TrustFacts {
+  readonly inRelayNetwork: boolean;
+  readonly inNeverRelayNetwork: boolean;
+  readonly authenticated: boolean;
+  readonly internalListener: boolean;
+  /** (relay network or authenticated or internal listener) and not never-relay. */
+  readonly trusted: boolean;
+}
+
+export function trustFacts(ctx: SessionContext, rules: RulesSnapshot): TrustFacts {
+  // An address that does not parse is in no network: not trusted by address, not exempted either.
+  const ip = parseIp(ctx.clientIp);
+  const inRelayNetwork = rules.relayNetworks.contains(ip);
+  const inNeverRelayNetwork = rules.neverRelayNetworks.contains(ip);
+  const authenticated = ctx.authUser !== undefined && ctx.authUser !== '';
+  const internalListener = ctx.listenerRelay === true;
+  const trusted = (inRelayNetwork || authenticated || internalListener) && !inNeverRelayNetwork;
+  return { inRelayNetwork, inNeverRelayNetwork, authenticated, internalListener, trusted };
+}
