@@ -4,8 +4,9 @@
  * Why GCRA and not a fixed window, a sliding log or a token bucket with two fields:
  * - O(1) state: one number per key, the "theoretical arrival time" (TAT). A million hostile
  *   clients cost a million numbers, and the LRU bound in the memory store caps even that.
- * - Exact smoothing: `limit` events per `window` with a burst of at most `limit`, and no
- *   double burst at window edges as a fixed window allows.
+ * - Exact smoothing: a burst of at most `limit`, then one event per window/limit; in any span of
+ *   t ms at most limit + t·limit/window events pass. No counter reset at window edges, so no
+ *   double burst there as a fixed window allows, and no per-event log as a sliding log needs.
  * - The same few lines run as a Redis Lua script (redis-store.ts), so several guards share one
  *   limit atomically with one round trip, and the key can expire when TAT is in the past.
  *
