@@ -3,7 +3,7 @@
  * Pure. Invariant 1: MAIL and RCPT are forwarded as formatCommand(parsed), never as the raw line.
  */
 import type { ForwardPath, EsmtpParam, ReversePath } from './path.js';
-import { formatForwardPath, formatParams, formatReversePath, parseForwardPath, parseReversePath } from './path.js';
+import { formatForwardPath, formatParams, formatReversePath, parseForwardPath, parseReversePath, trimSpaces } from './path.js';
 import { fail, ok, reply, type Parsed, type Reply } from './reply.js';
 import { BAD_BYTES, BAD_SENDER_SYNTAX, BAD_RECIPIENT_SYNTAX, HTTP_ON_SMTP, SYNTAX_ERROR, UNKNOWN_VERB } from './replies.js';
 
@@ -47,10 +47,6 @@ function isBadByte(b: number): boolean {
   // RFC 5321 §2.3.8 / §4.1.1: command lines are printable text; NUL, CR, LF, TAB, other C0
   // controls and DEL are refused, never cleaned up (a backend might read them differently).
   return b < 0x20 || b === 0x7f;
-}
-
-function trimSpaces(s: string): string {
-  return s.replace(/^ +/, '').replace(/ +$/, '');
 }
 
 /**

@@ -131,7 +131,7 @@ function parsePathArgument(arg: string, role: PathRole): Step<PathWithParams<Any
     const c = arg.charCodeAt(i);
     if (c < 0x20 || c === 0x7f || (c >= 0x80 && c <= 0x9f)) return no('control character');
   }
-  const s = arg.replace(/^ +/, '').replace(/ +$/, '');
+  const s = trimSpaces(arg);
   if (s === '') return no('missing path');
   let pathText: string;
   let rest: string;
@@ -142,9 +142,9 @@ function parsePathArgument(arg: string, role: PathRole): Step<PathWithParams<Any
     rest = s.slice(end + 1);
   } else {
     const end = firstSpaceOutsideQuotes(s);
+    if (end < 0) return no('unbalanced angle brackets');
     pathText = s.slice(0, end);
     rest = s.slice(end);
-    if (/[<>]/.test(pathText.replace(/"(?:[^"\\]|\\.)*"/g, ''))) return no('unbalanced angle brackets');
     if (pathText.startsWith('@')) return no('source route without angle brackets');
   }
   if (rest !== '' && !rest.startsWith(' ')) return no('junk after path');
@@ -175,6 +175,7 @@ function closingBracket(s: string): number {
   return -1;
 }
 
+/** End of an unbracketed path (first space outside quotes, or the end); -1 on a stray '<' or '>'. */
 function firstSpaceOutsideQuotes(s: string): number {
   let inQuote = false;
   for (let i = 0; i < s.length; i++) {
@@ -186,9 +187,20 @@ function firstSpaceOutsideQuotes(s: string): number {
       inQuote = true;
     } else if (ch === ' ') {
       return i;
+    } else if (ch === '<' || ch === '>') {
+      return -1;
     }
   }
   return s.length;
+}
+
+/** Remove leading and trailing SP (only SP: other whitespace is not SMTP syntax). Linear time. */
+export function trimSpaces(s: string): string {
+  let start = 0;
+  let end = s.length;
+  while (start < end && s.charCodeAt(start) === 0x20) start++;
+  while (end > start && s.charCodeAt(end - 1) === 0x20) end--;
+  return s.slice(start, end);
 }
 
 function utf8Length(s: string): number {
