@@ -197,6 +197,14 @@ export class EndOfDataScanner {
             continue;
           }
           if (b === CR) {
+            if (chunk[i + 1] === LF) {
+              // Common case inline: CR LF inside this chunk ends the line.
+              if (size + 2 > max) return stopTooLarge(i, i + 2, D.LineStart);
+              size += 2;
+              state = S.LineStart;
+              i += 2;
+              continue;
+            }
             state = S.Cr;
             heldStart = i;
             i++;
