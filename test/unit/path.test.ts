@@ -82,6 +82,10 @@ const pathCases: PathCase[] = [
   { name: 'quoted > inside brackets', role: 'rcpt', arg: '<"a>b"@example.com>', want: { path: '<"a>b"@example.com>', localPart: 'a>b' } },
   { name: 'empty quoted local part', role: 'rcpt', arg: '<""@example.com>', want: 'syntax' },
   { name: 'unterminated quote', role: 'rcpt', arg: '<"abc@example.com>', want: 'syntax' },
+  { name: 'quoted-pair with non-ASCII', role: 'rcpt', arg: '<"a\\é"@example.com>', want: 'syntax' },
+  { name: 'C1 control inside quotes', role: 'rcpt', arg: '<"a\u0085"@example.com>', want: 'syntax' },
+  { name: 'quoted < without brackets', role: 'rcpt', arg: '"a<b"@c.test', want: { path: '<"a<b"@c.test>', localPart: 'a<b' } },
+  { name: 'stray < without brackets', role: 'rcpt', arg: 'a<b@c.test', want: 'syntax' },
   { name: 'junk after quoted local part', role: 'rcpt', arg: '<"a"b@example.com>', want: 'syntax' },
 
   // source routes: parsed, reported, dropped when formatting
