@@ -32,6 +32,19 @@ describe('promtool on deploy/prometheus', () => {
   test('promtool check rules alerts.yml', () => expectSuccess(['check', 'rules', 'alerts.yml']));
   test('promtool test rules alerts.test.yml', () => expectSuccess(['test', 'rules', 'alerts.test.yml']));
 
+  test('promtool check config on the compose stack\'s prometheus.yml (alerts.yml mounted beside it)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'relay-guard-compose-prom-'));
+    try {
+      copyFileSync(join(REPO_ROOT, 'deploy/compose/prometheus.yml'), join(dir, 'prometheus.yml'));
+      copyFileSync(join(PROM_DIR, 'alerts.yml'), join(dir, 'alerts.yml'));
+      const r = promtool(['check', 'config', 'prometheus.yml'], dir);
+      expect(r.status, r.output).toBe(0);
+      expect(r.output).toMatch(/1 rule files found/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   describe('the harness notices broken alerts', () => {
     const dir = mkdtempSync(join(tmpdir(), 'relay-guard-promtool-'));
     afterAll(() => rmSync(dir, { recursive: true, force: true }));
