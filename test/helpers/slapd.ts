@@ -79,6 +79,10 @@ export interface Slapd {
   stop(): Promise<void>;
   /** Start it again on the same port with the same data. */
   start(): Promise<void>;
+  /** Freeze the process (SIGSTOP): connections are accepted by the kernel but never answered. */
+  pause(): void;
+  /** Thaw it (SIGCONT). */
+  resume(): void;
   /** Stop and delete the temp folder. */
   close(): Promise<void>;
 }
@@ -240,7 +244,14 @@ export async function startSlapd(opts: { seedLdif?: string } = {}): Promise<Slap
       child = await spawnSlapd(conf, url);
       await waitForBind(url);
     },
+    pause() {
+      child?.kill('SIGSTOP');
+    },
+    resume() {
+      child?.kill('SIGCONT');
+    },
     async close() {
+      child?.kill('SIGCONT');
       await stop();
       await rm(dir, { recursive: true, force: true });
     },

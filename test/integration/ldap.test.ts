@@ -148,6 +148,21 @@ describe('RecipientValidator in ldap mode against slapd', () => {
     expect(validator.cacheStats.ldapQueries).toBe(before + 1);
   });
 
+  test('slapd frozen (slow directory): error after the timeout, never unknown; recovers when it thaws', async () => {
+    slapd.pause();
+    try {
+      const t0 = performance.now();
+      const res = await validator.lookup('slow@example.test', 'example.test');
+      const elapsed = performance.now() - t0;
+      expect(res).toMatchObject({ result: 'error', source: 'ldap' });
+      expect(elapsed).toBeGreaterThanOrEqual(TIMEOUT_MS - 100);
+      expect(elapsed).toBeLessThan(TIMEOUT_MS + 1000);
+    } finally {
+      slapd.resume();
+    }
+    expect(await validator.lookup('slow@example.test', 'example.test')).toEqual({ result: 'unknown', source: 'ldap' });
+  });
+
   test('slapd stopped: error within the timeout, never unknown; cached answers still served', async () => {
     await slapd.stop();
     const t0 = performance.now();
@@ -157,7 +172,7 @@ describe('RecipientValidator in ldap mode against slapd', () => {
     expect(res.source).toBe('ldap');
     // Errors are not cached: asking again asks the directory again, and is still an error.
     expect((await validator.lookup('stranger@example.test', 'example.test')).result).toBe('error');
-    expect(await lookupCount('ldap', 'error')).toBe(2);
+    expect(await lookupCount('ldap', 'error')).toBe(3);
     expect((await validator.lookup('alice@example.test', 'example.test')).source).toBe('cache');
   });
 
