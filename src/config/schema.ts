@@ -1,0 +1,187 @@
+/**
+ * Schema of relay-guard.yaml (the process configuration; policy data lives in rules/).
+ * Keys are camelCase; durations are strings ("30s", "5m"); sizes are numbers of bytes or strings ("35MB").
+ */
+import { Type, type Static } from '@sinclair/typebox';
+import { Duration } from '../limits/schema.js';
+
+export { Duration };
+
+/** A size: bytes as a number, or "512", "64KB", "35MB", "1GB" (1 KB = 1024 bytes). */
+export const Size = Type.Union([
+  Type.Integer({ minimum: 0 }),
+  Type.String({ pattern: '^[0-9]+(B|KB|MB|GB)?$', description: 'bytes, or a number with KB, MB or GB' }),
+]);
+
+const HostPort = Type.Object(
+  {
+    host: Type.String({ minLength: 1, maxLength: 253 }),
+    port: Type.Integer({ minimum: 1, maximum: 65535 }),
+    name: Type.Optional(Type.String({ pattern: '^[a-z0-9][a-z0-9_-]{0,62}$' })),
+  },
+  { additionalProperties: false },
+);
+
+const TlsServer = Type.Object(
+  {
+    certFile: Type.Optional(Type.String()),
+    keyFile: Type.Optional(Type.String()),
+    minVersion: Type.Optional(Type.Union([Type.Literal('TLSv1.2'), Type.Literal('TLSv1.3')])),
+    ciphers: Type.Optional(Type.String()),
+  },
+  { additionalProperties: false },
+);
+
+export const ListenerSchema = Type.Object(
+  {
+    name: Type.String({ pattern: '^[a-z0-9][a-z0-9_-]{0,62}$', description: 'used in logs and the listener metric label' }),
+    address: Type.String({ default: '127.0.0.1' }),
+    port: Type.Integer({ minimum: 0, maximum: 65535 }),
+    kind: Type.Union([Type.Literal('mx'), Type.Literal('submission'), Type.Literal('smtps')], { default: 'mx' }),
+    relay: Type.Union([Type.Literal('deny'), Type.Literal('allow')], {
+      default: 'deny',
+      description: 'allow = every client reaching this listener may relay (an internal interface); never-relay still applies',
+    }),
+    proxyProtocol: Type.Union([Type.Literal('off'), Type.Literal('optional'), Type.Literal('required')], { default: 'off' }),
+    proxyNetworks: Type.Array(Type.String(), { default: [], description: 'load balancers allowed to send a PROXY header' }),
+    starttls: Type.Boolean({ default: true, description: 'offer STARTTLS on mx and submission listeners' }),
+    tls: Type.Optional(TlsServer),
+    plaintextAuthNetworks: Type.Array(Type.String(), { default: [], description: 'client networks that may AUTH without TLS' }),
+    maxConnections: Type.Integer({ minimum: 1, default: 1000 }),
+  },
+  { additionalProperties: false },
+);
+
+export const ConfigSchema = Type.Object(
+  {
+    listeners: Type.Array(ListenerSchema, { minItems: 1 }),
+    backends: Type.Array(HostPort, { minItems: 1, description: 'tried in order on connect failure' }),
+    backend: Type.Object(
+      {
+        connectTimeout: Duration,
+        greetingTimeout: Duration,
+        replyTimeout: Duration,
+        dataReplyTimeout: Duration,
+        sourceAddress: Type.Optional(Type.String({ description: 'local address for backend connections' })),
+        maxConnections: Type.Integer({ minimum: 1, description: 'cap on concurrent backend connections (Exchange allows 20 per source)' }),
+        tls: Type.Union([Type.Literal('off'), Type.Literal('starttls')]),
+        tlsCaFile: Type.Optional(Type.String()),
+        tlsRejectUnauthorized: Type.Boolean(),
+        xclient: Type.Boolean({ description: 'send XCLIENT ADDR/NAME/HELO to backends that offer it (Postfix)' }),
+        proxyProtocol: Type.Union([Type.Literal('off'), Type.Literal('v1'), Type.Literal('v2')]),
+      },
+      { additionalProperties: false },
+    ),
+    smtp: Type.Object(
+      {
+        hostname: Type.String({ minLength: 1 }),
+        maxLineBytes: Type.Integer({ minimum: 512, maximum: 65536 }),
+        maxRecipients: Type.Integer({ minimum: 1, maximum: 100000 }),
+        maxMessageBytes: Size,
+        maxTransactions: Type.Integer({ minimum: 1 }),
+        softErrorLimit: Type.Integer({ minimum: 0 }),
+        hardErrorLimit: Type.Integer({ minimum: 1 }),
+        errorDelay: Duration,
+        earlyTalker: Type.Union([Type.Literal('reject'), Type.Literal('allow')]),
+        greetingDelay: Duration,
+        smuggling: Type.Union([Type.Literal('reject'), Type.Literal('normalize')]),
+        ehloAllow: Type.Array(Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9-]*$' })),
+        vrfy: Type.Union([Type.Literal('refuse'), Type.Literal('252')]),
+        trustedVerbs: Type.Array(Type.String(), { description: 'verbs (ETRN, TURN, X-verbs) forwarded for trusted clients only' }),
+      },
+      { additionalProperties: false },
+    ),
+    timeouts: Type.Object(
+      {
+        command: Duration,
+        data: Duration,
+        session: Duration,
+        drain: Duration,
+      },
+      { additionalProperties: false },
+    ),
+    rulesDir: Type.String(),
+    recipientsFile: Type.Optional(Type.String()),
+    log: Type.Object(
+      { level: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l))) },
+      { additionalProperties: false },
+    ),
+    admin: Type.Object(
+      {
+        enabled: Type.Boolean(),
+        address: Type.String(),
+        port: Type.Integer({ minimum: 0, maximum: 65535 }),
+        tokenFile: Type.Optional(Type.String({ description: 'YAML list of { id, token, scope: ro|rw }' })),
+        metricsAuth: Type.Boolean({ description: 'require a token for /metrics' }),
+      },
+      { additionalProperties: false },
+    ),
+    metrics: Type.Object(
+      {
+        address: Type.Optional(Type.String()),
+        port: Type.Optional(Type.Integer({ minimum: 0, maximum: 65535 })),
+      },
+      { additionalProperties: false, description: 'optional extra listener serving only /metrics' },
+    ),
+    limits: Type.Object(
+      {
+        store: Type.Union([Type.Literal('memory'), Type.Literal('redis')]),
+        redisUrl: Type.Optional(Type.String()),
+        maxEntries: Type.Integer({ minimum: 100 }),
+        bansFile: Type.Optional(Type.String({ description: 'manual bans, default <rulesDir>/bans.yaml' })),
+      },
+      { additionalProperties: false },
+    ),
+  },
+  { additionalProperties: false },
+);
+
+export type Config = Static<typeof ConfigSchema>;
+export type ListenerConfig = Static<typeof ListenerSchema>;
+
+/** Defaults merged under the file (and the file under the command line flags). */
+export const DEFAULT_CONFIG: Config = {
+  listeners: [{ name: 'mx', address: '127.0.0.1', port: 2525, kind: 'mx', relay: 'deny', proxyProtocol: 'off', proxyNetworks: [], starttls: true, plaintextAuthNetworks: [], maxConnections: 1000 }],
+  backends: [{ host: '127.0.0.1', port: 2526 }],
+  backend: {
+    connectTimeout: '10s',
+    greetingTimeout: '30s',
+    replyTimeout: '5m',
+    dataReplyTimeout: '10m',
+    maxConnections: 20,
+    tls: 'off',
+    tlsRejectUnauthorized: true,
+    xclient: false,
+    proxyProtocol: 'off',
+  },
+  smtp: {
+    hostname: 'relay-guard',
+    maxLineBytes: 512,
+    maxRecipients: 100,
+    maxMessageBytes: '35MB',
+    maxTransactions: 100,
+    softErrorLimit: 5,
+    hardErrorLimit: 20,
+    errorDelay: '1s',
+    earlyTalker: 'reject',
+    greetingDelay: '0s',
+    smuggling: 'reject',
+    ehloAllow: ['PIPELINING', 'SIZE', '8BITMIME', 'SMTPUTF8', 'DSN', 'ENHANCEDSTATUSCODES', 'HELP'],
+    vrfy: '252',
+    trustedVerbs: ['ETRN'],
+  },
+  timeouts: { command: '5m', data: '3m', session: '30m', drain: '30s' },
+  rulesDir: 'rules',
+  log: { level: 'info' },
+  admin: { enabled: true, address: '127.0.0.1', port: 8025, metricsAuth: false },
+  metrics: {},
+  limits: { store: 'memory', maxEntries: 100000 },
+};
+
+export function parseSize(s: number | string): number {
+  if (typeof s === 'number') return s;
+  const m = /^([0-9]+)(B|KB|MB|GB)?$/.exec(s);
+  if (!m) throw new RangeError(`bad size ${JSON.stringify(s)}`);
+  const mult = { B: 1, KB: 1024, MB: 1024 ** 2, GB: 1024 ** 3 }[m[2] ?? 'B'] ?? 1;
+  return Number(m[1]) * mult;
+}

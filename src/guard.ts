@@ -1,0 +1,241 @@
+/**
+ * Composition root: createGuard(config) wires every module together and is the only file that
+ * knows them all. It listens (SMTP listeners, admin API) but never exits the process.
+ */
+import path from 'node:path';
+import { Registry } from 'prom-client';
+import type { Logger } from 'pino';
+import type { FastifyInstance } from 'fastify';
+import type { Config } from './config/schema.js';
+import { maxMessageBytes, resolveTimeouts, type ResolvedTimeouts } from './config/load-config.js';
+import { createMetrics, type Metrics } from './observability/metrics.js';
+import { RulesStore } from './rules/rules-store.js';
+import { RateLimiter } from './limits/limiter.js';
+import { BanList } from './limits/bans.js';
+import { MemoryLimitStore } from './limits/memory-store.js';
+import { RedisLimitStore } from './limits/redis-store.js';
+import { FallbackLimitStore } from './limits/fallback-store.js';
+import type { LimitStore } from './limits/store.js';
+import { systemClock, type Clock } from './clock.js';
+import { RecipientValidator } from './directory/recipient-validator.js';
+import { TlsContextManager } from './net/tls-context.js';
+import { SmtpListener, compileNetworks, type AcceptedConnection } from './net/listeners.js';
+import { BackendCapacity } from './session/backend-capacity.js';
+import { BackendLink } from './session/backend-link.js';
+import { SessionRegistry } from './session/session-registry.js';
+import { SmtpSession } from './session/session.js';
+import type { BackendProvider, GuardServices, ListenerRuntime } from './session/services.js';
+import { buildAdminServer } from './admin/admin-server.js';
+
+import { VERSION } from './version.js';
+
+export { VERSION };
+
+export interface GuardDeps {
+  log: Logger;
+  clock?: Clock;
+  /** A fresh registry per guard (tests run several guards in one process). */
+  registry?: Registry;
+  /** Environment (admin token, LDAP password). */
+  env?: NodeJS.ProcessEnv;
+  /** Rules from the command line (--accepted-domain, --relay-network): added to the files' lists, never written to them. */
+  overlay?: { acceptedDomains?: string[]; relayNetworks?: string[] };
+}
+
+export interface Guard {
+  readonly services: GuardServices;
+  readonly metrics: Metrics;
+  readonly rules: RulesStore;
+  readonly listeners: readonly SmtpListener[];
+  readonly admin: FastifyInstance | undefined;
+  start(): Promise<void>;
+  /** Graceful: stop accepting, 421 idle sessions, let transactions finish within the drain timeout. */
+  close(): Promise<void>;
+  /** SIGHUP: reload rules, certificates and the recipient list. */
+  reload(): Promise<void>;
+  /** Addresses actually bound (port 0 in tests). */
+  address(listener?: string): { host: string; port: number };
+  adminAddress(): { host: string; port: number } | undefined;
+}
+
+export async function createGuard(config: Config, deps: GuardDeps): Promise<Guard> {
+  const log = deps.log;
+  const clock = deps.clock ?? systemClock;
+  const env = deps.env ?? process.env;
+  const metrics = createMetrics(deps.registry ?? new Registry(), { version: VERSION });
+  const timeouts: ResolvedTimeouts = resolveTimeouts(config);
+  const rulesDir = path.resolve(config.rulesDir);
+
+  const rules = await RulesStore.open(rulesDir, { log: log.child({ component: 'rules' }), metrics, watch: true, ...(deps.overlay ? { overlay: deps.overlay } : {}) });
+
+  const bans = new BanList({ file: config.limits.bansFile ?? path.join(rulesDir, 'bans.yaml'), clock, metrics });
+  let store: LimitStore = new MemoryLimitStore({ max: config.limits.maxEntries, clock });
+  if (config.limits.store === 'redis' && config.limits.redisUrl) {
+    store = new FallbackLimitStore({
+      primary: new RedisLimitStore({ url: config.limits.redisUrl }),
+      local: store as MemoryLimitStore,
+      clock,
+      metrics,
+      log: log.child({ component: 'limits' }),
+    });
+  }
+  const limiter = new RateLimiter({ store, rules: () => rules.current().raw.limits, bans, clock, metrics, log: log.child({ component: 'limits' }) });
+
+  const validator = new RecipientValidator({
+    rulesDir,
+    rules: () => rules.current().raw.recipientValidation,
+    metrics,
+    log: log.child({ component: 'directory' }),
+    ...(config.recipientsFile ? { recipientsFile: path.resolve(config.recipientsFile) } : {}),
+    ldap: { env },
+  });
+  await validator.start();
+
+  // TLS: one certificate manager shared by the listeners that need it.
+  let tlsManager: TlsContextManager | undefined;
+  const needsTls = config.listeners.some((l) => l.kind === 'smtps' || l.starttls);
+  if (needsTls) {
+    const tlsConf = config.listeners.find((l) => l.tls)?.tls ?? {};
+    tlsManager = await TlsContextManager.create({
+      ...(tlsConf.certFile ? { certFile: tlsConf.certFile } : {}),
+      ...(tlsConf.keyFile ? { keyFile: tlsConf.keyFile } : {}),
+      ...(tlsConf.minVersion ? { minVersion: tlsConf.minVersion } : {}),
+      ...(tlsConf.ciphers ? { ciphers: tlsConf.ciphers } : {}),
+      hostname: config.smtp.hostname,
+      log: log.child({ component: 'tls' }),
+      watch: Boolean(tlsConf.certFile),
+    });
+    const mgr = tlsManager;
+    const setExpiry = () => {
+      for (const l of config.listeners) metrics.tlsCertExpiry.set({ listener: l.name }, Math.floor(mgr.notAfter.getTime() / 1000));
+    };
+    setExpiry();
+    mgr.on('reload', setExpiry);
+  }
+
+  const targets = config.backends.map((b) => ({ host: b.host, port: b.port, name: b.name ?? `${b.host}:${b.port}` }));
+  const backendLabels = targets.map((t) => t.name);
+  const backends: BackendProvider = {
+    async connect() {
+      const r = await BackendLink.connect(targets, {
+        connectTimeoutMs: timeouts.backendConnectMs,
+        greetingTimeoutMs: timeouts.backendGreetingMs,
+        replyTimeoutMs: timeouts.backendReplyMs,
+        ...(config.backend.sourceAddress ? { sourceAddress: config.backend.sourceAddress } : {}),
+        onReplyTime: (verb, s) => metrics.backendReplyDuration.observe({ verb: verb === 'DATA-END' ? 'DATA_END' : verb }, s),
+      });
+      if (r.ok) {
+        metrics.backendConnectDuration.observe(r.connectSeconds);
+        const name = r.link.target.name ?? '';
+        metrics.backendUp.set({ backend: name }, 1);
+        metrics.backendConnections.inc({ backend: name });
+        r.link.once('closed', () => metrics.backendConnections.dec({ backend: name }));
+        // Backends before the one that answered are down.
+        for (const l of backendLabels) {
+          if (l === name) break;
+          metrics.backendUp.set({ backend: l }, 0);
+        }
+      } else for (const l of backendLabels) metrics.backendUp.set({ backend: l }, 0);
+      return r;
+    },
+  };
+
+  let shuttingDown = false;
+  const registry = new SessionRegistry();
+  const services: GuardServices = {
+    config,
+    timeouts,
+    maxMessageBytes: maxMessageBytes(config),
+    ehloAllow: new Set(config.smtp.ehloAllow.map((k) => k.toUpperCase())),
+    rules,
+    limiter,
+    bans,
+    validator,
+    backends,
+    capacity: new BackendCapacity(config.backend.maxConnections),
+    registry,
+    metrics,
+    log,
+    shuttingDown: () => shuttingDown,
+  };
+
+  const listeners = config.listeners.map((lc) => {
+    const plaintextAuth = compileNetworks(lc.plaintextAuthNetworks, `listener ${lc.name} plaintextAuthNetworks`);
+    const runtime: ListenerRuntime = {
+      config: lc,
+      tls: lc.kind === 'smtps' || lc.starttls ? tlsManager : undefined,
+      plaintextAuth: (ip) => plaintextAuth.containsText(ip),
+    };
+    return new SmtpListener(
+      lc,
+      tlsManager,
+      (c: AcceptedConnection) => {
+        const session = new SmtpSession(c.socket, runtime, services, { clientIp: c.clientIp, clientPort: c.clientPort, tls: c.tls });
+        void session.start();
+      },
+      metrics,
+      log,
+    );
+  });
+
+  const admin = config.admin.enabled
+    ? await buildAdminServer({ config, rules, bans, sessions: registry, metrics, validator, limiter, log: log.child({ component: 'admin' }), env, checkBackend: () => backendReady(targets, timeouts.backendConnectMs) })
+    : undefined;
+  let adminAddr: { host: string; port: number } | undefined;
+
+  return {
+    services,
+    metrics,
+    rules,
+    listeners,
+    admin,
+    async start() {
+      for (const l of listeners) {
+        const a = await l.listen();
+        log.info({ listener: l.config.name, address: a.address, port: a.port, kind: l.config.kind }, 'listening');
+      }
+      if (admin) {
+        await admin.listen({ host: config.admin.address, port: config.admin.port });
+        const a = admin.server.address();
+        if (a && typeof a === 'object') adminAddr = { host: a.address, port: a.port };
+        log.info({ address: adminAddr?.host, port: adminAddr?.port }, 'admin api listening');
+      }
+    },
+    async close() {
+      shuttingDown = true;
+      await Promise.all(listeners.map((l) => l.close()));
+      const sessions = registry.all();
+      for (const s of sessions) s.drain();
+      const drained = Promise.all(sessions.map((s) => s.ended));
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([drained, new Promise<void>((r) => (timer = setTimeout(r, timeouts.drainMs)))]);
+      clearTimeout(timer);
+      for (const s of registry.all()) s.terminate('shutdown');
+      await Promise.race([Promise.all(registry.all().map((s) => s.ended)), new Promise<void>((r) => setTimeout(r, 1000).unref())]);
+      if (admin) await admin.close();
+      rules.close();
+      tlsManager?.close();
+      await validator.close();
+      await store.close();
+    },
+    async reload() {
+      await rules.reload('sighup');
+      await tlsManager?.reload();
+      await validator.reloadList();
+    },
+    address(name?: string) {
+      const l = name ? listeners.find((x) => x.config.name === name) : listeners[0];
+      if (!l) throw new Error(`no listener ${name}`);
+      const a = l.address;
+      return { host: a.address, port: a.port };
+    },
+    adminAddress: () => adminAddr,
+  };
+}
+
+/** /readyz: can a backend be reached (TCP connect + greeting)? */
+async function backendReady(targets: { host: string; port: number }[], timeoutMs: number): Promise<boolean> {
+  const r = await BackendLink.connect(targets, { connectTimeoutMs: Math.min(timeoutMs, 3000), greetingTimeoutMs: 3000, replyTimeoutMs: 3000 });
+  if (r.ok) r.link.close(true);
+  return r.ok;
+}

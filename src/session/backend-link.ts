@@ -1,0 +1,210 @@
+/**
+ * BackendLink: one SMTP connection to the backend. Connects (trying each backend in turn), reads
+ * the greeting, writes commands and hands each parsed reply to the callback of the command it
+ * answers, in order. Commands wait for the previous reply unless the backend offered PIPELINING.
+ */
+import net from 'node:net';
+import { EventEmitter } from 'node:events';
+import { ReplyParser } from '../smtp/reply-parser.js';
+import type { Reply } from '../smtp/reply.js';
+
+export interface BackendTarget {
+  readonly host: string;
+  readonly port: number;
+  readonly name?: string;
+}
+
+export type BackendFailure = 'connect' | 'timeout' | 'closed' | 'protocol';
+
+/** Called with the reply, or with the failure that means no reply will come. */
+export type ReplyHandler = (reply: Reply | { failure: BackendFailure }) => void;
+
+interface Pending {
+  readonly verb: string;
+  readonly handler: ReplyHandler;
+  readonly timeoutMs: number;
+  sentAt: number;
+}
+
+interface Queued extends Pending {
+  readonly wire: Buffer | undefined;
+}
+
+export interface BackendLinkOptions {
+  readonly connectTimeoutMs: number;
+  readonly greetingTimeoutMs: number;
+  readonly replyTimeoutMs: number;
+  readonly sourceAddress?: string;
+  /** Observes each reply's latency (metrics). */
+  readonly onReplyTime?: (verb: string, seconds: number) => void;
+}
+
+export function isFailure(r: Reply | { failure: BackendFailure }): r is { failure: BackendFailure } {
+  return 'failure' in r;
+}
+
+export class BackendLink extends EventEmitter {
+  /** The backend advertised PIPELINING in its EHLO reply. */
+  pipelining = false;
+  private readonly parser = new ReplyParser({ maxLineBytes: 4096, maxLines: 200 });
+  private readonly inflight: Pending[] = [];
+  private readonly queue: Queued[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private closed = false;
+
+  private constructor(
+    readonly socket: net.Socket,
+    readonly target: BackendTarget,
+    private readonly opts: BackendLinkOptions,
+  ) {
+    super();
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', () => this.fail('closed'));
+    socket.on('close', () => this.fail('closed'));
+    socket.on('drain', () => this.emit('drain'));
+  }
+
+  /**
+   * Connect to the first backend that answers with a greeting. Resolves with the link and the
+   * greeting reply, or with the last failure.
+   */
+  static async connect(
+    targets: readonly BackendTarget[],
+    opts: BackendLinkOptions,
+  ): Promise<{ ok: true; link: BackendLink; greeting: Reply; connectSeconds: number } | { ok: false; failure: BackendFailure; target?: BackendTarget }> {
+    let last: { ok: false; failure: BackendFailure; target?: BackendTarget } = { ok: false, failure: 'connect' };
+    for (const target of targets) {
+      const started = performance.now();
+      const r = await BackendLink.connectOne(target, opts);
+      if (r.ok) return { ...r, connectSeconds: (performance.now() - started) / 1000 };
+      last = { ok: false, failure: r.failure, target };
+    }
+    return last;
+  }
+
+  private static connectOne(
+    target: BackendTarget,
+    opts: BackendLinkOptions,
+  ): Promise<{ ok: true; link: BackendLink; greeting: Reply } | { ok: false; failure: BackendFailure }> {
+    return new Promise((resolve) => {
+      const socket = net.connect({
+        host: target.host,
+        port: target.port,
+        noDelay: true,
+        ...(opts.sourceAddress ? { localAddress: opts.sourceAddress } : {}),
+      });
+      let done = false;
+      const finish = (r: { ok: true; link: BackendLink; greeting: Reply } | { ok: false; failure: BackendFailure }) => {
+        if (done) return;
+        done = true;
+        clearTimeout(connectTimer);
+        if (!r.ok) socket.destroy();
+        resolve(r);
+      };
+      const connectTimer = setTimeout(() => finish({ ok: false, failure: 'timeout' }), opts.connectTimeoutMs);
+      socket.once('error', () => finish({ ok: false, failure: 'connect' }));
+      socket.once('connect', () => {
+        clearTimeout(connectTimer);
+        const link = new BackendLink(socket, target, opts);
+        // The greeting is the reply to an implicit first "command".
+        link.expect('GREETING', (r) => {
+          if (isFailure(r)) finish({ ok: false, failure: r.failure });
+          else finish({ ok: true, link, greeting: r });
+        }, opts.greetingTimeoutMs);
+      });
+    });
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Commands written and not yet answered, plus commands waiting to be written. */
+  get outstanding(): number {
+    return this.inflight.length + this.queue.length;
+  }
+
+  /** Send a command line (with CRLF) and get its reply. */
+  send(verb: string, wire: Buffer, handler: ReplyHandler, timeoutMs = this.opts.replyTimeoutMs): void {
+    if (this.closed) {
+      handler({ failure: 'closed' });
+      return;
+    }
+    const item: Queued = { verb, wire, handler, timeoutMs, sentAt: 0 };
+    if (this.inflight.length === 0 || (this.pipelining && this.queue.length === 0)) this.transmit(item);
+    else this.queue.push(item);
+  }
+
+  /** Expect a reply to bytes already written with writeRaw (end-of-data, AUTH responses). */
+  expect(verb: string, handler: ReplyHandler, timeoutMs = this.opts.replyTimeoutMs): void {
+    if (this.closed) {
+      handler({ failure: 'closed' });
+      return;
+    }
+    this.inflight.push({ verb, handler, timeoutMs, sentAt: performance.now() });
+    this.arm();
+  }
+
+  /** Write bytes that are not a command (message data). Returns false when the socket buffer is full. */
+  writeRaw(data: Buffer): boolean {
+    if (this.closed) return true;
+    return this.socket.write(data);
+  }
+
+  /** Close politely (QUIT, no reply awaited) or abort at once. Pending handlers get 'closed'. */
+  close(polite: boolean): void {
+    if (this.closed) return;
+    if (polite && this.inflight.length === 0) this.socket.end('QUIT\r\n');
+    else this.socket.destroy();
+    this.fail('closed');
+  }
+
+  private transmit(item: Queued): void {
+    item.sentAt = performance.now();
+    this.inflight.push(item);
+    if (item.wire) this.socket.write(item.wire);
+    this.arm();
+  }
+
+  private arm(): void {
+    const head = this.inflight[0];
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    if (!head) return;
+    const elapsed = performance.now() - head.sentAt;
+    this.timer = setTimeout(() => this.fail('timeout'), Math.max(0, head.timeoutMs - elapsed));
+  }
+
+  private onData(chunk: Buffer): void {
+    const events = this.parser.push(chunk);
+    for (const ev of events) {
+      if (ev.kind === 'error') {
+        this.fail('protocol');
+        return;
+      }
+      const head = this.inflight.shift();
+      if (!head) {
+        // A reply nobody asked for: the backend is out of step (or says 421 on its own).
+        this.emit('unsolicited', ev.reply);
+        continue;
+      }
+      this.opts.onReplyTime?.(head.verb, (performance.now() - head.sentAt) / 1000);
+      head.handler(ev.reply);
+      if (this.closed) return;
+    }
+    while (this.queue.length > 0 && (this.inflight.length === 0 || this.pipelining)) this.transmit(this.queue.shift()!);
+    this.arm();
+  }
+
+  private fail(failure: BackendFailure): void {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.timer);
+    if (failure !== 'closed' || !this.socket.destroyed) this.socket.destroy();
+    const waiting = [...this.inflight, ...this.queue];
+    this.inflight.length = 0;
+    this.queue.length = 0;
+    for (const p of waiting) p.handler({ failure });
+    this.emit('closed', failure);
+  }
+}

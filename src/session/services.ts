@@ -1,0 +1,56 @@
+/** What a session needs from the guard: built once by guard.ts, shared by every session. */
+import type { Logger } from 'pino';
+import type { Config, ListenerConfig } from '../config/schema.js';
+import type { ResolvedTimeouts } from '../config/load-config.js';
+import type { Metrics } from '../observability/metrics.js';
+import type { RulesSnapshot } from '../policy/compile.js';
+import type { RateLimiter } from '../limits/limiter.js';
+import type { BanList } from '../limits/bans.js';
+import type { BackendCapacity } from './backend-capacity.js';
+import type { SessionRegistry } from './session-registry.js';
+import type { BackendLink, BackendFailure, BackendTarget } from './backend-link.js';
+import type { Reply } from '../smtp/reply.js';
+import type tls from 'node:tls';
+
+/** Recipient validation as the session sees it (src/directory implements it). */
+export interface RecipientLookup {
+  mode(domain: string): 'off' | 'list' | 'ldap';
+  lookup(address: string, domain: string): Promise<{ result: 'known' | 'unknown' | 'error'; source: string; detail?: string }>;
+}
+
+/**
+ * "Get a backend session": per-client connect today; a pool of pre-greeted sessions is the
+ * other implementation of the same interface (DESIGN.md).
+ */
+export interface BackendProvider {
+  connect(): Promise<{ ok: true; link: BackendLink; greeting: Reply } | { ok: false; failure: BackendFailure; target?: BackendTarget }>;
+}
+
+export interface TlsProvider {
+  /** Options for a STARTTLS upgrade of an existing socket (current certificate). */
+  socketOptions(): tls.TLSSocketOptions;
+}
+
+export interface ListenerRuntime {
+  readonly config: ListenerConfig;
+  readonly tls: TlsProvider | undefined;
+  /** May a client from this address AUTH without TLS? */
+  plaintextAuth(clientIp: string): boolean;
+}
+
+export interface GuardServices {
+  readonly config: Config;
+  readonly timeouts: ResolvedTimeouts;
+  readonly maxMessageBytes: number;
+  readonly ehloAllow: ReadonlySet<string>;
+  readonly rules: { current(): RulesSnapshot };
+  readonly limiter: RateLimiter | undefined;
+  readonly bans: BanList | undefined;
+  readonly validator: RecipientLookup | undefined;
+  readonly backends: BackendProvider;
+  readonly capacity: BackendCapacity;
+  readonly registry: SessionRegistry;
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  shuttingDown(): boolean;
+}

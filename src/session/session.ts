@@ -1,0 +1,996 @@
+/**
+ * SmtpSession: the state machine of one client connection and its backend connection.
+ * It asks and executes; it never decides: replies to refusals come from the policy engine,
+ * the limiter and the codec. Flow (docs in README "How a session flows"):
+ *   admission (bans, limits, capacity) → backend connect + greeting → command loop
+ *   (PIPELINING order kept by ReplySequencer; DATA, AUTH, STARTTLS are barriers) →
+ *   DATA streamed through EndOfDataScanner → backend verdict relayed → close.
+ */
+import type net from 'node:net';
+import tls from 'node:tls';
+import { randomBytes } from 'node:crypto';
+import type { Logger } from 'pino';
+import { CommandLineReader } from '../smtp/line-reader.js';
+import { EndOfDataScanner } from '../smtp/end-of-data.js';
+import { parseCommand, formatCommand, commandVerbName, type Command } from '../smtp/command.js';
+import { filterEhlo, ehloKeywords } from '../smtp/ehlo.js';
+import { mailboxAddress } from '../smtp/path.js';
+import type { EsmtpParam, ForwardPath, ReversePath } from '../smtp/path.js';
+import { formatReply, reply, replyClass, replyText, type ProtocolErrorKind, type Reply } from '../smtp/reply.js';
+import * as R from '../smtp/replies.js';
+import type { SessionContext } from '../policy/context.js';
+import { evaluateRcpt, isTrusted } from '../policy/relay.js';
+import { evaluateMail } from '../policy/sender.js';
+import { evaluateRecipientLookup } from '../policy/recipient.js';
+import type { RcptVerdict, MailVerdict } from '../policy/verdict.js';
+import type { RulesSnapshot } from '../policy/compile.js';
+import type { LimitDecision, LimitEvent } from '../limits/limiter.js';
+import { verbLabel } from '../observability/metrics.js';
+import { BackendLink, isFailure, type BackendFailure } from './backend-link.js';
+import { ReplySequencer, type ReplySlot } from './reply-sequencer.js';
+import { Transaction } from './transaction.js';
+import type { SessionInfo } from './session-registry.js';
+import type { GuardServices, ListenerRuntime } from './services.js';
+
+type Phase = 'admission' | 'connecting' | 'command' | 'data' | 'discard' | 'auth' | 'closing' | 'closed';
+
+/** Client strings in logs are capped (pino: untrusted data under named keys, bounded). */
+function cap(s: string | undefined, n = 256): string | undefined {
+  return s === undefined ? undefined : s.length > n ? `${s.slice(0, n)}…` : s;
+}
+
+/** ESMTP parameters we pass to the backend, by command (the keywords we advertise). */
+const MAIL_PARAMS = new Set(['SIZE', 'BODY', 'RET', 'ENVID', 'SMTPUTF8']);
+const RCPT_PARAMS = new Set(['NOTIFY', 'ORCPT']);
+const RELAY_RULES = new Set(['relay-denied', 'routing-tricks', 'encapsulated-address']);
+const UNSUPPORTED_PARAM = reply(555, '5.5.4', 'Unsupported parameter');
+
+export class SmtpSession {
+  readonly id = randomBytes(6).toString('hex');
+  readonly ended: Promise<void>;
+  private resolveEnded!: () => void;
+  private phase: Phase = 'admission';
+  private client: net.Socket;
+  private link: BackendLink | undefined;
+  private readonly reader: CommandLineReader;
+  private readonly seq: ReplySequencer;
+  private readonly tx = new Transaction();
+  private scanner: EndOfDataScanner | undefined;
+  private readonly log: Logger;
+  private readonly startedAt = Date.now();
+
+  // Session facts (policy context).
+  private clientIp: string;
+  private clientPort: number;
+  private helo: string | undefined;
+  private ehlo = false;
+  private authUser: string | undefined;
+  private tlsActive: boolean;
+  private backendAuth: string | undefined;
+  private greeted = false;
+
+  // Flow control.
+  private blocked = false;
+  private draining = false;
+  private errors = 0;
+  private delayUntil = 0;
+  private transactions = 0;
+  private messages = 0;
+  private bytesIn = 0;
+  private bytesOut = 0;
+  private rcptAccepted = 0;
+  private rcptRefused = 0;
+  private outcome = 'closed';
+  private closeReason = '';
+
+  // Resources released on close.
+  private timers = new Set<NodeJS.Timeout>();
+  private idleTimer: NodeJS.Timeout | undefined;
+  private releaseCapacity: (() => void) | undefined;
+  private releaseConcurrency: (() => void) | undefined;
+  private backendAbandoned = false;
+  private authState: { mechanism: string; step: number; slot?: ReplySlot } | undefined;
+
+  constructor(
+    socket: net.Socket,
+    private readonly listener: ListenerRuntime,
+    private readonly svc: GuardServices,
+    opts: { clientIp: string; clientPort: number; tls: boolean },
+  ) {
+    this.client = socket;
+    this.clientIp = opts.clientIp;
+    this.clientPort = opts.clientPort;
+    this.tlsActive = opts.tls;
+    this.ended = new Promise((r) => (this.resolveEnded = r));
+    this.log = svc.log.child({ sessionId: this.id, clientIp: this.clientIp, listener: listener.config.name });
+    this.reader = new CommandLineReader({ maxLineBytes: svc.config.smtp.maxLineBytes });
+    this.seq = new ReplySequencer((wire, replies) => this.writeReplies(wire, replies));
+    this.attachClient(socket);
+  }
+
+  // ───────────────────────────── lifecycle ─────────────────────────────
+
+  /** Admission checks, then the backend connection and the greeting. */
+  async start(): Promise<void> {
+    const { svc } = this;
+    svc.registry.add(this);
+    svc.metrics.sessionsActive.inc({ listener: this.listener.config.name });
+    this.armSessionTimer();
+    try {
+      if (svc.shuttingDown()) return this.refuseConnection(R.SHUTTING_DOWN, 'shutting_down');
+      const ban = svc.bans?.check(this.clientIp);
+      if (ban) {
+        this.log.info({ ban: { target: ban.target, reason: ban.reason } }, 'banned client refused');
+        return this.refuseConnection(R.BANNED, 'banned');
+      }
+      if (svc.limiter) {
+        const subject = this.limitSubject();
+        const conc = svc.limiter.acquireConnection(subject);
+        if (!conc.allowed) return this.refuseConnection(conc.decision.action === 'allow' ? R.CAPACITY : conc.decision.reply, 'limited');
+        this.releaseConcurrency = conc.release;
+        const d = await svc.limiter.check('connection', subject);
+        if (this.phase === 'closed') return;
+        if (d.action !== 'allow' && d.action !== 'tarpit') return this.refuseConnection({ ...d.reply, close: true }, 'limited');
+        if (d.action === 'tarpit' && d.delayMs) await this.sleep(d.delayMs);
+      }
+      this.releaseCapacity = svc.capacity.tryAcquire();
+      if (!this.releaseCapacity) return this.refuseConnection(R.CAPACITY, 'capacity');
+      this.phase = 'connecting';
+      const res = await svc.backends.connect();
+      if ((this.phase as Phase) === 'closed') {
+        if (res.ok) res.link.close(true);
+        return;
+      }
+      if (!res.ok) {
+        svc.metrics.backendErrors.inc({ kind: res.failure === 'timeout' ? 'timeout' : 'connect' });
+        this.log.warn({ failure: res.failure, backend: res.target?.name ?? res.target?.host }, 'backend unavailable');
+        return this.refuseConnection(R.BACKEND_UNAVAILABLE, 'backend_unavailable');
+      }
+      this.link = res.link;
+      res.link.on('closed', (failure: BackendFailure) => this.onBackendClosed(failure));
+      if (this.phase !== 'connecting') return; // early talker already refused
+      if (svc.timeouts.greetingDelayMs > 0) {
+        await this.sleep(svc.timeouts.greetingDelayMs);
+        if (this.phase !== 'connecting') return;
+      }
+      svc.metrics.connections.inc({ listener: this.listener.config.name, outcome: 'accepted' });
+      this.phase = 'command';
+      this.greeted = true;
+      const greeting = res.greeting;
+      this.relayFromBackend(greeting.code === 220 ? greeting : { ...greeting, close: true });
+      this.resetIdle();
+      this.pump();
+    } catch (err) {
+      this.internalError(err);
+    }
+  }
+
+  private refuseConnection(r: Reply, outcome: string): void {
+    this.svc.metrics.connections.inc({ listener: this.listener.config.name, outcome });
+    this.outcome = outcome;
+    this.greeted = true;
+    this.localReply({ ...r, close: true });
+  }
+
+  info(): SessionInfo {
+    return {
+      id: this.id,
+      listener: this.listener.config.name,
+      clientIp: this.clientIp,
+      clientPort: this.clientPort,
+      helo: cap(this.helo),
+      mailFrom: this.tx.mailSent ? cap(this.tx.sender) : undefined,
+      authUser: this.authUser,
+      tls: this.tlsActive,
+      state: this.phase,
+      bytesIn: this.bytesIn,
+      bytesOut: this.bytesOut,
+      messages: this.messages,
+      startedAt: new Date(this.startedAt).toISOString(),
+      ageSeconds: Math.round((Date.now() - this.startedAt) / 1000),
+    };
+  }
+
+  /** Admin API / shutdown: close with 421 now. */
+  terminate(reason: string): void {
+    if (this.phase === 'closed' || this.phase === 'closing') return;
+    this.closeReason = reason;
+    this.outcome = 'terminated';
+    this.writeNow(reason === 'shutdown' ? R.SHUTTING_DOWN : { ...reply(421, '4.3.2', 'Session closed by administrator'), close: true });
+    if (this.tx.mailSent) this.abandonBackend();
+    this.close('terminated');
+  }
+
+  /** Shutdown: idle sessions get 421 4.3.2 now; a session in a transaction finishes it first. */
+  drain(): void {
+    this.draining = true;
+    if (this.isIdle()) this.terminate('shutdown');
+  }
+
+  private isIdle(): boolean {
+    return (this.phase === 'command' || this.phase === 'admission' || this.phase === 'connecting') && !this.tx.mailSent && !this.blocked && this.seq.pending === 0;
+  }
+
+  // ───────────────────────────── client input ─────────────────────────────
+
+  private attachClient(socket: net.Socket): void {
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onClientData(chunk));
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      this.log.debug({ err: { code: err.code, message: err.message } }, 'client socket error');
+      this.close('client_error');
+    });
+    socket.on('close', () => this.close(this.phase === 'closing' ? 'closed' : 'client_closed'));
+  }
+
+  private onClientData(chunk: Buffer): void {
+    this.bytesIn += chunk.length;
+    switch (this.phase) {
+      case 'admission':
+      case 'connecting':
+        if (!this.greeted && this.svc.config.smtp.earlyTalker === 'reject') {
+          this.svc.metrics.protocolErrors.inc({ kind: 'early_talker' });
+          this.log.info({}, 'early talker refused');
+          this.refuseConnection(R.EARLY_TALKER, 'early_talker');
+          return;
+        }
+        this.reader.push(chunk);
+        return;
+      case 'command':
+      case 'auth':
+        this.resetIdle();
+        this.reader.push(chunk);
+        this.pump();
+        return;
+      case 'data':
+        this.resetIdle();
+        this.feedData(chunk);
+        return;
+      case 'discard':
+        this.resetIdle();
+        this.discardData(chunk);
+        return;
+      default:
+        return; // closing: drop
+    }
+  }
+
+  /** Process complete command lines while nothing blocks. */
+  private pump(): void {
+    try {
+      while ((this.phase === 'command' || this.phase === 'auth') && !this.blocked) {
+        if (this.delayUntil > 0) {
+          const wait = this.delayUntil - Date.now();
+          if (wait > 0) {
+            this.block();
+            this.after(wait, () => this.unblock());
+            break;
+          }
+          this.delayUntil = 0;
+        }
+        const ev = this.reader.next();
+        if (!ev) break;
+        if (ev.kind === 'error') {
+          this.protocolError('line_too_long', R.LINE_TOO_LONG);
+          continue;
+        }
+        if (this.phase === 'auth') this.onAuthLine(ev.line);
+        else this.onCommandLine(ev.line);
+      }
+      this.flowControl();
+    } catch (err) {
+      this.internalError(err);
+    }
+  }
+
+  private flowControl(): void {
+    // While a barrier holds the loop, stop reading once a few lines are buffered (bounded memory).
+    const tooMuch = this.reader.bufferedBytes > this.svc.config.smtp.maxLineBytes * 8;
+    if ((this.blocked && tooMuch) || this.reader.overflowed) this.client.pause();
+    else if (this.client.isPaused() && this.phase !== 'closed') this.client.resume();
+  }
+
+  private block(): void {
+    this.blocked = true;
+  }
+
+  private unblock(): void {
+    this.blocked = false;
+    if (this.draining && this.isIdle()) {
+      this.terminate('shutdown');
+      return;
+    }
+    this.pump();
+  }
+
+  /** Run a handler that may be asynchronous; the loop waits for it (order is kept). */
+  private run(p: void | Promise<void>): void {
+    if (!p) return;
+    this.block();
+    p.then(
+      () => this.unblock(),
+      (err) => this.internalError(err),
+    );
+  }
+
+  private onCommandLine(line: Buffer): void {
+    const parsed = parseCommand(line);
+    if (!parsed.ok) {
+      this.svc.metrics.commands.inc({ verb: 'other' });
+      this.protocolError(parsed.kind, parsed.reply);
+      return;
+    }
+    const cmd = parsed.value;
+    const verb = commandVerbName(cmd);
+    this.svc.metrics.commands.inc({ verb: verbLabel(verb) });
+    switch (cmd.verb) {
+      case 'HELO':
+      case 'EHLO':
+        return this.onHelo(cmd);
+      case 'MAIL':
+        return this.run(this.onMail(cmd.path, cmd.params));
+      case 'RCPT':
+        return this.run(this.onRcpt(cmd.path, cmd.params));
+      case 'DATA':
+        return this.onData();
+      case 'RSET':
+        this.tx.reset();
+        return this.forward(cmd);
+      case 'NOOP':
+        return this.localReply(reply(250, '2.0.0', 'OK'));
+      case 'HELP':
+        return this.localReply(reply(214, '2.0.0', 'See RFC 5321'));
+      case 'QUIT':
+        return this.onQuit();
+      case 'VRFY':
+        if (this.svc.config.smtp.vrfy === '252') return this.localReply(R.VRFY_CANNOT);
+        return this.refuseVerb('VRFY');
+      case 'EXPN':
+        return this.refuseVerb('EXPN');
+      case 'STARTTLS':
+        return this.onStartTls();
+      case 'AUTH':
+        return this.onAuth(cmd.mechanism, cmd.initialResponse);
+      case 'BDAT':
+        return this.refuseVerb('BDAT'); // CHUNKING is never advertised: the guard must see DATA's end.
+      case 'OTHER': {
+        const name = cmd.name.toUpperCase();
+        if (this.svc.config.smtp.trustedVerbs.map((v) => v.toUpperCase()).includes(name) && this.trusted()) return this.forward(cmd);
+        return this.refuseVerb(name);
+      }
+    }
+  }
+
+  // ───────────────────────────── verbs ─────────────────────────────
+
+  private onHelo(cmd: Extract<Command, { verb: 'HELO' | 'EHLO' }>): void {
+    this.helo = cmd.domain;
+    this.ehlo = cmd.verb === 'EHLO';
+    this.tx.reset();
+    const slot = this.seq.later();
+    this.link!.send(cmd.verb, formatCommand(cmd), (r) => {
+      if (isFailure(r)) return slot.resolve(this.backendFailureReply(r.failure, false));
+      if (cmd.verb === 'EHLO' && r.code === 250) {
+        const kw = ehloKeywords(r);
+        this.link!.pipelining = kw.has('PIPELINING');
+        this.backendAuth = kw.get('AUTH');
+        this.countReply('backend', r);
+        return slot.resolve(filterEhlo(r, { allow: this.svc.ehloAllow, maxSizeBytes: this.svc.maxMessageBytes, add: this.extraEhloKeywords() }));
+      }
+      this.countReply('backend', r);
+      slot.resolve(r);
+    });
+  }
+
+  private extraEhloKeywords(): string[] {
+    const add: string[] = [];
+    if (this.canStartTls()) add.push('STARTTLS');
+    if (this.backendAuth && this.authAllowed()) add.push(`AUTH ${this.backendAuth}`);
+    return add;
+  }
+
+  private async onMail(path: ReversePath, params: readonly EsmtpParam[]): Promise<void> {
+    if (!this.helo) return this.localReply(reply(503, '5.5.1', 'Send HELO/EHLO first'));
+    if (this.tx.mailSent) return this.localReply(reply(503, '5.5.1', 'Nested MAIL command'));
+    if (this.listener.config.kind === 'submission' && !this.authUser) return this.localReply(R.AUTH_REQUIRED);
+    if (this.transactions >= this.svc.config.smtp.maxTransactions) return this.localReply(R.TOO_MANY_TRANSACTIONS);
+    const kept: EsmtpParam[] = [];
+    for (const p of params) {
+      if (!MAIL_PARAMS.has(p.keyword)) return this.localReply(UNSUPPORTED_PARAM);
+      if (p.keyword === 'BODY' && !/^(7BIT|8BITMIME)$/i.test(p.value ?? '')) return this.localReply(UNSUPPORTED_PARAM);
+      if (p.keyword === 'SIZE') {
+        const size = Number(p.value);
+        if (!/^[0-9]{1,20}$/.test(p.value ?? '')) return this.localReply(R.SYNTAX_ERROR);
+        if (size > this.svc.maxMessageBytes) return this.localReply(R.MESSAGE_TOO_LARGE);
+        this.tx.declaredSize = size;
+      }
+      kept.push(p);
+    }
+    const sender = path.kind === 'null' ? '' : mailboxAddress(path.mailbox);
+    const verdict: MailVerdict = evaluateMail(this.context(path), path, this.rules());
+    this.countMailVerdict(verdict);
+    if (verdict.action !== 'accept') {
+      this.log.info({ helo: cap(this.helo), mailFrom: cap(sender), ruleId: verdict.ruleId, reply: replyText(verdict.reply) }, 'sender refused');
+      return this.localReply(verdict.reply);
+    }
+    const limited = await this.limit('message', { sender });
+    if (limited) return;
+    this.transactions++;
+    this.tx.mailSent = true;
+    this.tx.mailFrom = path;
+    this.tx.sender = sender;
+    this.forward({ verb: 'MAIL', path, params: kept }, (r) => {
+      if (r.code >= 300) this.tx.reset();
+    });
+  }
+
+  private async onRcpt(path: ForwardPath, params: readonly EsmtpParam[]): Promise<void> {
+    if (!this.tx.mailSent) return this.localReply(reply(503, '5.5.1', 'Need MAIL before RCPT'));
+    if (this.tx.rcptForwarded >= this.svc.config.smtp.maxRecipients) {
+      this.tx.refused++;
+      return this.localReply(R.TOO_MANY_RECIPIENTS);
+    }
+    for (const p of params) if (!RCPT_PARAMS.has(p.keyword)) return this.localReply(UNSUPPORTED_PARAM);
+    const rcpt = path.kind === 'postmaster' ? 'postmaster' : mailboxAddress(path.mailbox);
+    const rules = this.rules();
+    const ctx = this.context(this.tx.mailFrom);
+    let verdict: RcptVerdict = evaluateRcpt(ctx, path, rules);
+    let lookupSource: string | undefined;
+    const validator = this.svc.validator;
+    if (verdict.action === 'accept' && verdict.ruleId === 'accepted-domains' && path.kind === 'mailbox' && validator && validator.mode(path.mailbox.domain) !== 'off') {
+      const res = await validator.lookup(rcpt, path.mailbox.domain);
+      lookupSource = res.source;
+      verdict = evaluateRecipientLookup(res.result, rules);
+    }
+    this.countRcptVerdict(verdict);
+    if (verdict.action !== 'accept') {
+      this.tx.refused++;
+      this.rcptRefused++;
+      this.log.info(
+        { helo: cap(this.helo), mailFrom: cap(this.tx.sender), rcpt: cap(rcpt), ruleId: verdict.ruleId, reply: replyText(verdict.reply), lookup: lookupSource },
+        'rcpt refused',
+      );
+      const event: LimitEvent | undefined = RELAY_RULES.has(verdict.ruleId) ? 'relay-denied' : verdict.ruleId === 'recipient-unknown' ? 'unknown-recipient' : undefined;
+      if (event && (await this.limit(event, {}, verdict.reply))) return;
+      return this.localReply(verdict.reply);
+    }
+    if (await this.limit('recipient', { sender: this.tx.sender })) return;
+    this.tx.rcptForwarded++;
+    const kept = params.filter((p) => RCPT_PARAMS.has(p.keyword));
+    this.forward({ verb: 'RCPT', path, params: kept }, (r) => {
+      if (r.code < 300) {
+        this.tx.accepted.push(rcpt);
+        this.rcptAccepted++;
+      } else this.tx.refused++;
+    });
+  }
+
+  private onData(): void {
+    if (!this.tx.mailSent) return this.localReply(reply(503, '5.5.1', 'Need MAIL command'));
+    if (this.tx.rcptForwarded === 0) return this.localReply(R.NO_VALID_RECIPIENTS);
+    // Barrier: nothing after DATA is read until the backend has answered it (RFC 2920 §3.1).
+    this.block();
+    const slot = this.seq.later();
+    this.link!.send('DATA', formatCommand({ verb: 'DATA' }), (r) => {
+      if (isFailure(r)) {
+        slot.resolve(this.backendFailureReply(r.failure, true));
+        return;
+      }
+      this.countReply('backend', r);
+      if (r.code !== 354) {
+        slot.resolve(r);
+        this.tx.reset();
+        this.unblock();
+        return;
+      }
+      if (this.tx.accepted.length === 0) {
+        // The backend would take a message with no recipient it accepted: never send one.
+        this.abandonBackend();
+        slot.resolve({ ...R.NO_VALID_RECIPIENTS, close: true });
+        return;
+      }
+      slot.resolve(r);
+      this.scanner = new EndOfDataScanner({ mode: this.svc.config.smtp.smuggling, maxBytes: this.svc.maxMessageBytes });
+      this.phase = 'data';
+      this.resetIdle();
+      const early = this.reader.takeBuffered();
+      if (early.length > 0) this.feedData(early);
+      this.flowControlData();
+    }, this.svc.timeouts.backendReplyMs);
+  }
+
+  private onQuit(): void {
+    const slot = this.seq.later();
+    this.outcome = 'quit';
+    this.link!.send('QUIT', formatCommand({ verb: 'QUIT' }), (r) => {
+      const bye = isFailure(r) ? reply(221, '2.0.0', 'Bye') : r;
+      slot.resolve({ ...bye, close: true });
+    });
+    this.block();
+  }
+
+  private refuseVerb(verb: string): void {
+    this.svc.metrics.refusedVerbs.inc({ verb: verbLabel(verb) });
+    this.localReply(R.VERB_NOT_ALLOWED);
+  }
+
+  // ───────────────────────────── STARTTLS and AUTH ─────────────────────────────
+
+  private canStartTls(): boolean {
+    return !this.tlsActive && this.listener.tls !== undefined && this.listener.config.starttls && this.listener.config.kind !== 'smtps';
+  }
+
+  private authAllowed(): boolean {
+    return this.tlsActive || this.listener.plaintextAuth(this.clientIp);
+  }
+
+  private onStartTls(): void {
+    if (!this.canStartTls()) return this.refuseVerb('STARTTLS');
+    if (this.tx.mailSent) return this.localReply(R.BAD_SEQUENCE);
+    // Discard anything pipelined after STARTTLS (CVE-2011-0411): it was sent in plaintext.
+    this.reader.takeBuffered();
+    this.block();
+    this.seq.local(reply(220, '2.0.0', 'Ready to start TLS'));
+    this.seq.whenIdle(() => this.upgradeTls());
+  }
+
+  private upgradeTls(): void {
+    const plain = this.client;
+    plain.removeAllListeners('data');
+    plain.removeAllListeners('close');
+    plain.removeAllListeners('error');
+    plain.on('error', () => undefined);
+    const secure = new tls.TLSSocket(plain, { ...this.listener.tls!.socketOptions(), isServer: true });
+    let done = false;
+    const handshakeTimer = this.after(this.svc.timeouts.commandMs, () => {
+      if (!done) this.close('tls_timeout');
+    });
+    secure.once('secure', () => {
+      done = true;
+      this.timers.delete(handshakeTimer);
+      clearTimeout(handshakeTimer);
+      this.svc.metrics.tlsHandshakes.inc({ kind: 'starttls', result: 'success' });
+      this.tlsActive = true;
+      // RFC 3207 §4.2: forget everything learned before TLS; a new EHLO is required.
+      this.helo = undefined;
+      this.ehlo = false;
+      this.tx.reset();
+      this.reader.takeBuffered();
+      this.unblock();
+    });
+    secure.on('error', (err: NodeJS.ErrnoException) => {
+      if (!done) this.svc.metrics.tlsHandshakes.inc({ kind: 'starttls', result: 'failure' });
+      this.log.info({ err: { code: err.code, message: err.message } }, done ? 'tls error' : 'tls handshake failed');
+      this.close('tls_error');
+    });
+    this.client = secure;
+    secure.on('data', (chunk: Buffer) => this.onClientData(chunk));
+    secure.on('close', () => this.close(this.phase === 'closing' ? 'closed' : 'client_closed'));
+  }
+
+  private onAuth(mechanism: string, initial: string | undefined): void {
+    if (this.authUser) return this.localReply(reply(503, '5.5.1', 'Already authenticated'));
+    if (this.tx.mailSent) return this.localReply(R.BAD_SEQUENCE);
+    if (!this.backendAuth || !this.authAllowed()) {
+      this.svc.metrics.auth.inc({ result: 'refused' });
+      return this.localReply(this.backendAuth && !this.tlsActive ? R.MUST_ISSUE_STARTTLS : R.VERB_NOT_ALLOWED);
+    }
+    const offered = this.backendAuth.toUpperCase().split(/\s+/);
+    if (!offered.includes(mechanism)) return this.localReply(reply(504, '5.5.4', 'Unrecognized authentication type'));
+    const authState: { mechanism: string; step: number; user?: string } = { mechanism, step: 0 };
+    if (initial !== undefined) this.noteAuthResponse(authState, initial);
+    this.authState = authState;
+    this.phase = 'auth';
+    this.block();
+    const wire = Buffer.from(`AUTH ${mechanism}${initial !== undefined ? ` ${initial}` : ''}\r\n`, 'latin1');
+    this.sendAuth(wire, authState);
+  }
+
+  private sendAuth(wire: Buffer, st: { mechanism: string; step: number; user?: string }): void {
+    const slot = this.seq.later();
+    this.link!.send('AUTH', wire, (r) => {
+      if (isFailure(r)) {
+        this.phase = 'command';
+        slot.resolve(this.backendFailureReply(r.failure, false));
+        return;
+      }
+      this.countReply('backend', r);
+      if (r.code === 334) {
+        slot.resolve(r); // continue: the next client line is a SASL response, never a command
+        this.unblock();
+        return;
+      }
+      this.phase = 'command';
+      this.authState = undefined;
+      if (r.code === 235) {
+        this.authUser = st.user ?? '(unknown)';
+        this.svc.metrics.auth.inc({ result: 'success' });
+        this.log.info({ authUser: cap(this.authUser), mechanism: st.mechanism }, 'authenticated');
+        slot.resolve(r);
+        this.unblock();
+        return;
+      }
+      this.svc.metrics.auth.inc({ result: r.code === 501 ? 'aborted' : 'failure' });
+      this.log.info({ authUser: cap(st.user), mechanism: st.mechanism, reply: replyText(r) }, 'authentication failed');
+      void this.limit('auth-failure', {}, r).then((limited) => {
+        if (!limited) slot.resolve(r);
+        else slot.resolve({ ...r });
+        this.unblock();
+      });
+    });
+  }
+
+  /** A SASL response line from the client (RFC 4954 §4): base64 or "*". Forwarded, never logged. */
+  private onAuthLine(line: Buffer): void {
+    const st = this.authState as { mechanism: string; step: number; user?: string } | undefined;
+    if (!st) {
+      this.phase = 'command';
+      return;
+    }
+    const text = line.toString('latin1');
+    if (text !== '*' && !/^[A-Za-z0-9+/]*={0,2}$/.test(text)) {
+      // Not base64: abort the exchange on the backend too.
+      this.block();
+      this.sendAuth(Buffer.from('*\r\n'), st);
+      return;
+    }
+    this.noteAuthResponse(st, text);
+    this.block();
+    this.sendAuth(Buffer.from(`${text}\r\n`, 'latin1'), st);
+  }
+
+  /** Learn the user name from PLAIN (authzid\0authcid\0passwd) or LOGIN's first response; never the secret. */
+  private noteAuthResponse(st: { mechanism: string; step: number; user?: string }, b64: string): void {
+    const step = st.step++;
+    if (b64 === '*' || b64 === '=') return;
+    const decoded = Buffer.from(b64, 'base64').toString('utf8');
+    if (st.mechanism === 'PLAIN' && step === 0) st.user = decoded.split('\0')[1];
+    else if (st.mechanism === 'LOGIN' && step === 0) st.user = decoded;
+  }
+
+  // ───────────────────────────── DATA ─────────────────────────────
+
+  private feedData(chunk: Buffer): void {
+    const scanner = this.scanner!;
+    const step = scanner.push(chunk);
+    const link = this.link!;
+    let full = false;
+    for (const b of step.forward) {
+      this.bytesOut += b.length;
+      if (!link.writeRaw(b)) full = true;
+    }
+    if (full) {
+      this.client.pause();
+      link.once('drain', () => this.flowControlData());
+    }
+    switch (step.status) {
+      case 'more':
+        return;
+      case 'end':
+        return this.endOfData(step.size, step.rest);
+      case 'smuggling':
+        this.svc.metrics.smuggling.inc({ kind: step.smuggle, action: 'rejected' });
+        this.svc.metrics.protocolErrors.inc({ kind: step.smuggle === 'nul' ? 'bad_bytes' : step.smuggle });
+        this.svc.metrics.messages.inc({ outcome: 'smuggling' });
+        this.log.warn({ helo: cap(this.helo), mailFrom: cap(this.tx.sender), kind: step.smuggle, rcpts: this.tx.accepted.length }, 'smuggling attempt refused');
+        this.abandonBackend();
+        this.outcome = 'smuggling';
+        this.phase = 'closing';
+        this.localReply({ ...R.SMUGGLING, close: true });
+        return;
+      case 'too_large':
+        this.svc.metrics.messages.inc({ outcome: 'too_large' });
+        this.log.info({ mailFrom: cap(this.tx.sender), size: step.size }, 'message too large');
+        this.abandonBackend();
+        this.phase = 'discard';
+        // The scanner keeps the rest of the overflowing chunk: scan it first (stay in sync, then 552).
+        this.discardData(Buffer.alloc(0));
+        return;
+    }
+  }
+
+  private discardData(chunk: Buffer): void {
+    const r = this.scanner!.discardUntilEnd(chunk);
+    if (!r.done) return;
+    this.phase = 'closing';
+    this.outcome = 'too_large';
+    this.localReply({ ...R.MESSAGE_TOO_LARGE, close: true });
+  }
+
+  private flowControlData(): void {
+    if (this.phase === 'closed') return;
+    if (this.client.isPaused()) this.client.resume();
+  }
+
+  private endOfData(size: number, rest: Buffer): void {
+    this.phase = 'command';
+    this.scanner = undefined;
+    const slot = this.seq.later();
+    const rcpts = this.tx.accepted.length;
+    this.link!.expect('DATA-END', (r) => {
+      if (isFailure(r)) {
+        this.svc.metrics.messages.inc({ outcome: 'backend_failed' });
+        this.log.warn({ failure: r.failure, mailFrom: cap(this.tx.sender), rcpts, size }, 'backend failed after end-of-data');
+        slot.resolve({ ...R.BACKEND_FAILED_IN_TRANSACTION, close: true });
+        return;
+      }
+      this.countReply('backend', r);
+      if (r.code >= 200 && r.code < 300) {
+        this.messages++;
+        this.svc.metrics.messages.inc({ outcome: 'delivered' });
+        this.svc.metrics.messageBytes.inc(size);
+        this.svc.metrics.messageSize.observe(size);
+        this.log.info({ mailFrom: cap(this.tx.sender), rcpts, size, backendReply: cap(replyText(r), 200) }, 'message accepted');
+      } else {
+        this.svc.metrics.messages.inc({ outcome: 'rejected_by_backend' });
+      }
+      this.tx.reset();
+      slot.resolve(r);
+      this.unblock();
+    }, this.svc.timeouts.backendDataReplyMs);
+    this.block();
+    if (rest.length > 0) this.reader.push(rest);
+  }
+
+  // ───────────────────────────── forwarding and replies ─────────────────────────────
+
+  /** Forward a command re-serialised from its parsed form (invariant 1) and relay the reply in order. */
+  private forward(cmd: Command, onReply?: (r: Reply) => void): void {
+    const slot = this.seq.later();
+    this.link!.send(commandVerbName(cmd), formatCommand(cmd), (r) => {
+      if (isFailure(r)) return slot.resolve(this.backendFailureReply(r.failure, this.tx.mailSent));
+      this.countReply('backend', r);
+      onReply?.(r);
+      slot.resolve(r);
+    });
+  }
+
+  private relayFromBackend(r: Reply): void {
+    this.countReply('backend', r);
+    this.seq.local(r);
+  }
+
+  private localReply(r: Reply): void {
+    this.countReply('guard', r);
+    this.seq.local(r);
+  }
+
+  private countReply(source: 'guard' | 'backend', r: Reply): void {
+    this.svc.metrics.replies.inc({ source, class: replyClass(r) });
+  }
+
+  private writeReplies(wire: Buffer, replies: readonly Reply[]): void {
+    if (this.phase === 'closed') return;
+    this.client.write(wire);
+    this.resetIdle();
+    let close = false;
+    for (const r of replies) {
+      if (r.code >= 400) this.errors++;
+      if (r.close) close = true;
+    }
+    if (close) {
+      this.close(this.outcome === 'closed' ? 'reply' : this.outcome);
+      return;
+    }
+    const { softErrorLimit, hardErrorLimit } = this.svc.config.smtp;
+    if (this.errors >= hardErrorLimit) {
+      this.svc.metrics.protocolErrors.inc({ kind: 'too_many_errors' });
+      this.outcome = 'too_many_errors';
+      this.writeNow(R.TOO_MANY_ERRORS);
+      this.close('too_many_errors');
+      return;
+    }
+    if (this.errors > softErrorLimit && replies.some((r) => r.code >= 400)) {
+      // Postfix smtpd_soft_error_limit: a growing delay before the next command is read.
+      const delay = Math.min(this.svc.timeouts.errorDelayMs * (this.errors - softErrorLimit), 30_000);
+      if (delay > 0) this.delayUntil = Date.now() + delay;
+    }
+  }
+
+  /** Write a reply at once, outside the sequence (closing paths only: replies still pending are moot). */
+  private writeNow(r: Reply): void {
+    if (this.phase === 'closed') return;
+    this.countReply('guard', r);
+    this.client.write(formatReply(r));
+  }
+
+  private protocolError(kind: ProtocolErrorKind, r: Reply): void {
+    this.svc.metrics.protocolErrors.inc({ kind });
+    if (r.close) this.outcome = kind;
+    this.localReply(r);
+    if (!r.close && this.svc.limiter) this.run(this.limit('protocol-error', {}).then(() => undefined));
+  }
+
+  private backendFailureReply(failure: BackendFailure, inTransaction: boolean): Reply {
+    this.svc.metrics.backendErrors.inc({ kind: failure });
+    if (this.phase !== 'closed') this.outcome = 'backend_failed';
+    return inTransaction ? { ...R.BACKEND_FAILED_IN_TRANSACTION, close: true } : R.BACKEND_UNAVAILABLE;
+  }
+
+  private onBackendClosed(failure: BackendFailure): void {
+    if (this.backendAbandoned || this.phase === 'closed' || this.phase === 'closing') return;
+    this.log.warn({ failure, phase: this.phase }, 'backend connection lost');
+    if (this.phase === 'data') {
+      this.svc.metrics.messages.inc({ outcome: 'backend_failed' });
+      this.phase = 'closing';
+      this.localReply({ ...R.BACKEND_FAILED_IN_TRANSACTION, close: true });
+      return;
+    }
+    // Pending commands were answered by their handlers; if nothing was pending, say goodbye now.
+    if (this.seq.pending === 0) this.localReply(this.tx.mailSent ? { ...R.BACKEND_FAILED_IN_TRANSACTION, close: true } : R.BACKEND_UNAVAILABLE);
+  }
+
+  /** Drop the backend connection without ever sending it an end-of-data (invariant 3). */
+  private abandonBackend(): void {
+    this.backendAbandoned = true;
+    this.link?.close(false);
+  }
+
+  // ───────────────────────────── policy, limits ─────────────────────────────
+
+  private rules(): RulesSnapshot {
+    return this.svc.rules.current();
+  }
+
+  private context(mailFrom?: ReversePath): SessionContext {
+    return {
+      clientIp: this.clientIp,
+      listener: this.listener.config.name,
+      listenerKind: this.listener.config.kind,
+      listenerRelay: this.listener.config.relay === 'allow',
+      tls: this.tlsActive,
+      ...(this.authUser !== undefined ? { authUser: this.authUser } : {}),
+      ...(this.helo !== undefined ? { helo: this.helo } : {}),
+      ...(mailFrom !== undefined ? { mailFrom } : {}),
+    };
+  }
+
+  private trusted(): boolean {
+    return isTrusted(this.context(), this.rules());
+  }
+
+  private limitSubject(extra: { sender?: string } = {}) {
+    return {
+      clientIp: this.clientIp,
+      trusted: this.phase === 'admission' ? isTrusted(this.context(), this.rules()) : this.trusted(),
+      ...(this.authUser !== undefined ? { authUser: this.authUser } : {}),
+      ...(extra.sender !== undefined ? { sender: extra.sender === '' ? '<>' : extra.sender } : {}),
+    };
+  }
+
+  /**
+   * Ask the limiter about an event. Returns true when the limiter answered the command
+   * (tempfail, close or ban); a tarpit delays and returns false.
+   */
+  private async limit(event: LimitEvent, extra: { sender?: string }, refusal?: Reply): Promise<boolean> {
+    const limiter = this.svc.limiter;
+    if (!limiter) return false;
+    let d: LimitDecision;
+    try {
+      d = await limiter.check(event, this.limitSubject(extra));
+    } catch (err) {
+      this.svc.metrics.internalErrors.inc({ where: 'limits' });
+      this.log.error({ err }, 'limiter failed');
+      return false; // the stores fall back by themselves; a bug here must not stop mail
+    }
+    if (this.phase === 'closed' || d.action === 'allow') return false;
+    this.log.info({ limit: d.limitId, action: d.action, event }, 'limit hit');
+    if (d.action === 'tarpit') {
+      await this.sleep(d.delayMs ?? 0);
+      return false;
+    }
+    if (d.action === 'tempfail' && refusal) return false; // the refusal itself is answer enough
+    this.outcome = d.action === 'ban' ? 'banned' : 'limited';
+    this.localReply(d.action === 'tempfail' ? d.reply : { ...d.reply, close: true });
+    return true;
+  }
+
+  private countRcptVerdict(v: RcptVerdict): void {
+    const m = this.svc.metrics;
+    for (const w of v.warnings) {
+      m.rcptVerdicts.inc({ verdict: 'reject', mode: 'warn', rule: w.ruleId });
+      this.log.info({ ruleId: w.ruleId, reply: replyText(w.reply), mode: 'warn' }, 'rcpt would be refused');
+    }
+    m.rcptVerdicts.inc({ verdict: v.action, mode: 'enforce', rule: v.ruleId });
+    if (v.action !== 'accept' && RELAY_RULES.has(v.ruleId)) m.relayDenials.inc({ rule: v.ruleId });
+  }
+
+  private countMailVerdict(v: MailVerdict): void {
+    const m = this.svc.metrics;
+    for (const w of v.warnings) {
+      m.mailVerdicts.inc({ verdict: 'reject', mode: 'warn', rule: w.ruleId });
+      this.log.info({ ruleId: w.ruleId, reply: replyText(w.reply), mode: 'warn' }, 'sender would be refused');
+    }
+    m.mailVerdicts.inc({ verdict: v.action, mode: 'enforce', rule: v.ruleId });
+  }
+
+  // ───────────────────────────── timers and close ─────────────────────────────
+
+  private after(ms: number, fn: () => void): NodeJS.Timeout {
+    const t = setTimeout(() => {
+      this.timers.delete(t);
+      fn();
+    }, ms);
+    this.timers.add(t);
+    return t;
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => this.after(ms, resolve));
+  }
+
+  private resetIdle(): void {
+    if (this.phase === 'closed' || this.phase === 'closing') return;
+    const ms = this.phase === 'data' || this.phase === 'discard' ? this.svc.timeouts.dataMs : this.svc.timeouts.commandMs;
+    if (this.idleTimer) this.idleTimer.refresh();
+    else this.idleTimer = setTimeout(() => this.onTimeout('idle'), ms);
+  }
+
+  private armSessionTimer(): void {
+    this.after(this.svc.timeouts.sessionMs, () => this.onTimeout('session'));
+  }
+
+  private onTimeout(which: string): void {
+    if (this.phase === 'closed' || this.phase === 'closing') return;
+    this.log.info({ which, phase: this.phase }, 'timeout');
+    this.outcome = 'timeout';
+    if (this.phase === 'data' || this.tx.mailSent) this.abandonBackend();
+    this.writeNow(R.TIMEOUT);
+    this.close('timeout');
+  }
+
+  private internalError(err: unknown): void {
+    this.svc.metrics.internalErrors.inc({ where: 'session' });
+    this.log.error({ err }, 'internal error');
+    this.outcome = 'internal_error';
+    this.abandonBackend();
+    if (this.phase !== 'closed') {
+      this.client.write(`421 4.3.0 Internal error, try again later\r\n`);
+      this.close('internal_error');
+    }
+  }
+
+  /** Close both sides (idempotent): flush replies, end the client, release everything, log the summary. */
+  private close(reason: string): void {
+    if (this.phase === 'closed') return;
+    const wasData = this.phase === 'data' || this.phase === 'discard';
+    this.phase = 'closed';
+    if (!this.closeReason) this.closeReason = reason;
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.clear();
+    clearTimeout(this.idleTimer);
+    // Mid-transaction the backend must not deliver: abort without end-of-data. Otherwise QUIT politely.
+    if (this.link && !this.link.isClosed) {
+      if (wasData || this.tx.mailSent) this.abandonBackend();
+      else {
+        this.backendAbandoned = true;
+        this.link.close(true);
+      }
+    }
+    this.client.end();
+    const client = this.client;
+    const linger = setTimeout(() => client.destroy(), 2000);
+    linger.unref();
+    client.once('close', () => clearTimeout(linger));
+    this.releaseCapacity?.();
+    this.releaseConcurrency?.();
+    this.svc.registry.remove(this.id);
+    this.svc.metrics.sessionsActive.dec({ listener: this.listener.config.name });
+    this.log.info(
+      {
+        helo: cap(this.helo),
+        authUser: cap(this.authUser),
+        tls: this.tlsActive,
+        messages: this.messages,
+        rcptAccepted: this.rcptAccepted,
+        rcptRefused: this.rcptRefused,
+        bytesIn: this.bytesIn,
+        bytesOut: this.bytesOut,
+        durationMs: Date.now() - this.startedAt,
+        outcome: this.outcome === 'closed' ? reason : this.outcome,
+      },
+      'session closed',
+    );
+    this.resolveEnded();
+  }
+}

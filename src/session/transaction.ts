@@ -1,0 +1,27 @@
+/** One mail transaction (MAIL … end-of-data) as the session tracks it. */
+import type { ReversePath } from '../smtp/path.js';
+
+export class Transaction {
+  /** MAIL was forwarded and not refused (optimistic while its reply is pending). */
+  mailSent = false;
+  mailFrom: ReversePath | undefined;
+  /** Sender address as text, for logs ("" for the null sender). */
+  sender = '';
+  /** RCPT commands forwarded to the backend. */
+  rcptForwarded = 0;
+  /** Recipients the backend accepted (canonical text). */
+  readonly accepted: string[] = [];
+  /** Recipients refused by the guard or the backend. */
+  refused = 0;
+  declaredSize = 0;
+
+  reset(): void {
+    this.mailSent = false;
+    this.mailFrom = undefined;
+    this.sender = '';
+    this.rcptForwarded = 0;
+    this.accepted.length = 0;
+    this.refused = 0;
+    this.declaredSize = 0;
+  }
+}
