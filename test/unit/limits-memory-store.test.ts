@@ -54,5 +54,5 @@ describe('MemoryLimitStore', () => {
     peak = Math.max(peak, store.size);
     expect(store.size).toBe(max);
     expect(peak).toBeLessThanOrEqual(max);
-  }, 20_000);
+  }, 60_000);
 });
