@@ -71,9 +71,17 @@ sn: Dave
 proxyAddresses: SIP:dave@example.test
 `;
 
+export interface SlapdTls {
+  certFile: string;
+  keyFile: string;
+}
+
 export interface Slapd {
+  /** ldap:// (StartTLS offered when started with `tls`). */
   readonly url: string;
   readonly port: number;
+  /** ldaps:// on a second port, when started with `tls`. */
+  readonly ldapsUrl: string | undefined;
   readonly running: boolean;
   /** Stop the server (SIGTERM, SIGKILL after a bounded wait); the data stays. */
   stop(): Promise<void>;
@@ -111,8 +119,9 @@ async function freePort(): Promise<number> {
   return addr.port;
 }
 
-function slapdConf(dir: string): string {
+function slapdConf(dir: string, tls: SlapdTls | undefined): string {
   return [
+    ...(tls ? [`TLSCertificateFile ${tls.certFile}`, `TLSCertificateKeyFile ${tls.keyFile}`] : []),
     `include ${SCHEMA_DIR}/core.schema`,
     `include ${SCHEMA_DIR}/cosine.schema`,
     `include ${SCHEMA_DIR}/inetorgperson.schema`,
@@ -133,9 +142,10 @@ function slapdConf(dir: string): string {
 }
 
 /** Spawn slapd in the foreground; resolve once it logs "slapd starting", reject if it exits first. */
-async function spawnSlapd(conf: string, url: string): Promise<ChildProcess> {
+async function spawnSlapd(conf: string, urls: string[]): Promise<ChildProcess> {
   // -d none: stay in the foreground and log only the start/stop lines to stderr.
-  const child = spawn(SLAPD, ['-f', conf, '-h', `${url}/`, '-d', 'none'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const listen = urls.map((u) => `${u}/`).join(' ');
+  const child = spawn(SLAPD, ['-f', conf, '-h', listen, '-d', 'none'], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => {
@@ -186,24 +196,27 @@ async function waitForBind(url: string): Promise<void> {
   throw new Error(`slapd at ${url} does not answer a bind: ${String(lastErr)}`);
 }
 
-export async function startSlapd(opts: { seedLdif?: string } = {}): Promise<Slapd> {
+export async function startSlapd(opts: { seedLdif?: string; tls?: SlapdTls } = {}): Promise<Slapd> {
   await assertSlapdInstalled();
   const dir = await mkdtemp(join(tmpdir(), 'rg-slapd-'));
   await mkdir(join(dir, 'db'));
   await writeFile(join(dir, 'proxy-addresses.schema'), PROXY_ADDRESSES_SCHEMA);
   const conf = join(dir, 'slapd.conf');
-  await writeFile(conf, slapdConf(dir));
+  await writeFile(conf, slapdConf(dir, opts.tls));
 
   let child: ChildProcess | undefined;
   let port = 0;
   let url = '';
+  let ldapsUrl: string | undefined;
+  const urls = (): string[] => (ldapsUrl === undefined ? [url] : [url, ldapsUrl]);
   // The free port may be taken between probe and bind: try a few.
   let lastErr: unknown;
   for (let attempt = 0; attempt < 3 && child === undefined; attempt++) {
     port = await freePort();
     url = `ldap://127.0.0.1:${port}`;
+    if (opts.tls) ldapsUrl = `ldaps://127.0.0.1:${await freePort()}`;
     try {
-      child = await spawnSlapd(conf, url);
+      child = await spawnSlapd(conf, urls());
     } catch (err) {
       lastErr = err;
     }
@@ -235,13 +248,14 @@ export async function startSlapd(opts: { seedLdif?: string } = {}): Promise<Slap
   return {
     url,
     port,
+    ldapsUrl,
     get running() {
       return child !== undefined;
     },
     stop,
     async start() {
       if (child !== undefined) return;
-      child = await spawnSlapd(conf, url);
+      child = await spawnSlapd(conf, urls());
       await waitForBind(url);
     },
     pause() {

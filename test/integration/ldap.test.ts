@@ -2,6 +2,11 @@
  * Recipient validation against a real OpenLDAP server (Debian slapd), seeded with AD-like entries.
  * Fails (does not skip) when slapd is not installed: CI installs it.
  */
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { InvalidCredentialsError } from 'ldapts';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -180,5 +185,63 @@ describe('RecipientValidator in ldap mode against slapd', () => {
     await slapd.start();
     expect(await validator.lookup('stranger@example.test', 'example.test')).toEqual({ result: 'unknown', source: 'ldap' });
     expect(await validator.lookup('ally@EXAMPLE.TEST', 'example.test')).toEqual({ result: 'known', source: 'cache' });
+  });
+});
+
+describe('LdapDirectory over TLS (StartTLS and LDAPS) against slapd', () => {
+  let tlsSlapd: Slapd;
+  let certDir: string;
+  let caFile: string;
+
+  beforeAll(async () => {
+    certDir = await mkdtemp(join(tmpdir(), 'rg-ldap-tls-'));
+    caFile = join(certDir, 'cert.pem');
+    const keyFile = join(certDir, 'key.pem');
+    // A self-signed certificate for 127.0.0.1 that is its own CA.
+    await promisify(execFile)('openssl', [
+      'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', keyFile, '-out', caFile, '-days', '2',
+      '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
+    ], { timeout: 20_000 });
+    tlsSlapd = await startSlapd({ tls: { certFile: caFile, keyFile } });
+  });
+
+  afterAll(async () => {
+    await tlsSlapd?.close();
+    if (certDir) await rm(certDir, { recursive: true, force: true });
+  });
+
+  function directory(extra: Partial<NonNullable<RecipientValidationRules['ldap']>>): LdapDirectory {
+    return new LdapDirectory(resolveLdapSettings(rulesFor(tlsSlapd, extra).ldap!), { env: { [PASSWORD_ENV]: SLAPD_ROOT_PW } });
+  }
+
+  const cases = [
+    // RFC 4513 §3: StartTLS before the bind, so the password never crosses in clear text
+    { name: 'StartTLS with the CA', settings: () => ({ startTls: true, tlsCaFile: caFile }), want: 'known' },
+    { name: 'LDAPS with the CA', settings: () => ({ url: tlsSlapd.ldapsUrl ?? '', tlsCaFile: caFile }), want: 'known' },
+    // certificates are verified by default
+    { name: 'StartTLS, untrusted certificate', settings: () => ({ startTls: true }), want: 'throws' },
+    { name: 'LDAPS, untrusted certificate', settings: () => ({ url: tlsSlapd.ldapsUrl ?? '' }), want: 'throws' },
+    { name: 'LDAPS, verification turned off', settings: () => ({ url: tlsSlapd.ldapsUrl ?? '', tlsRejectUnauthorized: false }), want: 'known' },
+  ];
+  test.each(cases)('$name', async ({ settings, want }) => {
+    const dir = directory(settings());
+    try {
+      if (want === 'throws') await expect(dir.lookup('alice@example.test')).rejects.toThrow();
+      else expect(await dir.lookup('alice@example.test')).toBe(want);
+    } finally {
+      await dir.close();
+    }
+  });
+
+  test('StartTLS to a server without TLS is an error, not a silent clear-text bind', async () => {
+    const dir = new LdapDirectory(resolveLdapSettings(rulesFor(slapd, { startTls: true, tlsCaFile: caFile }).ldap!), {
+      env: { [PASSWORD_ENV]: SLAPD_ROOT_PW },
+    });
+    try {
+      await expect(dir.lookup('alice@example.test')).rejects.toThrow();
+      expect(dir.connects).toBe(0);
+    } finally {
+      await dir.close();
+    }
   });
 });
