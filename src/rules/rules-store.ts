@@ -1,0 +1,417 @@
+/**
+ * RulesStore: the current immutable RulesSnapshot and every way to change it.
+ *
+ * Every change: validate (schema) → compile (open-relay guard) → persist atomically (YAML) →
+ * record a version under rules/.history/ → append to rules/.audit.jsonl → swap the snapshot →
+ * emit 'change'. Writes are serialised through one promise queue, so an If-Match check and the
+ * write it guards are never interleaved with another writer (no lost updates).
+ *
+ * Hand edits: the directory is watched (debounced); a file whose content differs from what the
+ * store last read or wrote triggers reload(). The composition root wires SIGHUP to reload() too.
+ * A reload with an invalid file keeps the old snapshot, logs file and line, and is counted.
+ *
+ * Adding an item that is already present is idempotent (ok, nothing written); adding a sender rule
+ * whose id exists with different content is a 409; removing an absent item is a 404.
+ */
+import { EventEmitter } from 'node:events';
+import { watch, type FSWatcher } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Metrics } from '../observability/metrics.js';
+import { compileRules, type RawRules, type RuleError, type RulesSnapshot } from '../policy/compile.js';
+import { contentHash, stableStringify } from '../policy/content-hash.js';
+import { canonicalDomain } from '../policy/domain-name.js';
+import { formatNetwork, parseNetwork } from '../policy/ip-address.js';
+import { writeFileAtomic } from './atomic-write.js';
+import { AuditLog, type AuditEntry, type AuditOperation } from './audit-log.js';
+import { RulesHistory, type Version } from './history.js';
+import { SECTIONS, SECTION_NAMES, isSectionName, type SectionName } from './schemas.js';
+import { formatSectionText, parseSectionText, validateItem, validateSection } from './section-file.js';
+
+export type { AuditEntry } from './audit-log.js';
+export type { Version } from './history.js';
+
+export type MinimalLogger = {
+  info(o: object, m: string): void;
+  warn(o: object, m: string): void;
+  error(o: object, m: string): void;
+};
+
+export type ChangeResult =
+  | { ok: true; etag: string; version: string; snapshot: RulesSnapshot }
+  | { ok: false; status: 400 | 404 | 409 | 412; code: string; message: string; errors?: RuleError[] };
+
+export interface RulesStoreOptions {
+  log: MinimalLogger;
+  metrics?: Metrics;
+  /** Versions kept under .history/ (default 20). */
+  historyLimit?: number;
+  /** Watch the directory for hand edits (default false). */
+  watch?: boolean;
+  /** Debounce of file events in ms (default 100). */
+  watchDebounceMs?: number;
+}
+
+/** The rules directory cannot be loaded at start. Names file, line and key of the first problem. */
+export class RulesLoadError extends Error {
+  readonly code = 'RG_ERR_RULES_LOAD';
+  readonly errors: RuleError[];
+  readonly file: string | undefined;
+  readonly line: number | undefined;
+  readonly key: string | undefined;
+
+  constructor(errors: RuleError[]) {
+    super(`invalid rules: ${errors.map(formatRuleError).join('; ')}`);
+    this.name = 'RulesLoadError';
+    this.errors = errors;
+    this.file = errors[0]?.file;
+    this.line = errors[0]?.line;
+    this.key = errors[0]?.path;
+  }
+}
+
+export function formatRuleError(e: RuleError): string {
+  const where = e.file === undefined ? e.section : `${e.file}${e.line === undefined ? '' : `:${e.line}`}`;
+  const key = e.path !== undefined && e.path !== '' && !e.message.startsWith(e.path) ? ` (at ${e.path})` : '';
+  return `${where}: ${e.message}${key}`;
+}
+
+type LoadResult = { ok: true; raw: RawRules; texts: Map<string, string | null> } | { ok: false; errors: RuleError[] };
+
+export class RulesStore extends EventEmitter {
+  readonly #dir: string;
+  readonly #log: MinimalLogger;
+  readonly #metrics: Metrics | undefined;
+  readonly #history: RulesHistory;
+  readonly #audit: AuditLog;
+  readonly #debounceMs: number;
+  #snapshot: RulesSnapshot;
+  /** Content of each section file as last read or written by the store (null: missing). */
+  #known: Map<string, string | null>;
+  #queue: Promise<unknown> = Promise.resolve();
+  #watcher: FSWatcher | undefined;
+  #debounce: NodeJS.Timeout | undefined;
+  #closed = false;
+
+  private constructor(dir: string, opts: RulesStoreOptions, snapshot: RulesSnapshot, texts: Map<string, string | null>, history: RulesHistory, audit: AuditLog) {
+    super();
+    this.#dir = dir;
+    this.#log = opts.log;
+    this.#metrics = opts.metrics;
+    this.#snapshot = snapshot;
+    this.#known = texts;
+    this.#history = history;
+    this.#audit = audit;
+    this.#debounceMs = opts.watchDebounceMs ?? 100;
+  }
+
+  static async open(dir: string, opts: RulesStoreOptions): Promise<RulesStore> {
+    const loaded = await loadRulesDir(dir);
+    if (!loaded.ok) throw new RulesLoadError(loaded.errors);
+    const compiled = compileRules(loaded.raw);
+    if (!compiled.ok) throw new RulesLoadError(await locateErrors(dir, compiled.errors));
+    const history = await RulesHistory.open(join(dir, '.history'), opts.historyLimit ?? 20);
+    const audit = await AuditLog.open(join(dir, '.audit.jsonl'));
+    const store = new RulesStore(dir, opts, compiled.snapshot, loaded.texts, history, audit);
+    if (history.latest()?.id !== compiled.snapshot.version) {
+      await history.record(versionMeta(compiled.snapshot.version, 'startup', 'load', []), loaded.raw);
+    }
+    opts.metrics?.rulesLastReload.set(Date.now() / 1000);
+    opts.log.info({ version: compiled.snapshot.version, dir }, 'rules loaded');
+    if (opts.watch) store.#startWatch();
+    return store;
+  }
+
+  current(): RulesSnapshot {
+    return this.#snapshot;
+  }
+
+  /** The section's value (a copy) and its ETag. Throws on an unknown section name. */
+  getSection(name: string): { value: unknown; etag: string } {
+    if (!isSectionName(name)) throw new Error(`unknown rules section ${JSON.stringify(name)}`);
+    const value = this.#snapshot.raw[SECTIONS[name].rawKey];
+    return { value: structuredClone(value), etag: etagOf(value) };
+  }
+
+  replaceSection(name: string, value: unknown, opts: { ifMatch?: string; actor: string }): Promise<ChangeResult> {
+    return this.#serialise(async () => {
+      if (!isSectionName(name)) return unknownSection(name);
+      const pre = this.#precondition(name, opts.ifMatch);
+      if (pre) return pre;
+      const errors = validateSection(name, value);
+      if (errors.length > 0) return invalid(errors);
+      return this.#apply(withSection(this.#snapshot.raw, name, structuredClone(value)), [name], opts.actor, 'replace', name);
+    });
+  }
+
+  addItem(name: string, item: unknown, opts: { ifMatch?: string; actor: string }): Promise<ChangeResult> {
+    return this.#serialise(async () => {
+      if (!isSectionName(name)) return unknownSection(name);
+      const pre = this.#precondition(name, opts.ifMatch);
+      if (pre) return pre;
+      const errors = validateItem(name, item);
+      if (errors.length > 0) return invalid(errors, errors[0]?.code === 'RG_ERR_RULES_NOT_A_LIST' ? errors[0].code : undefined);
+      const list = this.#snapshot.raw[SECTIONS[name].rawKey] as readonly unknown[];
+      const key = itemKey(name, item);
+      const existing = list.find((x) => itemKey(name, x) === key);
+      if (existing !== undefined) {
+        if (stableStringify(existing) === stableStringify(item)) return this.#okResult(name); // idempotent
+        return { ok: false, status: 409, code: 'RG_ERR_RULES_DUPLICATE_ID', message: `${name} already holds an item with id ${JSON.stringify(key)}` };
+      }
+      return this.#apply(withSection(this.#snapshot.raw, name, [...list, structuredClone(item)]), [name], opts.actor, 'add', name);
+    });
+  }
+
+  /** Remove one item: a string entry, or a sender rule by id (string) or by value. */
+  removeItem(name: string, item: unknown, opts: { ifMatch?: string; actor: string }): Promise<ChangeResult> {
+    return this.#serialise(async () => {
+      if (!isSectionName(name)) return unknownSection(name);
+      if (SECTIONS[name].kind !== 'list') return { ok: false, status: 400, code: 'RG_ERR_RULES_NOT_A_LIST', message: `section ${name} is not a list` };
+      const pre = this.#precondition(name, opts.ifMatch);
+      if (pre) return pre;
+      const list = this.#snapshot.raw[SECTIONS[name].rawKey] as readonly unknown[];
+      const key = itemKey(name, item);
+      const kept = list.filter((x) => itemKey(name, x) !== key);
+      if (kept.length === list.length) {
+        return { ok: false, status: 404, code: 'RG_ERR_RULES_ITEM_NOT_FOUND', message: `${JSON.stringify(typeof item === 'string' ? item : key)} is not in ${name}` };
+      }
+      return this.#apply(withSection(this.#snapshot.raw, name, kept), [name], opts.actor, 'remove', name);
+    });
+  }
+
+  /** Re-read every file (file change, SIGHUP). An invalid rule set keeps the old snapshot. */
+  reload(reason: string): Promise<{ ok: boolean; errors?: RuleError[] }> {
+    return this.#serialise(() => this.#reloadNow(reason));
+  }
+
+  async #reloadNow(reason: string): Promise<{ ok: boolean; errors?: RuleError[] }> {
+    {
+      const loaded = await loadRulesDir(this.#dir);
+      let errors: RuleError[] | undefined;
+      if (!loaded.ok) errors = loaded.errors;
+      else {
+        const compiled = compileRules(loaded.raw);
+        if (!compiled.ok) errors = await locateErrors(this.#dir, compiled.errors);
+        else {
+          this.#known = loaded.texts;
+          const changed = SECTION_NAMES.filter((n) => stableStringify(loaded.raw[SECTIONS[n].rawKey]) !== stableStringify(this.#snapshot.raw[SECTIONS[n].rawKey]));
+          if (changed.length > 0) await this.#commit(compiled.snapshot, changed, 'file', 'reload');
+          this.#metrics?.rulesReloads.inc({ result: 'success' });
+          this.#metrics?.rulesLastReload.set(Date.now() / 1000);
+          this.#log.info({ reason, version: this.#snapshot.version, sections: changed }, 'rules reloaded');
+          return { ok: true };
+        }
+      }
+      this.#metrics?.rulesReloads.inc({ result: 'error' });
+      for (const e of errors) {
+        this.#log.error({ reason, file: e.file, line: e.line, key: e.path, code: e.code, section: e.section, err: { message: e.message } }, 'rules reload failed');
+      }
+      return { ok: false, errors };
+    }
+  }
+
+  /** Newest first. */
+  history(): Version[] {
+    return this.#history.list();
+  }
+
+  rollback(versionId: string, opts: { actor: string }): Promise<ChangeResult> {
+    return this.#serialise(async () => {
+      const raw = this.#history.rawOf(versionId);
+      if (raw === undefined) return { ok: false, status: 404, code: 'RG_ERR_RULES_VERSION_NOT_FOUND', message: `no rules version ${JSON.stringify(versionId)} in history` };
+      const changed = SECTION_NAMES.filter((n) => stableStringify(raw[SECTIONS[n].rawKey]) !== stableStringify(this.#snapshot.raw[SECTIONS[n].rawKey]));
+      return this.#apply(raw, changed, opts.actor, 'rollback');
+    });
+  }
+
+  /** Newest first. */
+  audit(limit = 100): AuditEntry[] {
+    return this.#audit.list(limit);
+  }
+
+  close(): void {
+    this.#closed = true;
+    if (this.#debounce) clearTimeout(this.#debounce);
+    this.#debounce = undefined;
+    this.#watcher?.close();
+    this.#watcher = undefined;
+  }
+
+  // ── internals ──
+
+  #serialise<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#queue.then(fn, fn);
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  #precondition(name: SectionName, ifMatch: string | undefined): ChangeResult | undefined {
+    if (ifMatch === undefined || ifMatch === '*') return undefined;
+    const etag = etagOf(this.#snapshot.raw[SECTIONS[name].rawKey]);
+    const offered = ifMatch.split(',').map((t) => t.trim().replace(/^W\//, ''));
+    if (offered.includes(etag)) return undefined;
+    return { ok: false, status: 412, code: 'RG_ERR_RULES_PRECONDITION_FAILED', message: `${name} was changed by someone else (current ETag ${etag}); fetch it again and retry` };
+  }
+
+  #okResult(section: SectionName | undefined): ChangeResult {
+    const s = this.#snapshot;
+    return { ok: true, etag: section === undefined ? `"${s.version}"` : etagOf(s.raw[SECTIONS[section].rawKey]), version: s.version, snapshot: s };
+  }
+
+  async #apply(raw: RawRules, changed: SectionName[], actor: string, operation: AuditOperation, section?: SectionName): Promise<ChangeResult> {
+    const compiled = compileRules(raw);
+    if (!compiled.ok) return invalid(compiled.errors);
+    if (compiled.snapshot.version === this.#snapshot.version || changed.length === 0) return this.#okResult(section);
+    for (const name of changed) {
+      const text = formatSectionText(name, raw[SECTIONS[name].rawKey]);
+      await writeFileAtomic(join(this.#dir, SECTIONS[name].file), text);
+      this.#known.set(SECTIONS[name].file, text);
+    }
+    await this.#commit(compiled.snapshot, changed, actor, operation);
+    for (const name of changed) this.#metrics?.rulesChanges.inc({ section: name, operation });
+    this.#log.info({ actor, operation, sections: changed, version: compiled.snapshot.version }, 'rules changed');
+    return this.#okResult(section);
+  }
+
+  /** Record history and audit, then swap the snapshot and tell listeners. */
+  async #commit(next: RulesSnapshot, changed: SectionName[], actor: string, operation: AuditOperation): Promise<void> {
+    const before = this.#snapshot;
+    const time = new Date().toISOString();
+    await this.#history.record({ id: next.version, time, actor, operation, sections: [...changed] }, next.raw);
+    await this.#audit.append(changed.map((name) => ({
+      time, actor, section: name, operation,
+      before: before.raw[SECTIONS[name].rawKey], after: next.raw[SECTIONS[name].rawKey], version: next.version,
+    })));
+    this.#snapshot = next;
+    this.emit('change', next);
+  }
+
+  #startWatch(): void {
+    const files = new Set(SECTION_NAMES.map((n) => SECTIONS[n].file));
+    try {
+      this.#watcher = watch(this.#dir, { persistent: false }, (_event, filename) => {
+        // Temporary files, .history and .audit.jsonl start with a dot and are not section files.
+        if (filename !== null && !files.has(String(filename))) return;
+        this.#scheduleCheck();
+      });
+      this.#watcher.on('error', (err) => {
+        this.#metrics?.internalErrors.inc({ where: 'rules' });
+        this.#log.error({ err, dir: this.#dir }, 'rules watch failed');
+      });
+    } catch (err) {
+      this.#metrics?.internalErrors.inc({ where: 'rules' });
+      this.#log.error({ err, dir: this.#dir }, 'rules watch failed');
+    }
+  }
+
+  #scheduleCheck(): void {
+    if (this.#closed) return;
+    if (this.#debounce) clearTimeout(this.#debounce);
+    this.#debounce = setTimeout(() => {
+      this.#debounce = undefined;
+      void this.#checkFiles().catch((err: unknown) => {
+        this.#metrics?.internalErrors.inc({ where: 'rules' });
+        this.#log.error({ err }, 'rules watch check failed');
+      });
+    }, this.#debounceMs);
+    this.#debounce.unref();
+  }
+
+  /** Reload only when a section file differs from what the store itself last read or wrote. */
+  #checkFiles(): Promise<unknown> {
+    return this.#serialise(async () => {
+      if (this.#closed) return;
+      const texts = await readSectionTexts(this.#dir);
+      const differs = [...texts].some(([file, text]) => (this.#known.get(file) ?? null) !== text);
+      if (differs) await this.#reloadNow('file change');
+    });
+  }
+}
+
+// ── helpers ──
+
+function etagOf(value: unknown): string {
+  return `"${contentHash(value)}"`;
+}
+
+function versionMeta(id: string, actor: string, operation: string, sections: string[]): Version {
+  return { id, time: new Date().toISOString(), actor, operation, sections };
+}
+
+function withSection(raw: Readonly<RawRules>, name: SectionName, value: unknown): RawRules {
+  return { ...(structuredClone(raw) as RawRules), [SECTIONS[name].rawKey]: value };
+}
+
+function unknownSection(name: string): ChangeResult {
+  return { ok: false, status: 404, code: 'RG_ERR_RULES_UNKNOWN_SECTION', message: `unknown rules section ${JSON.stringify(name)} (known: ${SECTION_NAMES.join(', ')})` };
+}
+
+function invalid(errors: RuleError[], code?: string): ChangeResult {
+  return { ok: false, status: 400, code: code ?? errors[0]?.code ?? 'RG_ERR_RULES_INVALID', message: errors.map(formatRuleError).join('; '), errors };
+}
+
+/**
+ * Identity of a list item: sender rules by id; domains and networks by canonical form, so that
+ * "Example.COM." and "example.com", or "10.0.0.0/8" and "10.0.0.0/08", are the same item.
+ */
+function itemKey(name: SectionName, item: unknown): string {
+  if (name === 'senders') {
+    if (typeof item === 'string') return item;
+    return typeof item === 'object' && item !== null && typeof (item as { id?: unknown }).id === 'string' ? (item as { id: string }).id : stableStringify(item);
+  }
+  if (typeof item !== 'string') return stableStringify(item);
+  if (name === 'accepted-domains') {
+    const wildcard = item.startsWith('*.');
+    const d = canonicalDomain(wildcard ? item.slice(2) : item);
+    return d.ok ? `${wildcard ? '*.' : ''}${d.domain}` : item;
+  }
+  const n = parseNetwork(item);
+  return n.ok ? formatNetwork(n.network) : item;
+}
+
+async function readSectionTexts(dir: string): Promise<Map<string, string | null>> {
+  const texts = new Map<string, string | null>();
+  for (const name of SECTION_NAMES) {
+    const file = SECTIONS[name].file;
+    try {
+      texts.set(file, await readFile(join(dir, file), 'utf8'));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      texts.set(file, null);
+    }
+  }
+  return texts;
+}
+
+/** Read and schema-check every section file; a missing file is the section's default. */
+async function loadRulesDir(dir: string): Promise<LoadResult> {
+  const texts = await readSectionTexts(dir);
+  const raw: Record<string, unknown> = {};
+  const errors: RuleError[] = [];
+  for (const name of SECTION_NAMES) {
+    const spec = SECTIONS[name];
+    const text = texts.get(spec.file) ?? null;
+    if (text === null) {
+      raw[spec.rawKey] = structuredClone(spec.defaultValue);
+      continue;
+    }
+    const parsed = parseSectionText(name, text, join(dir, spec.file));
+    if (parsed.ok) raw[spec.rawKey] = parsed.value;
+    else errors.push(...parsed.errors);
+  }
+  return errors.length > 0 ? { ok: false, errors } : { ok: true, raw: raw as RawRules, texts };
+}
+
+/** Give compile errors (which know section and path) their file and line. */
+async function locateErrors(dir: string, errors: RuleError[]): Promise<RuleError[]> {
+  const texts = await readSectionTexts(dir);
+  return errors.map((e) => {
+    if (!isSectionName(e.section)) return e;
+    const file = join(dir, SECTIONS[e.section].file);
+    const text = texts.get(SECTIONS[e.section].file);
+    if (text === null || text === undefined) return { ...e, file };
+    const parsed = parseSectionText(e.section, text, file);
+    const line = parsed.ok && e.path !== undefined ? parsed.lineOf(e.path) : undefined;
+    return line === undefined ? { ...e, file } : { ...e, file, line };
+  });
+}
