@@ -1,0 +1,202 @@
+/**
+ * Issue 2 acceptance: a real client → guard → a real open-relay backend that records everything.
+ * Every relay trick is refused with 5xx and never reaches the backend; local mail arrives
+ * byte-identical in canonical form; trusted networks relay; never-relay overrides them.
+ */
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import SMTPConnection from 'nodemailer/lib/smtp-connection/index.js';
+import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
+import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
+import { Dialog } from '../helpers/dialog.js';
+
+const STRANGER = '127.0.0.9';
+const TRUSTED = '127.0.0.2';
+const NEVER = '127.0.0.3';
+
+let backend: RecordingBackend;
+let g: StartedGuard;
+
+beforeAll(async () => {
+  backend = await startRecordingBackend();
+  g = await startGuard({
+    backendPort: backend.port,
+    rules: {
+      acceptedDomains: ['example.com', '*.hosted.example.net'],
+      relayNetworks: ['127.0.0.0/29'],
+      neverRelayNetworks: [NEVER],
+    },
+  });
+});
+
+afterAll(async () => {
+  await g?.stop();
+  await backend?.close();
+});
+
+async function session(from: string): Promise<Dialog> {
+  const d = await Dialog.connect(g.port, { localAddress: from });
+  expect((await d.reply()).code).toBe(220);
+  expect((await d.cmd('EHLO client.test')).code).toBe(250);
+  expect((await d.cmd('MAIL FROM:<someone@elsewhere.test>')).code).toBe(250);
+  return d;
+}
+
+// Each entry is the text after "RCPT TO:". All must be refused (5xx) for an untrusted client.
+const RELAY_ATTEMPTS: Array<[string, string]> = [
+  // plain relay
+  ['foreign domain', '<victim@elsewhere.test>'],
+  ['foreign domain, upper case', '<VICTIM@ELSEWHERE.TEST>'],
+  ['foreign domain, trailing dot', '<victim@elsewhere.test.>'],
+  ['foreign domain, no brackets', ' victim@elsewhere.test'],
+  ['foreign domain with DSN params', '<victim@elsewhere.test> NOTIFY=NEVER ORCPT=rfc822;victim@elsewhere.test'],
+  ['quoted local part, foreign domain', '<"victim"@elsewhere.test>'],
+  ['postmaster at a foreign domain', '<postmaster@elsewhere.test>'],
+  // percent hack
+  ['percent hack', '<victim%elsewhere.test@example.com>'],
+  ['percent hack, quoted', '<"victim%elsewhere.test"@example.com>'],
+  ['percent hack, double', '<victim%elsewhere.test%example.com@example.com>'],
+  ['percent hack, no domain', '<victim%elsewhere.test>'],
+  ['percent hack with source route', '<@example.com:victim%elsewhere.test@example.com>'],
+  // bang paths
+  ['bang path', '<elsewhere.test!victim@example.com>'],
+  ['bang path, quoted', '<"elsewhere.test!victim"@example.com>'],
+  ['bang path, no domain', '<elsewhere.test!victim>'],
+  ['bang path, double', '<a.test!elsewhere.test!victim@example.com>'],
+  // extra @
+  ['second @', '<victim@elsewhere.test@example.com>'],
+  ['second @, ours first', '<victim@example.com@elsewhere.test>'],
+  ['quoted @', '<"victim@elsewhere.test"@example.com>'],
+  ['escaped @ outside quotes', '<victim\\@elsewhere.test@example.com>'],
+  // source routes
+  ['source route', '<@example.com:victim@elsewhere.test>'],
+  ['source route, two hops', '<@example.com,@mx.example.com:victim@elsewhere.test>'],
+  ['source route to ourselves', '<@elsewhere.test:user@example.com>'],
+  // address literals and hosts
+  ['IPv4 literal', '<victim@[192.0.2.1]>'],
+  ['loopback literal', '<victim@[127.0.0.1]>'],
+  ['IPv6 literal', '<victim@[IPv6:2001:db8::1]>'],
+  ['IPv4-mapped IPv6 literal', '<victim@[IPv6:::ffff:127.0.0.1]>'],
+  ['bare numeric domain', '<victim@127.0.0.1>'],
+  ['localhost', '<victim@localhost>'],
+  // subdomains and look-alikes
+  ['unlisted subdomain', '<victim@x.example.com>'],
+  ['suffix look-alike', '<victim@example.com.elsewhere.test>'],
+  ['prefix look-alike', '<victim@myexample.com>'],
+  ['wildcard parent itself', '<victim@hosted.example.net>'],
+  ['IDN foreign domain', '<victim@bücher.example>'],
+  // Exchange encapsulated addresses
+  ['IMCEASMTP encapsulation', '<IMCEASMTP-victim+40elsewhere+2Etest@example.com>'],
+  ['imceasmtp lower case', '<imceasmtp-victim+40elsewhere.test@example.com>'],
+  ['IMCEAEX encapsulation', '<IMCEAEX-_O=ORG_OU=SITE_CN=RECIPIENTS_CN=victim@example.com>'],
+  // comments and junk
+  ['comment', '<victim@elsewhere.test (comment)>'],
+  ['unbalanced bracket', '<victim@elsewhere.test'],
+  ['empty path', '<>'],
+];
+
+describe('relay attempts from an untrusted client', () => {
+  test(`all ${RELAY_ATTEMPTS.length} variants are refused with 5xx and none reaches the backend`, async () => {
+    expect(RELAY_ATTEMPTS.length).toBeGreaterThanOrEqual(30);
+    const before = backend.lines().filter((l) => /^RCPT/i.test(l)).length;
+    const results: Array<[string, number, string]> = [];
+    // Ten attempts per session: the hard error limit (20) would close a longer one, as it should.
+    for (let i = 0; i < RELAY_ATTEMPTS.length; i += 10) {
+      const d = await session(STRANGER);
+      for (const [name, arg] of RELAY_ATTEMPTS.slice(i, i + 10)) {
+        const r = await d.cmd(`RCPT TO:${arg}`);
+        results.push([name, r.code, r.text]);
+      }
+      await d.cmd('QUIT');
+      d.close();
+    }
+    for (const [name, code, text] of results) expect(code, `${name}: ${text}`).toBeGreaterThanOrEqual(500);
+    const after = backend.lines().filter((l) => /^RCPT/i.test(l)).length;
+    expect(after - before).toBe(0);
+  });
+
+  test('the textbook telnet test: 550 for a fake domain, 250 for ours', async () => {
+    const d = await Dialog.connect(g.port, { localAddress: STRANGER });
+    expect((await d.reply()).code).toBe(220);
+    expect((await d.cmd('HELO me')).code).toBe(250);
+    expect((await d.cmd('MAIL FROM:<someone@elsewhere.test>')).code).toBe(250);
+    const refused = await d.cmd('RCPT TO:<nobody@afakedomain.test>');
+    expect(refused.code).toBe(550);
+    expect(refused.text).toContain('5.7.1');
+    expect((await d.cmd('RCPT TO:<user@example.com>')).code).toBe(250);
+    expect((await d.cmd('QUIT')).code).toBe(221);
+    await d.waitClosed();
+  });
+
+  test('a refused recipient is logged once with client, HELO, sender, recipient and rule id', async () => {
+    const d = await session(STRANGER);
+    await d.cmd('RCPT TO:<logged-victim@elsewhere.test>');
+    await d.cmd('QUIT');
+    const lines = g.logs.filter((l) => l.msg === 'rcpt refused' && l.rcpt === 'logged-victim@elsewhere.test');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatchObject({ clientIp: STRANGER, helo: 'client.test', mailFrom: 'someone@elsewhere.test', ruleId: 'relay-denied' });
+  });
+});
+
+describe('local mail still flows, in canonical form', () => {
+  const LOCAL: Array<[string, string, string]> = [
+    ['plain', '<user1@example.com>', 'RCPT TO:<user1@example.com>'],
+    ['upper-case domain', '<User2@EXAMPLE.COM>', 'RCPT TO:<User2@example.com>'],
+    ['trailing dot', '<user3@example.com.>', 'RCPT TO:<user3@example.com>'],
+    ['needless quotes', '<"user4"@example.com>', 'RCPT TO:<user4@example.com>'],
+    ['no brackets, space after colon', ' user5@Example.Com', 'RCPT TO:<user5@example.com>'],
+    ['wildcard subdomain', '<user6@a.hosted.example.net>', 'RCPT TO:<user6@a.hosted.example.net>'],
+    ['postmaster', '<Postmaster>', 'RCPT TO:<postmaster>'],
+  ];
+  test.each(LOCAL)('%s', async (_name, arg, canonical) => {
+    const d = await session(STRANGER);
+    const r = await d.cmd(`RCPT TO:${arg}`);
+    expect(r.code).toBe(250);
+    await d.cmd('RSET');
+    await d.cmd('QUIT');
+    expect(backend.lines()).toContain(canonical);
+  });
+
+  test('a message with dot-stuffed lines arrives byte-identical through a real client', async () => {
+    const body = 'Subject: test\r\n\r\nline one\r\n.leading dot\r\n..two dots\r\n.\tdot tab\r\nlast line\r\n';
+    const before = backend.messages.length;
+    const conn = new SMTPConnection({ port: g.port, host: '127.0.0.1', localAddress: STRANGER, ignoreTLS: true, name: 'client.test' });
+    await new Promise<void>((resolve, reject) => {
+      conn.once('error', reject);
+      conn.connect(() => resolve());
+    });
+    const info = await new Promise<{ accepted: unknown[] }>((resolve, reject) =>
+      conn.send({ from: 'sender@elsewhere.test', to: ['user@example.com'] }, body, (err, i) => (err ? reject(err) : resolve(i as never))),
+    );
+    conn.quit();
+    expect(info.accepted).toEqual(['user@example.com']);
+    await backend.waitForMessages(before + 1);
+    const msg = backend.messages[before]!;
+    expect(msg.body.toString('latin1')).toBe(body);
+    expect(msg.rcptTo).toEqual(['user@example.com']);
+  });
+});
+
+describe('trusted and never-relay networks', () => {
+  test('a client inside a relay network may relay', async () => {
+    const d = await session(TRUSTED);
+    expect((await d.cmd('RCPT TO:<friend@elsewhere.test>')).code).toBe(250);
+    await d.cmd('QUIT');
+    expect(backend.lines()).toContain('RCPT TO:<friend@elsewhere.test>');
+  });
+
+  test('a never-relay address inside that network may not, but may still send to us', async () => {
+    const d = await session(NEVER);
+    expect((await d.cmd('RCPT TO:<never-friend@elsewhere.test>')).code).toBe(550);
+    expect((await d.cmd('RCPT TO:<user@example.com>')).code).toBe(250);
+    await d.cmd('QUIT');
+    expect(backend.lines()).not.toContain('RCPT TO:<never-friend@elsewhere.test>');
+  });
+
+  test('a trusted client still cannot smuggle source routes: the backend gets the canonical form', async () => {
+    const d = await session(TRUSTED);
+    expect((await d.cmd('RCPT TO:<@relay.test:routed@elsewhere.test>')).code).toBe(250);
+    await d.cmd('QUIT');
+    expect(backend.lines()).toContain('RCPT TO:<routed@elsewhere.test>');
+    expect(backend.lines().some((l) => l.includes('@relay.test:'))).toBe(false);
+  });
+});
