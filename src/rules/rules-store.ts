@@ -8,7 +8,8 @@
  *
  * Hand edits: the directory is watched (debounced); a file whose content differs from what the
  * store last read or wrote triggers reload(). The composition root wires SIGHUP to reload() too.
- * A reload with an invalid file keeps the old snapshot, logs file and line, and is counted.
+ * A reload with an invalid file keeps the old snapshot, logs file and line, is counted, and emits
+ * 'reloadError' (RuleError[]).
  *
  * Adding an item that is already present is idempotent (ok, nothing written); adding a sender rule
  * whose id exists with different content is a 409; removing an absent item is a 404.
@@ -206,6 +207,7 @@ export class RulesStore extends EventEmitter {
       for (const e of errors) {
         this.#log.error({ reason, file: e.file, line: e.line, key: e.path, code: e.code, section: e.section, err: { message: e.message } }, 'rules reload failed');
       }
+      this.emit('reloadError', errors);
       return { ok: false, errors };
     }
   }
