@@ -14,7 +14,7 @@ export function verbLabel(verb: string): string {
   return (KNOWN_VERBS as readonly string[]).includes(v) ? v : 'other';
 }
 
-export function createMetrics(register: Registry = new Registry(), opts: { defaultMetrics?: boolean; version?: string } = {}) {
+function createMetricsShape(register: Registry = new Registry(), opts: { defaultMetrics?: boolean; version?: string } = {}) {
   if (opts.defaultMetrics !== false) collectDefaultMetrics({ register });
   const registers = [register];
   const m = {
@@ -161,8 +161,50 @@ export function createMetrics(register: Registry = new Registry(), opts: { defau
       labelNames: ['version'] as const, registers,
     }),
   };
-  m.buildInfo.set({ version: opts.version ?? '0.0.0' }, 1);
   return m;
 }
 
-export type Metrics = ReturnType<typeof createMetrics>;
+export function createMetrics(register: Registry = new Registry(), opts: { defaultMetrics?: boolean; version?: string } = {}) {
+  const m = createMetricsShape(register, opts);
+  m.buildInfo.set({ version: opts.version ?? '0.0.0' }, 1);
+  zeroKnownSeries(m);
+  return m;
+}
+
+/**
+ * Publish every series of the closed label sets at 0 from the start, so dashboards and alerts
+ * (rate(), increase()) see a series before its first event instead of "no data".
+ */
+function zeroKnownSeries(m: ReturnType<typeof createMetricsShape>): void {
+  type Incable = { inc(labels: Record<string, string>, value: number): void };
+  const each = (counter: unknown, sets: Record<string, readonly string[]>) => {
+    const c = counter as Incable;
+    const keys = Object.keys(sets);
+    const walk = (i: number, acc: Record<string, string>): void => {
+      if (i === keys.length) return c.inc(acc, 0);
+      for (const v of sets[keys[i]!]!) walk(i + 1, { ...acc, [keys[i]!]: v });
+    };
+    walk(0, {});
+  };
+  each(m.messages, { outcome: ['delivered', 'rejected_by_backend', 'smuggling', 'too_large', 'aborted', 'backend_failed'] });
+  each(m.protocolErrors, { kind: ['line_too_long', 'bad_bytes', 'bare_lf', 'bare_cr', 'bad_eod', 'unknown_verb', 'syntax', 'bad_sequence', 'early_talker', 'http', 'tls_on_plain', 'too_many_errors'] });
+  each(m.smuggling, { kind: ['bare_lf', 'bare_cr', 'nul'], action: ['rejected', 'normalised'] });
+  each(m.auth, { result: ['success', 'failure', 'aborted', 'refused'] });
+  each(m.tlsHandshakes, { kind: ['starttls', 'implicit'], result: ['success', 'failure'] });
+  each(m.limitStoreErrors, { store: ['redis'] });
+  each(m.rulesReloads, { result: ['success', 'error'] });
+  each(m.backendErrors, { kind: ['connect', 'timeout', 'closed', 'protocol'] });
+  each(m.relayDenials, { rule: ['relay-denied', 'routing-tricks', 'encapsulated-address'] });
+  each(m.rcptVerdicts, { verdict: ['reject'], mode: ['enforce'], rule: ['relay-denied', 'routing-tricks', 'encapsulated-address', 'recipient-unknown'] });
+  each(m.rcptVerdicts, { verdict: ['accept'], mode: ['enforce'], rule: ['accepted-domains', 'relay-networks', 'authenticated'] });
+  each(m.internalErrors, { where: ['session', 'admin', 'rules', 'limits'] });
+  each(m.replies, { source: ['guard', 'backend'], class: ['2xx', '3xx', '4xx', '5xx'] });
+  each(m.recipientLookups, { source: ['list', 'ldap', 'cache'], result: ['known', 'unknown', 'error'] });
+  each(m.limitHits, { limit: ['none'], action: ['tempfail', 'close', 'tarpit', 'ban'] });
+  each(m.refusedVerbs, { verb: ['VRFY', 'EXPN', 'BDAT', 'TURN', 'ETRN', 'ATRN', 'XEXCH50', 'X-LINK2STATE', 'other'] });
+  m.limitStoreFallback.set(0);
+  m.bansActive.set({ source: 'manual' }, 0);
+  m.bansActive.set({ source: 'automatic' }, 0);
+}
+
+export type Metrics = ReturnType<typeof createMetricsShape>;
