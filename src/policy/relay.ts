@@ -12,11 +12,11 @@
  *   7 internal-listener     relay-allowed listener, not never-relay → accept
  *   8 relay-denied          → 550 5.7.1 Relaying denied
  */
+import { routingTricks } from '../smtp/mailbox.js';
 import type { ForwardPath } from '../smtp/path.js';
 import type { RulesSnapshot, OverridableRuleId } from './compile.js';
 import type { SessionContext } from './context.js';
 import { canonicalDomain } from './domain-name.js';
-import { isEncapsulatedAddress, sourceRoutingTricks } from './routing-tricks.js';
 import { trustFacts } from './trust.js';
 import type { RcptVerdict, RecipientValidationMode, TraceStep, Warning } from './verdict.js';
 
@@ -74,7 +74,10 @@ export function evaluateRcpt(ctx: SessionContext, rcpt: ForwardPath, rules: Rule
   dunno('postmaster');
 
   // 2. Sender-specified routing, RFC 5321 §3.6.1 / Appendix C: never from untrusted clients.
-  const tricks = sourceRoutingTricks(rcpt);
+  // The codec's detector (src/smtp/mailbox.ts) inspects the unquoted local part, so quoted and
+  // escaped forms count too; encapsulation is judged separately by rule 3.
+  const found = routingTricks(rcpt);
+  const tricks = found.filter((t) => t !== 'encapsulated');
   if (tricks.length > 0) {
     if (!facts.trusted) {
       const v = refuse('routing-tricks', `untrusted client; ${tricks.join(', ')}`);
@@ -87,7 +90,7 @@ export function evaluateRcpt(ctx: SessionContext, rcpt: ForwardPath, rules: Rule
   }
 
   // 3. Exchange encapsulated addresses (IMCEASMTP-user+40other@ours): a relay attempt.
-  if (isEncapsulatedAddress(rcpt.mailbox)) {
+  if (found.includes('encapsulated')) {
     if (!facts.trusted) {
       const v = refuse('encapsulated-address', 'untrusted client; IMCEA encapsulated local part');
       if (v) return v;

@@ -79,6 +79,7 @@ const cases: RelayCase[] = [
   { name: 'encapsulated IMCEAEX', rcpt: 'IMCEAEX-_O=ORG_OU=X@example.com', want: 'reject', rule: 'encapsulated-address' },
   { name: 'encapsulated IMCEAX400', rcpt: 'IMCEAX400-c=US+3Ba=+20+3Bp=Org@example.com', want: 'reject', rule: 'encapsulated-address' },
   { name: 'encapsulated IMCEANOTES', rcpt: 'IMCEANOTES-bob+20evil@example.com', want: 'reject', rule: 'encapsulated-address' },
+  { name: 'encapsulated with the hyphen hex-escaped', rcpt: 'IMCEASMTP+2Dbob+40evil.test@example.com', want: 'reject', rule: 'encapsulated-address' },
   { name: 'a user whose name merely starts with imce', rcpt: 'imcefan@example.com', want: 'accept', rule: 'accepted-domains' },
   { name: 'plus addressing is not a trick', rcpt: 'bob+tag@example.com', want: 'accept', rule: 'accepted-domains' },
 
