@@ -1,0 +1,211 @@
+/**
+ * Issue 3 acceptance, SMTP smuggling (CVE-2023-51764/51765/51766): every non-standard
+ * end-of-data form and every bare CR, bare LF or NUL in DATA is refused with 554 5.6.0; the
+ * backend records no message for that transaction and never sees the smuggled envelope.
+ * Normalize mode rewrites bare LF to CRLF so the backend reads the stream exactly as the guard
+ * did, and a smuggled second message goes through the guard's own policy. Dot-stuffed lines
+ * arrive byte-identical.
+ */
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
+import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
+import { Dialog, type ParsedReply } from '../helpers/dialog.js';
+import { withTimeout } from '../helpers/with-timeout.js';
+
+const STRANGER = '127.0.0.9';
+
+/** [name, bytes that follow "Subject: …\r\n\r\nfirst part" (or start the message when `atStart`)] */
+const VECTORS: Array<[string, string, boolean?]> = [
+  ['\\n.\\n', '\n.\n'],
+  ['\\n.\\r\\n', '\n.\r\n'],
+  ['\\r.\\r', '\r.\r'],
+  ['\\r\\n.\\r', '\r\n.\r'],
+  ['\\r\\n.\\n', '\r\n.\n'],
+  ['.\\n at the start of DATA', '.\n', true],
+  ['bare CR inside a line', 'x\ry\r\n'],
+  ['bare LF inside a line', 'x\ny\r\n'],
+  ['NUL inside a line', 'x\0y\r\n'],
+  ['\\r\\n.\\0\\r\\n', '\r\n.\0\r\n'],
+  ['\\r\\n\\0.\\r\\n', '\r\n\0.\r\n'],
+];
+
+function smuggledEnvelope(rcptDomain: string, marker: string): string {
+  return (
+    `MAIL FROM:<spoof@example.com>\r\n` +
+    `RCPT TO:<smuggled-${marker}@${rcptDomain}>\r\n` +
+    `DATA\r\n` +
+    `Subject: smuggled-${marker}\r\n\r\nsmuggled body\r\n` +
+    `.\r\n`
+  );
+}
+
+function payload(vector: string, atStart: boolean | undefined, marker: string, rcptDomain: string): string {
+  const head = atStart ? '' : `Subject: first-${marker}\r\n\r\nfirst part`;
+  return `${head}${vector}${smuggledEnvelope(rcptDomain, marker)}`;
+}
+
+async function openData(port: number, rcpt = 'user@example.com'): Promise<Dialog> {
+  const d = await Dialog.connect(port, { localAddress: STRANGER });
+  expect((await d.reply()).code).toBe(220);
+  expect((await d.cmd('EHLO client.test')).code).toBe(250);
+  expect((await d.cmd('MAIL FROM:<sender@elsewhere.test>')).code).toBe(250);
+  expect((await d.cmd(`RCPT TO:<${rcpt}>`)).code).toBe(250);
+  expect((await d.cmd('DATA')).code).toBe(354);
+  return d;
+}
+
+async function repliesUntilClose(d: Dialog, max = 30): Promise<ParsedReply[]> {
+  const out: ParsedReply[] = [];
+  for (let i = 0; i < max; i++) {
+    try {
+      out.push(await d.reply(3000));
+    } catch {
+      break;
+    }
+  }
+  return out;
+}
+
+/** Bytes the backend received on one connection, as text. */
+function connText(backend: RecordingBackend, i: number): string {
+  return Buffer.concat(backend.connections[i] ?? []).toString('latin1');
+}
+
+describe('reject mode (default)', () => {
+  let backend: RecordingBackend;
+  let g: StartedGuard;
+  beforeAll(async () => {
+    backend = await startRecordingBackend();
+    g = await startGuard({ backendPort: backend.port });
+  });
+  afterAll(async () => {
+    await g?.stop();
+    await backend?.close();
+  });
+
+  test.each(VECTORS.map(([name, bytes, atStart], i) => [name, bytes, atStart, i] as const))(
+    '%s: 554 5.6.0, no message, smuggled envelope never reaches the backend',
+    async (_name, vector, atStart, i) => {
+      const marker = `r${i}`;
+      const connBefore = backend.connections.length;
+      const msgsBefore = backend.messages.length;
+      const d = await openData(g.port);
+      d.send(payload(vector, atStart, marker, 'example.com'));
+      // The final CRLF.CRLF so that a backend reading bare LF as a line end would deliver twice.
+      d.send('\r\n.\r\nQUIT\r\n');
+      const r = await repliesUntilClose(d);
+      expect(r[0]?.code, JSON.stringify(r)).toBe(554);
+      expect(r[0]!.text).toContain('5.6.0');
+      // The connection closes after the 554: nothing else is answered.
+      expect(r).toHaveLength(1);
+      await d.waitClosed();
+      // The backend connection of this session is gone (aborted, never an end-of-data).
+      await withTimeout(
+        new Promise<void>((resolve) => {
+          const check = (): void => void (backend.openConnections() === 0 ? resolve() : setImmediate(check));
+          check();
+        }),
+        3000,
+        'backend connection closed',
+      );
+      const seen = backend.connections.slice(connBefore).map((_c, k) => connText(backend, connBefore + k)).join('');
+      expect(seen).not.toContain(`smuggled-${marker}`);
+      expect(seen).not.toContain('spoof@');
+      expect(seen).not.toContain('\r\n.\r\n');
+      expect(backend.messages.length).toBe(msgsBefore);
+    },
+  );
+
+  test('the smuggling attempt is logged with its kind', async () => {
+    const d = await openData(g.port);
+    d.send('Subject: logged\r\n\r\nhello\n.\nMAIL FROM:<x@example.com>\r\n\r\n.\r\n');
+    expect((await d.reply()).code).toBe(554);
+    await d.waitClosed();
+    expect(g.logs.some((l) => l.msg === 'smuggling attempt refused' && l.kind === 'bare_lf')).toBe(true);
+  });
+
+  test('dot-stuffed lines pass byte-identical (on the wire and in the delivered message)', async () => {
+    const body = 'Subject: dots\r\n\r\n..leading dot\r\n...two\r\n.. \r\n..\r\nmiddle . dot\r\nlast\r\n';
+    const connBefore = backend.connections.length;
+    const msgsBefore = backend.messages.length;
+    const d = await openData(g.port);
+    d.send(`${body}.\r\n`);
+    expect((await d.reply()).code).toBe(250);
+    expect((await d.cmd('QUIT')).code).toBe(221);
+    await withTimeout(backend.waitForMessages(msgsBefore + 1), 5000, 'message');
+    const wire = connText(backend, connBefore);
+    expect(wire).toContain(`DATA\r\n${body}.\r\n`);
+    expect(backend.messages[msgsBefore]!.body.toString('latin1')).toBe(body.replace(/^\./gm, ''));
+  });
+});
+
+describe('normalize mode', () => {
+  let backend: RecordingBackend;
+  let g: StartedGuard;
+  beforeAll(async () => {
+    backend = await startRecordingBackend();
+    g = await startGuard({ backendPort: backend.port, config: { smtp: { smuggling: 'normalize' } } });
+  });
+  afterAll(async () => {
+    await g?.stop();
+    await backend?.close();
+  });
+
+  const LF_VECTORS = VECTORS.filter(([, v]) => v.includes('\n') && !v.includes('\r.') && !v.includes('\0') && !/\r(?!\n)/.test(v));
+
+  test('the vectors with bare LF only are the ones normalised', () => {
+    expect(LF_VECTORS.map(([n]) => n)).toEqual(['\\n.\\n', '\\n.\\r\\n', '\\r\\n.\\n', '.\\n at the start of DATA', 'bare LF inside a line']);
+  });
+
+  test.each(LF_VECTORS.map(([name, bytes, atStart], i) => [name, bytes, atStart, i] as const))(
+    '%s: the backend sees CRLF only, and a smuggled second message meets the guard\'s policy',
+    async (_name, vector, atStart, i) => {
+      const marker = `n${i}`;
+      const connBefore = backend.connections.length;
+      const msgsBefore = backend.messages.length;
+      const d = await openData(g.port);
+      d.send(payload(vector, atStart, marker, 'elsewhere.test'));
+      d.send('\r\n.\r\nQUIT\r\n');
+      const r = await repliesUntilClose(d);
+      expect(r.at(-1)?.code, JSON.stringify(r)).toBe(221);
+      const wire = connText(backend, connBefore);
+      // No bare LF ever reaches the backend: every LF is preceded by CR.
+      expect(/(^|[^\r])\n/.test(wire)).toBe(false);
+      const inLine = vector === 'x\ny\r\n';
+      // The relay attempt inside the "second message" was judged by the guard and refused; with
+      // no end-of-data before it (LF inside a line), it is plain body text for both alike.
+      if (!inLine) expect(wire).not.toContain(`RCPT TO:<smuggled-${marker}@elsewhere.test>`);
+      const relayReplies = r.filter((x) => x.code === 550 && x.text.includes('5.7.1'));
+      const delivered = backend.messages.slice(msgsBefore);
+      for (const m of delivered) expect(m.rcptTo).toEqual(['user@example.com']);
+      // The guard's view equals the backend's: the messages it answered 250 to are the ones delivered.
+      const endOfDataOk = r.filter((x) => x.code === 250 && /queued/i.test(x.text)).length;
+      expect(delivered.length).toBe(endOfDataOk);
+      expect(delivered.length).toBeGreaterThanOrEqual(1);
+      if (inLine) expect(delivered[0]!.body.toString('latin1')).toContain(`first partx\r\ny\r\nMAIL FROM:<spoof@example.com>\r\nRCPT TO:<smuggled-${marker}@elsewhere.test>\r\n`);
+      else expect(relayReplies.length).toBe(1);
+    },
+  );
+
+  test('bare LF inside a line becomes CRLF in the delivered message', async () => {
+    const msgsBefore = backend.messages.length;
+    const d = await openData(g.port);
+    d.send('Subject: lf\n\nline one\nline two\r\n.\r\n');
+    expect((await d.reply()).code).toBe(250);
+    await d.cmd('QUIT');
+    await withTimeout(backend.waitForMessages(msgsBefore + 1), 5000, 'message');
+    expect(backend.messages[msgsBefore]!.body.toString('latin1')).toBe('Subject: lf\r\n\r\nline one\r\nline two\r\n');
+  });
+
+  test('a bare CR is still refused in normalize mode', async () => {
+    const msgsBefore = backend.messages.length;
+    const d = await openData(g.port);
+    d.send(`Subject: cr\r\n\r\nx\r.\r${smuggledEnvelope('example.com', 'cr')}`);
+    const r = await d.reply();
+    expect(r.code).toBe(554);
+    expect(r.text).toContain('5.6.0');
+    await d.waitClosed();
+    expect(backend.messages.length).toBe(msgsBefore);
+    expect(backend.lines().some((l) => l.includes('smuggled-cr'))).toBe(false);
+  });
+});
