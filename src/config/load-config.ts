@@ -85,7 +85,7 @@ export function parseConfigText(text: string, file: string, base: Config = DEFAU
   const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length > 0) {
     const e = doc.errors[0]!;
-    const line = e.linePos?.[0]?.line;
+    const line = lineCounter.linePos(e.pos[0]).line;
     throw new ConfigError(file, '', `YAML syntax error: ${e.message.split('\n')[0]}`, line);
   }
   const data = (doc.toJS() ?? {}) as Json;
