@@ -74,7 +74,7 @@ export class RecipientValidator extends EventEmitter {
   private readonly debounceMs: number;
   private list: RecipientList | undefined;
   private listPath: string | undefined;
-  private listLoading: Promise<ListReloadResult> | undefined;
+  private listLoading: { path: string; done: Promise<ListReloadResult> } | undefined;
   private watcher: FSWatcher | undefined;
   private debounceTimer: NodeJS.Timeout | undefined;
   private ldap: { key: string; settings: ResolvedLdapSettings; directory: LdapDirectory; cache: LRUCache<string, 'known' | 'unknown'> } | undefined;
@@ -110,12 +110,14 @@ export class RecipientValidator extends EventEmitter {
   /** Validate one recipient (canonical local@domain, domain lower-case). Never throws. */
   async lookup(address: string, domain: string): Promise<RecipientLookup> {
     let out: RecipientLookup;
+    let mode: RecipientValidationMode = 'list';
     try {
-      const mode = this.mode(domain);
+      mode = this.mode(domain);
       if (mode === 'off') return { result: 'known', source: 'list', detail: 'validation off for this domain' };
       out = mode === 'list' ? await this.lookupList(address) : await this.lookupLdap(address);
     } catch (err) {
-      out = { result: 'error', source: 'list', detail: 'internal error' };
+      // A bug or a bad setting (e.g. an unusable duration) must never become a 550.
+      out = { result: 'error', source: mode === 'ldap' ? 'ldap' : 'list', detail: 'internal error' };
       this.opts.log.error({ err, domain }, 'recipient lookup failed');
     }
     this.opts.metrics?.recipientLookups.inc({ source: out.source, result: out.result });
@@ -136,6 +138,11 @@ export class RecipientValidator extends EventEmitter {
       misses: this.misses,
       ldapQueries: this.retiredQueries + (this.ldap?.directory.searches ?? 0),
     };
+  }
+
+  /** Forget every cached directory answer (e.g. after a mailbox was created or removed). */
+  clearCache(): void {
+    this.ldap?.cache.clear();
   }
 
   /** Entries in the loaded list, or undefined when none is loaded. */
@@ -170,18 +177,25 @@ export class RecipientValidator extends EventEmitter {
     const path = this.currentListPath();
     // First use, or the rules now name another file. A file that cannot be loaded gives 'error'
     // until the watcher (or reloadList) loads a good version.
-    if (this.listPath !== path) await this.loadList(path);
+    if (this.listPath !== path) {
+      // Concurrent first lookups share one load.
+      await (this.listLoading?.path === path ? this.listLoading.done : this.loadList(path));
+    }
     const list = this.listPath === path ? this.list : undefined;
     if (list === undefined) return { result: 'error', source: 'list', detail: 'recipient list unavailable' };
     return { result: list.lookup(address), source: 'list' };
   }
 
+  /** Loads run one after the other, and each reads the file afresh: a change during a load is not lost. */
   private loadList(path: string): Promise<ListReloadResult> {
-    // One load at a time; a change during a load is picked up by the watcher's next event.
-    this.listLoading ??= this.doLoadList(path).finally(() => {
-      this.listLoading = undefined;
+    const previous = this.listLoading?.done ?? Promise.resolve();
+    const done = previous.then(() => this.doLoadList(path));
+    const entry = { path, done };
+    this.listLoading = entry;
+    void done.finally(() => {
+      if (this.listLoading === entry) this.listLoading = undefined;
     });
-    return this.listLoading;
+    return done;
   }
 
   private async doLoadList(path: string): Promise<ListReloadResult> {

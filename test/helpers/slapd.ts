@@ -6,7 +6,7 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { access, constants, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { access, constants, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,6 +22,8 @@ const START_TIMEOUT_MS = 10_000;
 const STOP_TIMEOUT_MS = 5_000;
 const BIND_ATTEMPTS = 100;
 const BIND_RETRY_MS = 50;
+const STOP_POLL_ATTEMPTS = 200;
+const STOP_POLL_MS = 10;
 
 export const SLAPD_SUFFIX = 'dc=example,dc=test';
 export const SLAPD_ROOT_DN = `cn=admin,${SLAPD_SUFFIX}`;
@@ -88,7 +90,7 @@ export interface Slapd {
   /** Start it again on the same port with the same data. */
   start(): Promise<void>;
   /** Freeze the process (SIGSTOP): connections are accepted by the kernel but never answered. */
-  pause(): void;
+  pause(): Promise<void>;
   /** Thaw it (SIGCONT). */
   resume(): void;
   /** Stop and delete the temp folder. */
@@ -196,6 +198,18 @@ async function waitForBind(url: string): Promise<void> {
   throw new Error(`slapd at ${url} does not answer a bind: ${String(lastErr)}`);
 }
 
+/** Linux: is every thread of the process in state T (stopped)? */
+async function allThreadsStopped(pid: number): Promise<boolean> {
+  const tids = await readdir(`/proc/${pid}/task`);
+  for (const tid of tids) {
+    const stat = await readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+    // The state follows the parenthesised command name, which may itself contain spaces.
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    if (state !== 'T' && state !== 't') return false;
+  }
+  return true;
+}
+
 export async function startSlapd(opts: { seedLdif?: string; tls?: SlapdTls } = {}): Promise<Slapd> {
   await assertSlapdInstalled();
   const dir = await mkdtemp(join(tmpdir(), 'rg-slapd-'));
@@ -258,8 +272,16 @@ export async function startSlapd(opts: { seedLdif?: string; tls?: SlapdTls } = {
       child = await spawnSlapd(conf, urls());
       await waitForBind(url);
     },
-    pause() {
-      child?.kill('SIGSTOP');
+    async pause() {
+      const c = child;
+      if (c?.pid === undefined) throw new Error('slapd is not running');
+      c.kill('SIGSTOP');
+      // Signal delivery is asynchronous: poll /proc until every thread has stopped (bounded).
+      for (let attempt = 0; attempt < STOP_POLL_ATTEMPTS; attempt++) {
+        if (await allThreadsStopped(c.pid)) return;
+        await delay(STOP_POLL_MS);
+      }
+      throw new Error('slapd did not stop on SIGSTOP');
     },
     resume() {
       child?.kill('SIGCONT');
