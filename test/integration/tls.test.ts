@@ -1,0 +1,240 @@
+/**
+ * Issue 4 acceptance, TLS at the guard: STARTTLS (RFC 3207) and implicit TLS (RFC 8314 §3) with real
+ * clients (Node's tls, swaks --tls, openssl s_client), the STARTTLS command-injection test
+ * (CVE-2011-0411), and a certificate reload that new sessions see while old ones keep working.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { X509Certificate } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
+import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
+import { Dialog } from '../helpers/dialog.js';
+import { makeCertificate, type TestCertificate } from '../helpers/certs.js';
+import { withTimeout } from '../helpers/with-timeout.js';
+import { TlsDialog } from '../helpers/tls-dialog.js';
+
+const STRANGER = '127.0.0.9';
+
+let backend: RecordingBackend;
+let g: StartedGuard;
+let certDir: string;
+let certA: TestCertificate;
+let certB: TestCertificate;
+
+function writeCert(c: TestCertificate): void {
+  writeFileSync(path.join(certDir, 'cert.pem'), c.cert);
+  writeFileSync(path.join(certDir, 'key.pem'), c.key);
+}
+
+function fingerprint(c: TestCertificate): string {
+  return new X509Certificate(c.cert).fingerprint256;
+}
+
+beforeAll(async () => {
+  certA = await makeCertificate({ commonName: 'cert-a.test' });
+  certB = await makeCertificate({ commonName: 'cert-b.test' });
+  certDir = mkdtempSync(path.join(tmpdir(), 'rg-tls-'));
+  writeCert(certA);
+  backend = await startRecordingBackend();
+  const tlsConf = { certFile: path.join(certDir, 'cert.pem'), keyFile: path.join(certDir, 'key.pem') };
+  g = await startGuard({
+    backendPort: backend.port,
+    config: {
+      listeners: [
+        { name: 'mx', address: '127.0.0.1', port: 0, kind: 'mx', starttls: true, tls: tlsConf },
+        { name: 'smtps', address: '127.0.0.1', port: 0, kind: 'smtps', tls: tlsConf },
+      ],
+    },
+  });
+});
+
+afterAll(async () => {
+  await g?.stop();
+  await backend?.close();
+  if (certDir) rmSync(certDir, { recursive: true, force: true });
+});
+
+/** Plain connection up to a finished STARTTLS handshake. */
+async function startTls(port: number, localAddress = STRANGER): Promise<TlsDialog> {
+  const d = await Dialog.connect(port, { localAddress });
+  expect((await d.reply()).code).toBe(220);
+  const ehlo = await d.cmd('EHLO client.test');
+  expect(ehlo.lines).toContain('STARTTLS');
+  expect((await d.cmd('STARTTLS')).code).toBe(220);
+  return TlsDialog.upgrade(d.socket);
+}
+
+describe('STARTTLS with Node tls', () => {
+  test('handshake, state reset (MAIL before the new EHLO → 503), then a message goes through', async () => {
+    const t = await startTls(g.port);
+    expect(t.socket.getPeerX509Certificate()?.fingerprint256).toBe(fingerprint(certA));
+    // RFC 3207 §4.2: the client must discard what it knew; the server forgets the EHLO.
+    expect((await t.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(503);
+    const ehlo = await t.cmd('EHLO client.test');
+    expect(ehlo.code).toBe(250);
+    expect(ehlo.lines).not.toContain('STARTTLS');
+    expect((await t.cmd('STARTTLS')).code).toBeGreaterThanOrEqual(500);
+    expect((await t.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+    expect((await t.cmd('RCPT TO:<bob@example.com>')).code).toBe(250);
+    expect((await t.cmd('DATA')).code).toBe(354);
+    const before = backend.messages.length;
+    expect((await t.cmd('Subject: over starttls\r\n\r\nnode tls body\r\n.')).code).toBe(250);
+    expect(backend.messages.length).toBe(before + 1);
+    expect(backend.messages.at(-1)!.body.toString()).toContain('node tls body');
+    expect((await t.cmd('QUIT')).code).toBe(221);
+    t.close();
+  });
+
+  test('the session summary says tls and the handshake is counted', async () => {
+    const t = await startTls(g.port);
+    expect((await t.cmd('EHLO client.test')).code).toBe(250);
+    await t.cmd('QUIT');
+    await t.waitClosed();
+    const m = await g.guard.metrics.tlsHandshakes.get();
+    const ok = m.values.find((v) => v.labels.kind === 'starttls' && v.labels.result === 'success');
+    expect(ok?.value ?? 0).toBeGreaterThanOrEqual(1);
+  });
+});
+
+describe('CVE-2011-0411: plaintext pipelined after STARTTLS is discarded', () => {
+  for (const injected of ['RSET', 'MAIL FROM:<x@y.test>']) {
+    test(`"STARTTLS\\r\\n${injected}\\r\\n" in one write: the injected command is never answered nor forwarded`, async () => {
+      const linesBefore = backend.lines().length;
+      const d = await Dialog.connect(g.port, { localAddress: STRANGER });
+      expect((await d.reply()).code).toBe(220);
+      expect((await d.cmd('EHLO client.test')).code).toBe(250);
+      const linesAtStartTls = backend.lines().length;
+      d.send(`STARTTLS\r\n${injected}\r\n`);
+      const r = await d.reply();
+      expect(r.code).toBe(220);
+      const t = await TlsDialog.upgrade(d.socket);
+      // The first reply inside TLS must be the one to our NOOP, not to the injected command.
+      const noop = await t.cmd('NOOP');
+      expect(noop.text).toBe('250 2.0.0 OK');
+      const ehlo = await t.cmd('EHLO client.test');
+      expect(ehlo.code).toBe(250);
+      expect((await t.cmd('QUIT')).code).toBe(221);
+      await t.waitClosed();
+      const sent = backend.lines().slice(linesBefore);
+      expect(sent.length).toBeGreaterThan(linesAtStartTls - linesBefore);
+      expect(sent.filter((l) => /^(RSET|MAIL)/i.test(l))).toEqual([]);
+      expect(sent.join('\n')).not.toContain('x@y.test');
+    });
+  }
+});
+
+/** Run a real client; `input` is written to its stdin once its output matches `after` (at once when absent). */
+function run(cmd: string, args: string[], input?: string, after?: RegExp, timeoutMs = 15_000): Promise<{ code: number | null; out: string }> {
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+      let out = '';
+      let written = false;
+      const feed = () => {
+        if (written || (after && !after.test(out))) return;
+        written = true;
+        child.stdin.end(input ?? '');
+      };
+      child.stdout.on('data', (b: Buffer) => {
+        out += b.toString();
+        feed();
+      });
+      child.stderr.on('data', (b: Buffer) => (out += b.toString()));
+      child.on('error', reject);
+      child.on('close', (code) => resolve({ code, out }));
+      feed();
+    }),
+    timeoutMs,
+    cmd,
+  );
+}
+
+describe('real TLS clients', () => {
+  test('swaks --tls delivers a message over STARTTLS', async () => {
+    const before = backend.messages.length;
+    const r = await run('swaks', [
+      '--server', `127.0.0.1:${g.port}`, '--tls', '--local-interface', STRANGER,
+      '--from', 'alice@elsewhere.test', '--to', 'bob@example.com', '--body', 'swaks tls body',
+    ]);
+    expect(r.code, r.out).toBe(0);
+    expect(r.out).toMatch(/<- +220 .*TLS/i);
+    expect(r.out).toContain('TLS started');
+    expect(backend.messages.length).toBe(before + 1);
+    expect(backend.messages.at(-1)!.body.toString()).toContain('swaks tls body');
+  });
+
+  test('openssl s_client -starttls smtp completes the handshake and gets the new EHLO answered', async () => {
+    const r = await run(
+      'openssl',
+      ['s_client', '-starttls', 'smtp', '-connect', `127.0.0.1:${g.port}`, '-servername', 'cert-a.test', '-ign_eof'],
+      'EHLO openssl.test\r\nQUIT\r\n',
+    );
+    expect(r.out).toContain('CN = cert-a.test');
+    expect(r.out).toMatch(/Protocol\s*:\s*TLSv1\.[23]/);
+    expect(r.out).toMatch(/^250[ -]/m);
+    expect(r.out).toMatch(/^221 /m);
+  });
+
+  test('implicit TLS (smtps): TLS from the first byte, no STARTTLS offered, message delivered', async () => {
+    const port = g.guard.address('smtps').port;
+    const t = await TlsDialog.connect(port, STRANGER);
+    expect((await t.reply()).code).toBe(220);
+    const ehlo = await t.cmd('EHLO client.test');
+    expect(ehlo.code).toBe(250);
+    expect(ehlo.lines).not.toContain('STARTTLS');
+    expect((await t.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+    expect((await t.cmd('RCPT TO:<bob@example.com>')).code).toBe(250);
+    expect((await t.cmd('RCPT TO:<victim@elsewhere.test>')).code).toBe(550);
+    expect((await t.cmd('DATA')).code).toBe(354);
+    const before = backend.messages.length;
+    expect((await t.cmd('Subject: smtps\r\n\r\nimplicit body\r\n.')).code).toBe(250);
+    expect(backend.messages.length).toBe(before + 1);
+    await t.cmd('QUIT');
+    t.close();
+  });
+
+  test('openssl s_client against smtps (implicit TLS)', async () => {
+    const port = g.guard.address('smtps').port;
+    const r = await run('openssl', ['s_client', '-connect', `127.0.0.1:${port}`, '-ign_eof'], 'EHLO openssl.test\r\nQUIT\r\n', /^220 /m);
+    expect(r.out).toContain('CN = cert-a.test');
+    expect(r.out).toMatch(/^220 /m);
+    expect(r.out).toMatch(/^221 /m);
+  });
+});
+
+describe('certificate reload', () => {
+  test('after reload new sessions see cert B; a session opened with cert A keeps working', async () => {
+    const old = await startTls(g.port);
+    const oldFingerprint = old.socket.getPeerX509Certificate()?.fingerprint256;
+    expect(oldFingerprint).toBe(fingerprint(certA));
+    expect((await old.cmd('EHLO old.test')).code).toBe(250);
+
+    writeCert(certB);
+    await g.guard.reload();
+
+    const fresh = await startTls(g.port);
+    expect(fresh.socket.getPeerX509Certificate()?.fingerprint256).toBe(fingerprint(certB));
+    const implicit = await TlsDialog.connect(g.guard.address('smtps').port, STRANGER);
+    expect(implicit.socket.getPeerX509Certificate()?.fingerprint256).toBe(fingerprint(certB));
+    implicit.close();
+    await fresh.cmd('QUIT');
+    fresh.close();
+
+    // The old session still sends a message on its cert-A connection.
+    expect(old.closed).toBe(false);
+    expect((await old.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+    expect((await old.cmd('RCPT TO:<bob@example.com>')).code).toBe(250);
+    expect((await old.cmd('DATA')).code).toBe(354);
+    const before = backend.messages.length;
+    expect((await old.cmd('Subject: old\r\n\r\nsent after reload\r\n.')).code).toBe(250);
+    expect(backend.messages.length).toBe(before + 1);
+    expect(backend.messages.at(-1)!.body.toString()).toContain('sent after reload');
+    await old.cmd('QUIT');
+    old.close();
+    writeCert(certA);
+    await g.guard.reload();
+  });
+});
