@@ -51,6 +51,16 @@ export interface RulesStoreOptions {
   watch?: boolean;
   /** Debounce of file events in ms (default 100). */
   watchDebounceMs?: number;
+  /**
+   * Entries from the command line (--accepted-domain, --relay-network) added to the file sections
+   * in every snapshot. They are never written to rules/ and do not show in getSection().
+   */
+  overlay?: RulesOverlay;
+}
+
+export interface RulesOverlay {
+  acceptedDomains?: string[];
+  relayNetworks?: string[];
 }
 
 /** The rules directory cannot be loaded at start. Names file, line and key of the first problem. */
@@ -87,6 +97,9 @@ export class RulesStore extends EventEmitter {
   readonly #audit: AuditLog;
   readonly #debounceMs: number;
   #snapshot: RulesSnapshot;
+  /** The rule files' content (snapshot.raw is this plus the overlay). */
+  #raw: RawRules;
+  readonly #overlay: RulesOverlay | undefined;
   /** Content of each section file as last read or written by the store (null: missing). */
   #known: Map<string, string | null>;
   #queue: Promise<unknown> = Promise.resolve();
@@ -94,12 +107,14 @@ export class RulesStore extends EventEmitter {
   #debounce: NodeJS.Timeout | undefined;
   #closed = false;
 
-  private constructor(dir: string, opts: RulesStoreOptions, snapshot: RulesSnapshot, texts: Map<string, string | null>, history: RulesHistory, audit: AuditLog) {
+  private constructor(dir: string, opts: RulesStoreOptions, raw: RawRules, snapshot: RulesSnapshot, texts: Map<string, string | null>, history: RulesHistory, audit: AuditLog) {
     super();
     this.#dir = dir;
     this.#log = opts.log;
     this.#metrics = opts.metrics;
     this.#snapshot = snapshot;
+    this.#raw = raw;
+    this.#overlay = opts.overlay;
     this.#known = texts;
     this.#history = history;
     this.#audit = audit;
@@ -109,11 +124,11 @@ export class RulesStore extends EventEmitter {
   static async open(dir: string, opts: RulesStoreOptions): Promise<RulesStore> {
     const loaded = await loadRulesDir(dir);
     if (!loaded.ok) throw new RulesLoadError(loaded.errors);
-    const compiled = compileRules(loaded.raw);
+    const compiled = compileWithOverlay(loaded.raw, opts.overlay);
     if (!compiled.ok) throw new RulesLoadError(await locateErrors(dir, compiled.errors));
     const history = await RulesHistory.open(join(dir, '.history'), opts.historyLimit ?? 20);
     const audit = await AuditLog.open(join(dir, '.audit.jsonl'));
-    const store = new RulesStore(dir, opts, compiled.snapshot, loaded.texts, history, audit);
+    const store = new RulesStore(dir, opts, loaded.raw, compiled.snapshot, loaded.texts, history, audit);
     if (history.latest()?.id !== compiled.snapshot.version) {
       await history.record(versionMeta(compiled.snapshot.version, 'startup', 'load', []), loaded.raw);
     }
@@ -130,7 +145,7 @@ export class RulesStore extends EventEmitter {
   /** The section's value (a copy) and its ETag. Throws on an unknown section name. */
   getSection(name: string): { value: unknown; etag: string } {
     if (!isSectionName(name)) throw new Error(`unknown rules section ${JSON.stringify(name)}`);
-    const value = this.#snapshot.raw[SECTIONS[name].rawKey];
+    const value = this.#raw[SECTIONS[name].rawKey];
     return { value: structuredClone(value), etag: etagOf(value) };
   }
 
@@ -141,7 +156,7 @@ export class RulesStore extends EventEmitter {
       if (pre) return pre;
       const errors = validateSection(name, value);
       if (errors.length > 0) return invalid(errors);
-      return this.#apply(withSection(this.#snapshot.raw, name, structuredClone(value)), [name], opts.actor, 'replace', name);
+      return this.#apply(withSection(this.#raw, name, structuredClone(value)), [name], opts.actor, 'replace', name);
     });
   }
 
@@ -152,14 +167,14 @@ export class RulesStore extends EventEmitter {
       if (pre) return pre;
       const errors = validateItem(name, item);
       if (errors.length > 0) return invalid(errors, errors[0]?.code === 'RG_ERR_RULES_NOT_A_LIST' ? errors[0].code : undefined);
-      const list = this.#snapshot.raw[SECTIONS[name].rawKey] as readonly unknown[];
+      const list = this.#raw[SECTIONS[name].rawKey] as readonly unknown[];
       const key = itemKey(name, item);
       const existing = list.find((x) => itemKey(name, x) === key);
       if (existing !== undefined) {
         if (stableStringify(existing) === stableStringify(item)) return this.#okResult(name); // idempotent
         return { ok: false, status: 409, code: 'RG_ERR_RULES_DUPLICATE_ID', message: `${name} already holds an item with id ${JSON.stringify(key)}` };
       }
-      return this.#apply(withSection(this.#snapshot.raw, name, [...list, structuredClone(item)]), [name], opts.actor, 'add', name);
+      return this.#apply(withSection(this.#raw, name, [...list, structuredClone(item)]), [name], opts.actor, 'add', name);
     });
   }
 
@@ -170,13 +185,13 @@ export class RulesStore extends EventEmitter {
       if (SECTIONS[name].kind !== 'list') return { ok: false, status: 400, code: 'RG_ERR_RULES_NOT_A_LIST', message: `section ${name} is not a list` };
       const pre = this.#precondition(name, opts.ifMatch);
       if (pre) return pre;
-      const list = this.#snapshot.raw[SECTIONS[name].rawKey] as readonly unknown[];
+      const list = this.#raw[SECTIONS[name].rawKey] as readonly unknown[];
       const key = itemKey(name, item);
       const kept = list.filter((x) => itemKey(name, x) !== key);
       if (kept.length === list.length) {
         return { ok: false, status: 404, code: 'RG_ERR_RULES_ITEM_NOT_FOUND', message: `${JSON.stringify(typeof item === 'string' ? item : key)} is not in ${name}` };
       }
-      return this.#apply(withSection(this.#snapshot.raw, name, kept), [name], opts.actor, 'remove', name);
+      return this.#apply(withSection(this.#raw, name, kept), [name], opts.actor, 'remove', name);
     });
   }
 
@@ -191,12 +206,12 @@ export class RulesStore extends EventEmitter {
       let errors: RuleError[] | undefined;
       if (!loaded.ok) errors = loaded.errors;
       else {
-        const compiled = compileRules(loaded.raw);
+        const compiled = compileWithOverlay(loaded.raw, this.#overlay);
         if (!compiled.ok) errors = await locateErrors(this.#dir, compiled.errors);
         else {
           this.#known = loaded.texts;
-          const changed = SECTION_NAMES.filter((n) => stableStringify(loaded.raw[SECTIONS[n].rawKey]) !== stableStringify(this.#snapshot.raw[SECTIONS[n].rawKey]));
-          if (changed.length > 0) await this.#commit(compiled.snapshot, changed, 'file', 'reload');
+          const changed = SECTION_NAMES.filter((n) => stableStringify(loaded.raw[SECTIONS[n].rawKey]) !== stableStringify(this.#raw[SECTIONS[n].rawKey]));
+          if (changed.length > 0) await this.#commit(loaded.raw, compiled.snapshot, changed, 'file', 'reload');
           this.#metrics?.rulesReloads.inc({ result: 'success' });
           this.#metrics?.rulesLastReload.set(Date.now() / 1000);
           this.#log.info({ reason, version: this.#snapshot.version, sections: changed }, 'rules reloaded');
@@ -221,7 +236,7 @@ export class RulesStore extends EventEmitter {
     return this.#serialise(async () => {
       const raw = this.#history.rawOf(versionId);
       if (raw === undefined) return { ok: false, status: 404, code: 'RG_ERR_RULES_VERSION_NOT_FOUND', message: `no rules version ${JSON.stringify(versionId)} in history` };
-      const changed = SECTION_NAMES.filter((n) => stableStringify(raw[SECTIONS[n].rawKey]) !== stableStringify(this.#snapshot.raw[SECTIONS[n].rawKey]));
+      const changed = SECTION_NAMES.filter((n) => stableStringify(raw[SECTIONS[n].rawKey]) !== stableStringify(this.#raw[SECTIONS[n].rawKey]));
       return this.#apply(raw, changed, opts.actor, 'rollback');
     });
   }
@@ -249,7 +264,7 @@ export class RulesStore extends EventEmitter {
 
   #precondition(name: SectionName, ifMatch: string | undefined): ChangeResult | undefined {
     if (ifMatch === undefined || ifMatch === '*') return undefined;
-    const etag = etagOf(this.#snapshot.raw[SECTIONS[name].rawKey]);
+    const etag = etagOf(this.#raw[SECTIONS[name].rawKey]);
     const offered = ifMatch.split(',').map((t) => t.trim().replace(/^W\//, ''));
     if (offered.includes(etag)) return undefined;
     return { ok: false, status: 412, code: 'RG_ERR_RULES_PRECONDITION_FAILED', message: `${name} was changed by someone else (current ETag ${etag}); fetch it again and retry` };
@@ -261,7 +276,7 @@ export class RulesStore extends EventEmitter {
   }
 
   async #apply(raw: RawRules, changed: SectionName[], actor: string, operation: AuditOperation, section?: SectionName): Promise<ChangeResult> {
-    const compiled = compileRules(raw);
+    const compiled = compileWithOverlay(raw, this.#overlay);
     if (!compiled.ok) return invalid(compiled.errors);
     if (compiled.snapshot.version === this.#snapshot.version || changed.length === 0) return this.#okResult(section);
     for (const name of changed) {
@@ -269,21 +284,22 @@ export class RulesStore extends EventEmitter {
       await writeFileAtomic(join(this.#dir, SECTIONS[name].file), text);
       this.#known.set(SECTIONS[name].file, text);
     }
-    await this.#commit(compiled.snapshot, changed, actor, operation);
+    await this.#commit(raw, compiled.snapshot, changed, actor, operation);
     for (const name of changed) this.#metrics?.rulesChanges.inc({ section: name, operation });
     this.#log.info({ actor, operation, sections: changed, version: compiled.snapshot.version }, 'rules changed');
     return this.#okResult(section);
   }
 
   /** Record history and audit, then swap the snapshot and tell listeners. */
-  async #commit(next: RulesSnapshot, changed: SectionName[], actor: string, operation: AuditOperation): Promise<void> {
-    const before = this.#snapshot;
+  async #commit(nextRaw: RawRules, next: RulesSnapshot, changed: SectionName[], actor: string, operation: AuditOperation): Promise<void> {
+    const before = this.#raw;
     const time = new Date().toISOString();
-    await this.#history.record({ id: next.version, time, actor, operation, sections: [...changed] }, next.raw);
+    await this.#history.record({ id: next.version, time, actor, operation, sections: [...changed] }, nextRaw);
     await this.#audit.append(changed.map((name) => ({
       time, actor, section: name, operation,
-      before: before.raw[SECTIONS[name].rawKey], after: next.raw[SECTIONS[name].rawKey], version: next.version,
+      before: before[SECTIONS[name].rawKey], after: nextRaw[SECTIONS[name].rawKey], version: next.version,
     })));
+    this.#raw = structuredClone(nextRaw);
     this.#snapshot = next;
     this.emit('change', next);
   }
@@ -331,6 +347,29 @@ export class RulesStore extends EventEmitter {
 }
 
 // ── helpers ──
+
+function compileWithOverlay(raw: RawRules, overlay: RulesOverlay | undefined): ReturnType<typeof compileRules> {
+  if (!overlay || ((overlay.acceptedDomains?.length ?? 0) === 0 && (overlay.relayNetworks?.length ?? 0) === 0)) return compileRules(raw);
+  const merged: RawRules = {
+    ...raw,
+    acceptedDomains: [...new Set([...raw.acceptedDomains, ...(overlay.acceptedDomains ?? [])])],
+    relayNetworks: [...new Set([...raw.relayNetworks, ...(overlay.relayNetworks ?? [])])],
+  };
+  const r = compileRules(merged);
+  if (r.ok) return r;
+  // An error at an index past the file's own entries comes from the command line.
+  return {
+    ok: false,
+    errors: r.errors.map((e) => {
+      const index = Number(e.path?.split('/')[1]);
+      const fileLen = e.section === 'accepted-domains' ? raw.acceptedDomains.length : e.section === 'relay-networks' ? raw.relayNetworks.length : Infinity;
+      if (!(index >= fileLen)) return e;
+      const { path: _path, ...rest } = e;
+      void _path;
+      return { ...rest, file: 'command line', message: `${e.message} (from the command line)` };
+    }),
+  };
+}
 
 function etagOf(value: unknown): string {
   return `"${contentHash(value)}"`;
@@ -408,7 +447,7 @@ async function loadRulesDir(dir: string): Promise<LoadResult> {
 async function locateErrors(dir: string, errors: RuleError[]): Promise<RuleError[]> {
   const texts = await readSectionTexts(dir);
   return errors.map((e) => {
-    if (!isSectionName(e.section)) return e;
+    if (!isSectionName(e.section) || e.file !== undefined) return e;
     const file = join(dir, SECTIONS[e.section].file);
     const text = texts.get(SECTIONS[e.section].file);
     if (text === null || text === undefined) return { ...e, file };

@@ -70,6 +70,20 @@ describe('RulesStore load', () => {
     expect(s.history()).toHaveLength(1);
   });
 
+  test('command-line overlay adds entries to snapshots, never to files or sections', async () => {
+    const s = await RulesStore.open(dir, { log: memoryLogger(logs), overlay: { acceptedDomains: ['flag.example'], relayNetworks: ['203.0.113.0/24'] } });
+    stores.push(s);
+    expect(relays(s.current(), '203.0.113.9')).toBe(true);
+    expect(s.current().acceptedDomains.has('flag.example')).toBe(true);
+    expect(s.getSection('relay-networks').value).toEqual(['198.51.100.0/24', '2001:db8::1']);
+    await s.addItem('relay-networks', '192.0.2.0/24', { actor: 't' });
+    expect(relays(s.current(), '203.0.113.9')).toBe(true);
+    expect(parse(await readFile(join(dir, 'relay-networks.yaml'), 'utf8'))).toEqual(['198.51.100.0/24', '2001:db8::1', '192.0.2.0/24']);
+    const bad = (await RulesStore.open(dir, { log: memoryLogger(logs), overlay: { relayNetworks: ['0.0.0.0/0'] } }).catch((x: unknown) => x)) as RulesLoadError;
+    expect(bad).toBeInstanceOf(RulesLoadError);
+    expect(bad.message).toMatch(/command line.*would let any client relay.*from the command line/);
+  });
+
   test('a bad file at start throws RulesLoadError naming file, line and key (schema)', async () => {
     await writeFile(join(dir, 'relay-networks.yaml'), '# trusted\n- 198.51.100.0/24\n- not a network\n');
     const e = await RulesStore.open(dir, { log: memoryLogger(logs) }).catch((x: unknown) => x);
