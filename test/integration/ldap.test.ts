@@ -185,6 +185,22 @@ describe('RecipientValidator in ldap mode against slapd', () => {
     await slapd.start();
     expect(await validator.lookup('stranger@example.test', 'example.test')).toEqual({ result: 'unknown', source: 'ldap' });
     expect(await validator.lookup('ally@EXAMPLE.TEST', 'example.test')).toEqual({ result: 'known', source: 'cache' });
+    validator.clearCache();
+    expect(await validator.lookup('ally@example.test', 'example.test')).toEqual({ result: 'known', source: 'ldap' });
+  });
+
+  test('the cache is bounded by cacheSize (LRU)', async () => {
+    const rules = rulesFor(slapd, { cacheSize: 2 });
+    const small = new RecipientValidator({ rulesDir: '/nonexistent', rules: () => rules, log: quietLog, ldap: { env: { [PASSWORD_ENV]: SLAPD_ROOT_PW } } });
+    try {
+      for (const a of ['alice@example.test', 'bob@example.test', 'nobody@example.test']) await small.lookup(a, 'example.test');
+      expect(small.cacheStats).toMatchObject({ size: 2, max: 2, ldapQueries: 3 });
+      // The least recently used entry was evicted and is asked again.
+      expect((await small.lookup('alice@example.test', 'example.test')).source).toBe('ldap');
+      expect((await small.lookup('nobody@example.test', 'example.test')).source).toBe('cache');
+    } finally {
+      await small.close();
+    }
   });
 });
 

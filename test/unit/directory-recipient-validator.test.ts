@@ -110,6 +110,18 @@ describe('list mode', () => {
     expect((await v.lookup('bob@example.com', 'example.com')).result).toBe('known');
   });
 
+  test('a live change of list.file switches to the new file', async () => {
+    rules = { default: 'list', list: { file: 'a.txt' } };
+    await writeFile(join(dir, 'a.txt'), 'alice@example.com\n');
+    await writeFile(join(dir, 'b.txt'), 'bob@example.com\n');
+    const v = makeValidator();
+    await v.start();
+    expect((await v.lookup('alice@example.com', 'example.com')).result).toBe('known');
+    rules = { default: 'list', list: { file: 'b.txt' } };
+    const both = await Promise.all([v.lookup('alice@example.com', 'example.com'), v.lookup('bob@example.com', 'example.com')]);
+    expect(both.map((r) => r.result)).toEqual(['unknown', 'known']);
+  });
+
   test('a domain with validation off is known without a lookup', async () => {
     const v = makeValidator();
     const res = await v.lookup('anyone@example.net', 'example.net');
