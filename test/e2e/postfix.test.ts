@@ -1,0 +1,360 @@
+/**
+ * End to end against a real MTA (issue 9 §2): swaks → relay-guard → a private Postfix configured
+ * as a wide-open relay on loopback that splits DATA on a bare LF (the stand-in for an unpatched
+ * Exchange). Assertions are on what Postfix logged and queued, never on the guard's own view.
+ *
+ * Each test uses its own envelope sender (…@sender.test) so queue entries and log lines can be
+ * told apart. Control tests send the same traffic straight to Postfix first: they prove the backend
+ * really is open and vulnerable, so every "never queued" assertion below can fail.
+ */
+import { execFile } from 'node:child_process';
+import net from 'node:net';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { startPostfix, postfixUnavailable, type PrivatePostfix, type QueuedMessage } from '../helpers/postfix.js';
+import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
+import { Dialog } from '../helpers/dialog.js';
+import { withTimeout } from '../helpers/with-timeout.js';
+
+const STRANGER = '127.0.0.9';
+const unavailable = postfixUnavailable();
+
+let pf: PrivatePostfix;
+let g: StartedGuard;
+/** smtpd connections we caused (the start-up probe is the first); Postfix must log them all. */
+let expectedConnects = 1;
+
+beforeAll(async () => {
+  if (unavailable) return;
+  pf = await startPostfix();
+  g = await startGuard({ backendPort: pf.port, rules: { acceptedDomains: ['example.com'] }, config: { log: { level: 'warn' } } });
+}, 60_000);
+
+afterAll(async () => {
+  await g?.stop();
+  await pf?.stop();
+}, 60_000);
+
+interface SwaksResult {
+  exit: number;
+  out: string;
+}
+
+/** Run swaks (exit status and transcript; a refusal is a non-zero exit, not an exception). */
+function swaks(args: string[]): Promise<SwaksResult> {
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      execFile('swaks', ['--timeout', '15', '--helo', 'client.test', ...args], { timeout: 20_000 }, (err, stdout, stderr) => {
+        const code = (err as { code?: unknown } | null)?.code;
+        if (err && typeof code !== 'number') return reject(err);
+        resolve({ exit: typeof code === 'number' ? code : 0, out: `${stdout}${stderr}` });
+      });
+    }),
+    25_000,
+    'swaks',
+  );
+}
+
+/** swaks through the guard, as an untrusted stranger. */
+function viaGuard(args: string[]): Promise<SwaksResult> {
+  expectedConnects++;
+  return swaks(['--server', `127.0.0.1:${g.port}`, '--local-interface', STRANGER, ...args]);
+}
+
+function direct(args: string[]): Promise<SwaksResult> {
+  expectedConnects++;
+  return swaks(['--server', `127.0.0.1:${pf.port}`, ...args]);
+}
+
+async function queuedFrom(sender: string): Promise<QueuedMessage[]> {
+  await pf.settled(expectedConnects);
+  return (await pf.queued()).filter((m) => m.sender === sender);
+}
+
+/** smtpd log lines about RCPTs Postfix accepted for this sender ("hold: RCPT from … from=<s> to=<r>"). */
+function rcptLogLines(sender: string): string[] {
+  return pf
+    .maillog()
+    .split('\n')
+    .filter((l) => l.includes('hold: RCPT from') && l.includes(`from=<${sender}>`));
+}
+
+/** A raw step: send `data` once the server has sent `after` final reply lines in total. */
+interface RawStep {
+  after: number;
+  data: string | Buffer;
+}
+
+/** Lock-step: each step waits for one more reply (the greeting first). */
+function lockstep(steps: Array<string | Buffer>): RawStep[] {
+  return steps.map((data, i) => ({ after: i + 1, data }));
+}
+
+/** Raw bytes to a port; resolves with everything the server said once it closes (bounded). */
+function rawSession(port: number, steps: RawStep[], opts: { localAddress?: string } = {}): Promise<string> {
+  expectedConnects++;
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      const s = net.connect({ port, host: '127.0.0.1', ...(opts.localAddress ? { localAddress: opts.localAddress } : {}) });
+      let got = '';
+      let step = 0;
+      s.on('data', (d: Buffer) => {
+        got += d.toString('latin1');
+        const finals = got.split('\r\n').filter((l) => /^\d{3} /.test(l)).length;
+        while (step < steps.length && steps[step]!.after <= finals) s.write(steps[step++]!.data);
+      });
+      s.on('error', reject);
+      s.on('close', () => resolve(got));
+    }),
+    20_000,
+    'raw session',
+  );
+}
+
+function codesOf(out: string): number[] {
+  return out.split('\r\n').filter((l) => /^\d{3} /.test(l)).map((l) => Number(l.slice(0, 3)));
+}
+
+const d = unavailable ? describe.skip : describe;
+
+d('control: the backend alone is an open, smuggling-prone relay', () => {
+  test('Postfix relays to a foreign domain for a loopback client', async () => {
+    const r = await direct(['--from', 'ctl-relay@sender.test', '--to', 'victim@elsewhere.test']);
+    expect(r.exit, r.out).toBe(0);
+    const q = await queuedFrom('ctl-relay@sender.test');
+    expect(q.map((m) => m.recipients)).toEqual([['victim@elsewhere.test']]);
+  });
+
+  test('Postfix ends DATA on a bare LF dot LF: one connection, two queued messages', async () => {
+    const out = await rawSession(pf.port, lockstep([
+      'EHLO client.test\r\n',
+      'MAIL FROM:<ctl-outer@sender.test>\r\n',
+      'RCPT TO:<user@example.com>\r\n',
+      'DATA\r\n',
+      'Subject: outer\r\n\r\nhello\n.\nMAIL FROM:<ctl-inner@sender.test>\r\nRCPT TO:<victim@elsewhere.test>\r\nDATA\r\nSubject: inner\r\n\r\nsmuggled\r\n.\r\n',
+      'QUIT\r\n',
+    ]));
+    expect(out).toContain('354');
+    expect(await queuedFrom('ctl-outer@sender.test')).toHaveLength(1);
+    const inner = await queuedFrom('ctl-inner@sender.test');
+    expect(inner.map((m) => m.recipients)).toEqual([['victim@elsewhere.test']]);
+  });
+});
+
+d('inbound delivery through the guard', () => {
+  test('mail to an accepted domain is queued by Postfix, envelope and body intact', async () => {
+    const body = 'first line\n.leading dot\n..two dots\nlast line token-7f3a';
+    const r = await viaGuard([
+      '--from', 'in-1@sender.test',
+      '--to', 'alice@example.com',
+      '--header', 'Message-Id: <e2e-in-1@sender.test>',
+      '--body', body,
+    ]);
+    expect(r.exit, r.out).toBe(0);
+    expect(r.out).toMatch(/<- {2}250 2\.0\.0 Ok: queued as [0-9A-F]+/);
+    const q = await queuedFrom('in-1@sender.test');
+    expect(q).toHaveLength(1);
+    expect(q[0]!.recipients).toEqual(['alice@example.com']);
+    expect(q[0]!.queueName).toBe('hold');
+    const content = await pf.content(q[0]!.queueId);
+    expect(content).toContain('Message-Id: <e2e-in-1@sender.test>');
+    expect(content).toContain('.leading dot');
+    expect(content).toContain('..two dots');
+    expect(content).toContain('last line token-7f3a');
+  });
+
+  test('canonical forms reach Postfix: upper-case domain, trailing dot, needless quotes', async () => {
+    const r = await viaGuard(['--from', 'in-2@sender.test', '--to', 'Bob@EXAMPLE.COM.,"carol"@example.com']);
+    expect(r.exit, r.out).toBe(0);
+    const q = await queuedFrom('in-2@sender.test');
+    expect(q).toHaveLength(1);
+    expect(q[0]!.recipients.sort()).toEqual(['Bob@example.com', 'carol@example.com']);
+  });
+
+  test('several messages on one connection are each queued', async () => {
+    expectedConnects++;
+    const dlg = await Dialog.connect(g.port, { localAddress: STRANGER });
+    expect((await dlg.reply()).code).toBe(220);
+    expect((await dlg.cmd('EHLO client.test')).code).toBe(250);
+    for (let i = 0; i < 3; i++) {
+      expect((await dlg.cmd('MAIL FROM:<in-3@sender.test>')).code).toBe(250);
+      expect((await dlg.cmd(`RCPT TO:<user${i}@example.com>`)).code).toBe(250);
+      expect((await dlg.cmd('DATA')).code).toBe(354);
+      expect((await dlg.cmd(`Subject: m${i}\r\n\r\nbody ${i}\r\n.`)).code).toBe(250);
+    }
+    expect((await dlg.cmd('QUIT')).code).toBe(221);
+    await dlg.waitClosed();
+    const q = await queuedFrom('in-3@sender.test');
+    expect(q.map((m) => m.recipients[0]).sort()).toEqual(['user0@example.com', 'user1@example.com', 'user2@example.com']);
+  });
+});
+
+/** Relay attempts expressible as swaks --to (no commas: swaks splits recipient lists on them). */
+const SWAKS_RELAY: string[] = [
+  'victim@elsewhere.test',
+  'VICTIM@ELSEWHERE.TEST',
+  'victim@elsewhere.test.',
+  '"victim"@elsewhere.test',
+  'postmaster@elsewhere.test',
+  'victim%elsewhere.test@example.com',
+  '"victim%elsewhere.test"@example.com',
+  'victim%elsewhere.test',
+  'victim%elsewhere.test%example.com@example.com',
+  'elsewhere.test!victim@example.com',
+  '"elsewhere.test!victim"@example.com',
+  'elsewhere.test!victim',
+  'victim@elsewhere.test@example.com',
+  '"victim@elsewhere.test"@example.com',
+  '@example.com:victim@elsewhere.test',
+  '@example.com:victim%elsewhere.test@example.com',
+  'victim@[192.0.2.1]',
+  'victim@[127.0.0.1]',
+  'victim@[IPv6:::ffff:127.0.0.1]',
+  'victim@localhost',
+  'victim@backend.test',
+  'victim@example.com.elsewhere.test',
+  'victim@x.example.com',
+  'IMCEASMTP-victim+40elsewhere+2Etest@example.com',
+];
+
+/** Relay attempts only a raw socket can send: the text after "RCPT TO:". */
+const RAW_RELAY: string[] = [
+  ' victim@elsewhere.test',
+  '<@example.com,@mx.example.com:victim@elsewhere.test>',
+  '<victim@elsewhere.test> NOTIFY=NEVER ORCPT=rfc822;victim@elsewhere.test',
+  '<victim@elsewhere.test (comment)>',
+  '<victim\\@elsewhere.test@example.com>',
+  '<victim@elsewhere.test>\0<user@example.com>',
+];
+
+d('relay attempts through the guard are refused and never reach Postfix', () => {
+  test('control: every swaks variant is relayed by Postfix when sent to it directly', async () => {
+    // Not every form is accepted by Postfix itself, but the plain ones are: the backend is open.
+    const r = await direct(['--from', 'ctl-relay-2@sender.test', '--to', 'victim@elsewhere.test,victim%elsewhere.test@example.com']);
+    expect(r.exit, r.out).toBe(0);
+    expect(rcptLogLines('ctl-relay-2@sender.test').length).toBeGreaterThan(0);
+  });
+
+  test.each(SWAKS_RELAY.map((to, i) => [i, to] as const))('swaks variant %i: %s', async (i, to) => {
+    const sender = `relay-s${i}@sender.test`;
+    const r = await viaGuard(['--from', sender, '--to', to]);
+    expect(r.exit, r.out).not.toBe(0);
+    expect(r.out, r.out).toMatch(/<\*\* +5\d\d /);
+    expect(await queuedFrom(sender)).toEqual([]);
+    expect(rcptLogLines(sender)).toEqual([]);
+  });
+
+  test(`${RAW_RELAY.length} raw-socket variants are refused and never reach Postfix`, async () => {
+    for (const [i, arg] of RAW_RELAY.entries()) {
+      const sender = `relay-r${i}@sender.test`;
+      const out = await rawSession(
+        g.port,
+        lockstep(['EHLO client.test\r\n', `MAIL FROM:<${sender}>\r\n`, Buffer.from(`RCPT TO:${arg}\r\n`, 'latin1'), 'DATA\r\n', 'QUIT\r\n']),
+        { localAddress: STRANGER },
+      );
+      const codes = codesOf(out);
+      // greeting, EHLO, MAIL, then RCPT refused with 5xx, DATA refused.
+      expect(codes[3], `${arg}: ${out}`).toBeGreaterThanOrEqual(500);
+      expect(codes[4], `${arg}: ${out}`).toBeGreaterThanOrEqual(500);
+      expect(await queuedFrom(sender)).toEqual([]);
+      expect(rcptLogLines(sender)).toEqual([]);
+    }
+  });
+
+  test('mixed recipients: only the accepted one is queued', async () => {
+    const r = await viaGuard(['--from', 'mixed@sender.test', '--to', 'victim@elsewhere.test,dave@example.com,victim%elsewhere.test@example.com']);
+    expect(r.out).toMatch(/<\*\* +550 /);
+    const q = await queuedFrom('mixed@sender.test');
+    expect(q.map((m) => m.recipients)).toEqual([['dave@example.com']]);
+    expect(rcptLogLines('mixed@sender.test').every((l) => l.includes('to=<dave@example.com>'))).toBe(true);
+  });
+});
+
+d('pipelining through the guard', () => {
+  test('swaks --pipeline: replies in order, only accepted recipients queued', async () => {
+    const r = await viaGuard([
+      '--pipeline',
+      '--from', 'pipe-1@sender.test',
+      '--to', 'erin@example.com,victim@elsewhere.test,frank@example.com',
+    ]);
+    expect(r.out).toContain('PIPELINING');
+    expect(r.out).toMatch(/<\*\* +550 5\.7\.1/);
+    expect(r.out).toMatch(/<- {2}250 2\.0\.0 Ok: queued as/);
+    const q = await queuedFrom('pipe-1@sender.test');
+    expect(q).toHaveLength(1);
+    expect(q[0]!.recipients.sort()).toEqual(['erin@example.com', 'frank@example.com']);
+  });
+
+  test('a whole transaction in one write (RFC 2920): queued once, replies in command order', async () => {
+    const out = await rawSession(
+      g.port,
+      [
+        { after: 1, data: 'EHLO client.test\r\n' },
+        { after: 2, data: 'MAIL FROM:<pipe-2@sender.test>\r\nRCPT TO:<gina@example.com>\r\nRCPT TO:<victim@elsewhere.test>\r\nDATA\r\n' },
+        { after: 6, data: 'Subject: pipelined\r\n\r\nbody\r\n.\r\nQUIT\r\n' },
+      ],
+      { localAddress: STRANGER },
+    );
+    const codes = codesOf(out);
+    expect(codes).toEqual([220, 250, 250, 250, 550, 354, 250, 221]);
+    const q = await queuedFrom('pipe-2@sender.test');
+    expect(q.map((m) => m.recipients)).toEqual([['gina@example.com']]);
+  });
+});
+
+/** End-of-data look-alikes Postfix (smtpd_forbid_bare_newline = no) or another MTA may honour. */
+const SMUGGLING: Array<[string, string]> = [
+  ['LF . LF', '\n.\n'],
+  ['CR LF . LF', '\r\n.\n'],
+  ['LF . CR LF', '\n.\r\n'],
+  ['CR . CR', '\r.\r'],
+  ['CR . CR LF', '\r.\r\n'],
+  ['CR LF . CR', '\r\n.\r'],
+  ['NUL before end', '\0\r\n.\r\n'],
+];
+
+d('SMTP smuggling through the guard', () => {
+  test.each(SMUGGLING.map(([name, end], i) => [name, end, i] as const))('%s never produces a second queued message', async (_name, end, i) => {
+    const outer = `smug-outer-${i}@sender.test`;
+    const inner = `smug-inner-${i}@sender.test`;
+    const out = await rawSession(
+      g.port,
+      lockstep([
+        'EHLO client.test\r\n',
+        `MAIL FROM:<${outer}>\r\n`,
+        'RCPT TO:<user@example.com>\r\n',
+        'DATA\r\n',
+        Buffer.from(
+          `Subject: outer\r\n\r\nhello${end}MAIL FROM:<${inner}>\r\nRCPT TO:<victim@elsewhere.test>\r\nDATA\r\nSubject: inner\r\n\r\nsmuggled\r\n.\r\n`,
+          'latin1',
+        ),
+        'QUIT\r\n',
+      ]),
+      { localAddress: STRANGER },
+    );
+    expect(out).toContain('354');
+    expect(out).toMatch(/\r\n554 5\.6\.0 /);
+    expect(await queuedFrom(inner)).toEqual([]);
+    // The outer message is aborted without an end-of-data (DESIGN invariant 3): nothing queued.
+    expect(await queuedFrom(outer)).toEqual([]);
+    expect(rcptLogLines(inner)).toEqual([]);
+  });
+});
+
+d('what the guard keeps from Postfix', () => {
+  test('CHUNKING and ETRN are not advertised, BDAT/VRFY/EXPN never reach Postfix', async () => {
+    const out = await rawSession(
+      g.port,
+      lockstep(['EHLO client.test\r\n', 'VRFY postmaster\r\n', 'EXPN staff\r\n', 'ETRN example.com\r\n', 'BDAT 5 LAST\r\n', 'QUIT\r\n']),
+      { localAddress: STRANGER },
+    );
+    expect(out).toContain('250-PIPELINING');
+    expect(out).not.toMatch(/CHUNKING|ETRN|XCLIENT|XFORWARD/);
+    await pf.settled(expectedConnects);
+    const log = pf.maillog();
+    expect(log).not.toMatch(/disconnect from .*\b(bdat|vrfy|expn|etrn)=/);
+    // Postfix itself does log these verbs when it gets them: the assertion above can fail.
+    await rawSession(pf.port, lockstep(['EHLO client.test\r\n', 'VRFY postmaster\r\n', 'QUIT\r\n']));
+    await pf.settled(expectedConnects);
+    expect(pf.maillog()).toMatch(/disconnect from .*\bvrfy=1/);
+  });
+});
