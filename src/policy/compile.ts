@@ -96,7 +96,7 @@ export interface CompiledSenderRule {
 export interface RulesSnapshot {
   /** Content hash of `raw`. */
   readonly version: string;
-  /** The rule data this snapshot was compiled from (deep-frozen copy). */
+  /** The rule data this snapshot was compiled from (deep-frozen copy; RulesStore keeps its command-line overlay out of it). */
   readonly raw: Readonly<RawRules>;
   readonly acceptedDomains: AcceptedDomains;
   readonly relayNetworks: NetworkSet;

@@ -20,7 +20,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Metrics } from '../observability/metrics.js';
 import { compileRules, type RawRules, type RuleError, type RulesSnapshot } from '../policy/compile.js';
-import { contentHash, stableStringify } from '../policy/content-hash.js';
+import { contentHash, deepFreeze, stableStringify } from '../policy/content-hash.js';
 import { canonicalDomain } from '../policy/domain-name.js';
 import { formatNetwork, parseNetwork } from '../policy/ip-address.js';
 import { writeFileAtomic } from './atomic-write.js';
@@ -53,7 +53,8 @@ export interface RulesStoreOptions {
   watchDebounceMs?: number;
   /**
    * Entries from the command line (--accepted-domain, --relay-network) added to the file sections
-   * in every snapshot. They are never written to rules/ and do not show in getSection().
+   * to the matchers of every snapshot. They are never written to rules/ and show neither in
+   * getSection() nor in snapshot.raw.
    */
   overlay?: RulesOverlay;
 }
@@ -356,7 +357,9 @@ function compileWithOverlay(raw: RawRules, overlay: RulesOverlay | undefined): R
     relayNetworks: [...new Set([...raw.relayNetworks, ...(overlay.relayNetworks ?? [])])],
   };
   const r = compileRules(merged);
-  if (r.ok) return r;
+  // snapshot.raw stays the files' content, so nothing from the command line is ever written back
+  // by a client that edits what it read; the matchers (and the version) include the overlay.
+  if (r.ok) return { ok: true, snapshot: Object.freeze({ ...r.snapshot, raw: deepFreeze(structuredClone(raw)) }) };
   // An error at an index past the file's own entries comes from the command line.
   return {
     ok: false,

@@ -76,6 +76,7 @@ describe('RulesStore load', () => {
     expect(relays(s.current(), '203.0.113.9')).toBe(true);
     expect(s.current().acceptedDomains.has('flag.example')).toBe(true);
     expect(s.getSection('relay-networks').value).toEqual(['198.51.100.0/24', '2001:db8::1']);
+    expect(s.current().raw.relayNetworks).toEqual(['198.51.100.0/24', '2001:db8::1']);
     await s.addItem('relay-networks', '192.0.2.0/24', { actor: 't' });
     expect(relays(s.current(), '203.0.113.9')).toBe(true);
     expect(parse(await readFile(join(dir, 'relay-networks.yaml'), 'utf8'))).toEqual(['198.51.100.0/24', '2001:db8::1', '192.0.2.0/24']);
