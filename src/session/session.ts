@@ -86,6 +86,7 @@ export class SmtpSession {
   // Resources released on close.
   private timers = new Set<NodeJS.Timeout>();
   private idleTimer: NodeJS.Timeout | undefined;
+  private idleMs = 0;
   private releaseCapacity: (() => void) | undefined;
   private releaseConcurrency: (() => void) | undefined;
   private backendAbandoned = false;
@@ -922,8 +923,13 @@ export class SmtpSession {
   private resetIdle(): void {
     if (this.phase === 'closed' || this.phase === 'closing') return;
     const ms = this.phase === 'data' || this.phase === 'discard' ? this.svc.timeouts.dataMs : this.svc.timeouts.commandMs;
-    if (this.idleTimer) this.idleTimer.refresh();
-    else this.idleTimer = setTimeout(() => this.onTimeout('idle'), ms);
+    // refresh() keeps the timer's first duration: re-arm when switching between command and DATA timeouts.
+    if (this.idleTimer && this.idleMs === ms) this.idleTimer.refresh();
+    else {
+      clearTimeout(this.idleTimer);
+      this.idleMs = ms;
+      this.idleTimer = setTimeout(() => this.onTimeout('idle'), ms);
+    }
   }
 
   private armSessionTimer(): void {
