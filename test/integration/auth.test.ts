@@ -42,6 +42,7 @@ beforeAll(async () => {
   g = await startGuard({
     backendPort: backend.port,
     config: {
+      timeouts: { drain: '1s' },
       listeners: [{ name: 'mx', address: '127.0.0.1', port: 0, kind: 'mx', starttls: true, plaintextAuthNetworks: [`${OFFICE}/32`] }],
     },
   });

@@ -43,6 +43,7 @@ beforeAll(async () => {
   g = await startGuard({
     backendPort: backend.port,
     config: {
+      timeouts: { drain: '1s' },
       listeners: [
         { name: 'mx', address: '127.0.0.1', port: 0, kind: 'mx', starttls: true, tls: tlsConf },
         { name: 'smtps', address: '127.0.0.1', port: 0, kind: 'smtps', tls: tlsConf },
