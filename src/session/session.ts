@@ -240,8 +240,7 @@ export class SmtpSession {
       case 'command':
       case 'auth':
         this.resetIdle();
-        this.reader.push(chunk);
-        this.pump();
+        this.feedCommands(chunk);
         return;
       case 'data':
         this.resetIdle();
@@ -253,6 +252,19 @@ export class SmtpSession {
         return;
       default:
         return; // closing: drop
+    }
+  }
+
+  /**
+   * Feed the reader one line-bound slice at a time and consume lines in between, so that a single
+   * large TCP chunk (one over-long line, up to 64 KiB) resyncs instead of overflowing the reader.
+   */
+  private feedCommands(chunk: Buffer): void {
+    const step = this.svc.config.smtp.maxLineBytes;
+    for (let i = 0; i < chunk.length; i += step) {
+      if (this.phase !== 'command' && this.phase !== 'auth') return;
+      this.reader.push(chunk.subarray(i, i + step));
+      this.pump();
     }
   }
 
@@ -287,7 +299,16 @@ export class SmtpSession {
   private flowControl(): void {
     // While a barrier holds the loop, stop reading once a few lines are buffered (bounded memory).
     const tooMuch = this.reader.bufferedBytes > this.svc.config.smtp.maxLineBytes * 8;
-    if ((this.blocked && tooMuch) || this.reader.overflowed) this.client.pause();
+    if (this.reader.overflowed) {
+      // Bytes were dropped (more pipelined input than the reader may hold behind a barrier): the
+      // stream can no longer be trusted, e.g. a body sent before 354 would be forwarded with a hole.
+      this.svc.metrics.protocolErrors.inc({ kind: 'line_too_long' });
+      this.outcome = 'input_overflow';
+      this.writeNow({ ...reply(421, '4.5.0', 'Too much pipelined input, closing connection'), close: true });
+      this.close('input_overflow');
+      return;
+    }
+    if (this.blocked && tooMuch) this.client.pause();
     else if (this.client.isPaused() && this.phase !== 'closed') this.client.resume();
   }
 
