@@ -12,7 +12,7 @@
  *   7 internal-listener     relay-allowed listener, not never-relay → accept
  *   8 relay-denied          → 550 5.7.1 Relaying denied
  */
-import { routingTricks } from '../smtp/mailbox.js';
+import { isDotAtom, routingTricks } from '../smtp/mailbox.js';
 import type { ForwardPath } from '../smtp/path.js';
 import type { RulesSnapshot, OverridableRuleId } from './compile.js';
 import type { SessionContext } from './context.js';
@@ -77,7 +77,10 @@ export function evaluateRcpt(ctx: SessionContext, rcpt: ForwardPath, rules: Rule
   // The codec's detector (src/smtp/mailbox.ts) inspects the unquoted local part, so quoted and
   // escaped forms count too; encapsulation is judged separately by rule 3.
   const found = routingTricks(rcpt);
-  const tricks = found.filter((t) => t !== 'encapsulated');
+  const tricks: string[] = found.filter((t) => t !== 'encapsulated');
+  // A local part that only a quoted-string can carry ("a b", "a>b", "a,b") is read differently by
+  // naive backend parsers (DESIGN.md invariant 1): refused from untrusted clients as well.
+  if (rcpt.kind === 'mailbox' && !isDotAtom(rcpt.mailbox.localPart) && !rcpt.mailbox.localPart.includes('@')) tricks.push('quoted-local-part');
   if (tricks.length > 0) {
     if (!facts.trusted) {
       const v = refuse('routing-tricks', `untrusted client; ${tricks.join(', ')}`);

@@ -88,6 +88,10 @@ const RELAY_ATTEMPTS: Array<[string, string]> = [
   ['IMCEASMTP encapsulation', '<IMCEASMTP-victim+40elsewhere+2Etest@example.com>'],
   ['imceasmtp lower case', '<imceasmtp-victim+40elsewhere.test@example.com>'],
   ['IMCEAEX encapsulation', '<IMCEAEX-_O=ORG_OU=SITE_CN=RECIPIENTS_CN=victim@example.com>'],
+  // local parts only a quoted-string can carry: naive backend parsers read them differently
+  ['quoted local part with space', '<"victim elsewhere.test"@example.com>'],
+  ['quoted local part with bracket', '<"victim>@elsewhere.test"@example.com>'],
+  ['quoted local part with comma', '<"a,victim@elsewhere.test"@example.com>'],
   // comments and junk
   ['comment', '<victim@elsewhere.test (comment)>'],
   ['unbalanced bracket', '<victim@elsewhere.test'],
