@@ -1,0 +1,210 @@
+/**
+ * Issue 3 acceptance, no mail lost (invariant 3) and the backend's own limits: a backend killed
+ * in the middle of DATA gives the client 4xx, never 250; an unreachable backend gives 421 4.3.0;
+ * the next backend in the list is tried; the backend connection cap answers 421 4.7.0 before the
+ * backend is touched; backend connections come from the configured source address.
+ */
+import net from 'node:net';
+import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
+import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
+import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
+import { Dialog, type ParsedReply } from '../helpers/dialog.js';
+import { until, withTimeout } from '../helpers/with-timeout.js';
+
+const STRANGER = '127.0.0.9';
+
+let backend: RecordingBackend;
+const guards: StartedGuard[] = [];
+const dialogs: Dialog[] = [];
+
+beforeAll(async () => {
+  backend = await startRecordingBackend();
+});
+afterEach(async () => {
+  for (const d of dialogs.splice(0)) d.close();
+  for (const g of guards.splice(0)) await g.stop();
+});
+afterAll(async () => {
+  await backend?.close();
+});
+
+async function guard(config: Record<string, unknown> = {}, backendPort = backend.port): Promise<StartedGuard> {
+  const g = await startGuard({ backendPort, config: { timeouts: { command: '5m', data: '3m', session: '30m', drain: '500ms' }, ...config } });
+  guards.push(g);
+  return g;
+}
+
+async function connect(port: number): Promise<Dialog> {
+  const d = await Dialog.connect(port, { localAddress: STRANGER });
+  dialogs.push(d);
+  return d;
+}
+
+/** A port nothing listens on (bound, then released). */
+async function deadPort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+async function repliesUntilClose(d: Dialog, max = 10): Promise<ParsedReply[]> {
+  const out: ParsedReply[] = [];
+  for (let i = 0; i < max; i++) {
+    try {
+      out.push(await d.reply(3000));
+    } catch {
+      break;
+    }
+  }
+  return out;
+}
+
+describe('no mail lost', () => {
+  test('backend killed in the middle of DATA: the client gets 4xx, never 250', async () => {
+    const g = await guard();
+    const before = backend.messages.length;
+    const d = await connect(g.port);
+    expect((await d.reply()).code).toBe(220);
+    expect((await d.cmd('EHLO client.test')).code).toBe(250);
+    expect((await d.cmd('MAIL FROM:<s@elsewhere.test>')).code).toBe(250);
+    expect((await d.cmd('RCPT TO:<user@example.com>')).code).toBe(250);
+    expect((await d.cmd('DATA')).code).toBe(354);
+    d.send('Subject: killed\r\n\r\nfirst half\r\n');
+    await until(() => backend.lines().includes('first half'), 3000, 'body reached the backend');
+    backend.killConnections();
+    d.send('second half\r\n.\r\n');
+    const r = await repliesUntilClose(d);
+    expect(r.length).toBeGreaterThanOrEqual(1);
+    expect(r[0]!.code === 451 || r[0]!.code === 421, JSON.stringify(r)).toBe(true);
+    expect(r.some((x) => x.code >= 200 && x.code < 300)).toBe(false);
+    expect(backend.messages.length).toBe(before);
+  });
+
+  test('backend killed after end-of-data, before its reply: 4xx, never 250', async () => {
+    const silent = await scriptedBackend({ onDot: 'kill' });
+    try {
+      const g = await guard({}, silent.port);
+      const d = await connect(g.port);
+      expect((await d.reply()).code).toBe(220);
+      expect((await d.cmd('EHLO client.test')).code).toBe(250);
+      expect((await d.cmd('MAIL FROM:<s@elsewhere.test>')).code).toBe(250);
+      expect((await d.cmd('RCPT TO:<user@example.com>')).code).toBe(250);
+      expect((await d.cmd('DATA')).code).toBe(354);
+      d.send('Subject: x\r\n\r\ny\r\n.\r\n');
+      const r = await repliesUntilClose(d);
+      expect(r[0]!.code).toBeGreaterThanOrEqual(400);
+      expect(r[0]!.code).toBeLessThan(500);
+      expect(r.some((x) => x.code < 300)).toBe(false);
+    } finally {
+      await silent.close();
+    }
+  });
+
+  test('backend unreachable at connect: 421 4.3.0 and close', async () => {
+    const g = await guard({}, await deadPort());
+    const d = await connect(g.port);
+    const r = await d.reply();
+    expect(r.code).toBe(421);
+    expect(r.text).toContain('4.3.0');
+    await d.waitClosed();
+  });
+
+  test('first backend down, second up: the second one takes the mail', async () => {
+    const down = await deadPort();
+    const g = await guard({ backends: [{ host: '127.0.0.1', port: down }, { host: '127.0.0.1', port: backend.port }] });
+    const before = backend.messages.length;
+    const d = await connect(g.port);
+    expect((await d.reply()).code).toBe(220);
+    expect((await d.cmd('EHLO client.test')).code).toBe(250);
+    expect((await d.cmd('MAIL FROM:<s@elsewhere.test>')).code).toBe(250);
+    expect((await d.cmd('RCPT TO:<failover@example.com>')).code).toBe(250);
+    expect((await d.cmd('DATA')).code).toBe(354);
+    expect((await d.cmd('Subject: failover\r\n\r\nx\r\n.')).code).toBe(250);
+    await withTimeout(backend.waitForMessages(before + 1), 5000, 'message');
+    expect(backend.messages[before]!.rcptTo).toEqual(['failover@example.com']);
+  });
+});
+
+describe("the backend's own limits", () => {
+  test('backend.maxConnections: 2 → the third concurrent client gets 421 4.7.0 before the backend sees it', async () => {
+    const g = await guard({ backend: { maxConnections: 2 } });
+    const connsBefore = backend.connections.length;
+    const a = await connect(g.port);
+    expect((await a.reply()).code).toBe(220);
+    const b = await connect(g.port);
+    expect((await b.reply()).code).toBe(220);
+    const c = await connect(g.port);
+    const r = await c.reply();
+    expect(r.code).toBe(421);
+    expect(r.text).toContain('4.7.0');
+    await c.waitClosed();
+    expect(backend.connections.length - connsBefore).toBe(2);
+    // A slot freed is a slot usable again.
+    expect((await a.cmd('QUIT')).code).toBe(221);
+    await a.waitClosed();
+    await until(() => g.guard.services.registry.all().length === 1, 3000, 'first session gone');
+    const e = await connect(g.port);
+    expect((await e.reply()).code).toBe(220);
+    expect(backend.connections.length - connsBefore).toBe(3);
+  });
+
+  test('backend.sourceAddress: the backend sees connections from 127.0.0.5', async () => {
+    const peer = await scriptedBackend({});
+    try {
+      const g = await guard({ backend: { sourceAddress: '127.0.0.5' } }, peer.port);
+      const d = await connect(g.port);
+      expect((await d.reply()).code).toBe(220);
+      expect((await d.cmd('QUIT')).code).toBe(221);
+      expect(peer.remotes).toEqual(['127.0.0.5']);
+    } finally {
+      await peer.close();
+    }
+  });
+});
+
+/** A small SMTP backend: records peer addresses; on end-of-data it answers, or dies when told. */
+async function scriptedBackend(opts: { onDot?: 'kill' }) {
+  const remotes: string[] = [];
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((s) => {
+    sockets.add(s);
+    remotes.push(s.remoteAddress ?? '');
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => undefined);
+    let buf = '';
+    let inData = false;
+    s.write('220 scripted ESMTP\r\n');
+    s.on('data', (c: Buffer) => {
+      buf += c.toString('latin1');
+      for (let nl = buf.indexOf('\r\n'); nl >= 0; nl = buf.indexOf('\r\n')) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 2);
+        if (inData) {
+          if (line !== '.') continue;
+          inData = false;
+          if (opts.onDot === 'kill') return void s.destroy();
+          s.write('250 2.0.0 queued\r\n');
+          continue;
+        }
+        const verb = line.split(' ')[0]!.toUpperCase();
+        if (verb === 'EHLO') s.write('250-scripted\r\n250 PIPELINING\r\n');
+        else if (verb === 'DATA') {
+          inData = true;
+          s.write('354 go\r\n');
+        } else if (verb === 'QUIT') s.end('221 bye\r\n');
+        else s.write('250 2.0.0 ok\r\n');
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    remotes,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
