@@ -1,4 +1,7 @@
-import { describe, expect, test } from 'vitest';
+import { once } from 'node:events';
+import net from 'node:net';
+import { afterEach, describe, expect, test } from 'vitest';
+import { startHaproxy } from '../helpers/haproxy.js';
 import {
   formatProxyV1,
   formatProxyV2,
@@ -261,5 +264,114 @@ describe('formatProxyV1 / formatProxyV2', () => {
   ])('refuses $name', ({ info }) => {
     expect(() => formatProxyV1(info)).toThrow();
     expect(() => formatProxyV2(info)).toThrow();
+  });
+});
+
+// Interop: a real HAProxy (Debian) writes the header, our parser reads it. This also proves the
+// test/helpers/haproxy.ts helper end to end.
+describe('parseProxyHeader against a real HAProxy', () => {
+  const cleanups: Array<() => unknown> = [];
+  afterEach(async () => {
+    for (const c of cleanups.splice(0).reverse()) await c();
+  });
+
+  function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const t = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
+    });
+    return Promise.race([p, t]).finally(() => clearTimeout(timer));
+  }
+
+  /** A plain TCP backend that hands back the bytes of its first connection once `done(bytes)` says so. */
+  async function recordingBackend(done: (bytes: Buffer) => boolean): Promise<{ port: number; firstBytes: Promise<Buffer> }> {
+    let deliver!: (b: Buffer) => void;
+    const firstBytes = new Promise<Buffer>((r) => (deliver = r));
+    const sockets = new Set<net.Socket>();
+    const server = net.createServer((sock) => {
+      sockets.add(sock);
+      sock.on('error', () => {});
+      let seen = Buffer.alloc(0);
+      sock.on('data', (d: Buffer) => {
+        seen = Buffer.concat([seen, d]).subarray(0, 8192);
+        if (done(seen)) deliver(seen);
+      });
+    });
+    server.listen(0, '127.0.0.1');
+    await withTimeout(once(server, 'listening'), 5000, 'backend listen');
+    cleanups.push(async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => server.close(r));
+    });
+    return { port: (server.address() as net.AddressInfo).port, firstBytes };
+  }
+
+  const payload = 'EHLO client.test\r\n';
+  const gotPayload = (b: Buffer): boolean => b.includes(payload);
+
+  test.each([
+    { sendProxy: 'v2' as const, version: 2 },
+    { sendProxy: 'v1' as const, version: 1 },
+  ])('HAProxy send-proxy $sendProxy carries the client address and port', async ({ sendProxy, version }) => {
+    const backend = await recordingBackend(gotPayload);
+    const haproxy = await startHaproxy({ backendPort: backend.port, sendProxy });
+    cleanups.push(() => haproxy.stop());
+
+    // A non-default loopback source, so the socket's own peer (HAProxy at 127.0.0.1) cannot pass for it.
+    const client = net.connect({ host: '127.0.0.1', port: haproxy.port, localAddress: '127.0.0.9' });
+    cleanups.push(() => client.destroy());
+    await withTimeout(once(client, 'connect'), 5000, 'connect to haproxy');
+    client.write(payload);
+
+    const bytes = await withTimeout(backend.firstBytes, 5000, 'bytes at the backend');
+    const r = parseProxyHeader(bytes);
+    expect(r).toEqual({
+      status: 'ok',
+      version,
+      consumed: bytes.length - payload.length,
+      header: {
+        command: 'proxy',
+        family: 'tcp4',
+        sourceAddress: '127.0.0.9',
+        sourcePort: client.localPort,
+        destAddress: '127.0.0.1',
+        destPort: haproxy.port,
+      },
+    });
+    if (r.status === 'ok') expect(bytes.subarray(r.consumed).toString('latin1')).toBe(payload);
+  });
+
+  test('default client address 127.0.0.1 over send-proxy-v2', async () => {
+    const backend = await recordingBackend(gotPayload);
+    const haproxy = await startHaproxy({ backendPort: backend.port, sendProxy: 'v2' });
+    cleanups.push(() => haproxy.stop());
+    const client = net.connect({ host: '127.0.0.1', port: haproxy.port });
+    cleanups.push(() => client.destroy());
+    await withTimeout(once(client, 'connect'), 5000, 'connect to haproxy');
+    client.write(payload);
+    const r = parseProxyHeader(await withTimeout(backend.firstBytes, 5000, 'bytes at the backend'));
+    expect(r.status === 'ok' && r.header.sourceAddress).toBe('127.0.0.1');
+  });
+
+  test('without send-proxy the backend sees no header (absent)', async () => {
+    const backend = await recordingBackend(gotPayload);
+    const haproxy = await startHaproxy({ backendPort: backend.port, sendProxy: 'none' });
+    cleanups.push(() => haproxy.stop());
+    const client = net.connect({ host: '127.0.0.1', port: haproxy.port });
+    cleanups.push(() => client.destroy());
+    await withTimeout(once(client, 'connect'), 5000, 'connect to haproxy');
+    client.write(payload);
+    const bytes = await withTimeout(backend.firstBytes, 5000, 'bytes at the backend');
+    expect(bytes.toString('latin1')).toBe(payload);
+    expect(parseProxyHeader(bytes)).toEqual({ status: 'absent' });
+  });
+
+  test('stop() ends HAProxy: its port refuses afterwards', async () => {
+    const backend = await recordingBackend(gotPayload);
+    const haproxy = await startHaproxy({ backendPort: backend.port, sendProxy: 'v2' });
+    await haproxy.stop();
+    const client = net.connect({ host: '127.0.0.1', port: haproxy.port });
+    const [err] = (await withTimeout(once(client, 'error').catch((e: unknown) => [e]), 5000, 'refusal')) as [NodeJS.ErrnoException];
+    expect(err.code).toBe('ECONNREFUSED');
   });
 });
