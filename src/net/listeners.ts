@@ -37,6 +37,8 @@ export function compileNetworks(list: readonly string[], what: string): NetworkS
 }
 
 const PROXY_HEADER_TIMEOUT_MS = 10_000;
+/** `optional`: how long a peer from proxyNetworks may stay silent before it is taken as a direct client. */
+const PROXY_OPTIONAL_WAIT_MS = 2_000;
 const PROXY_REFUSED = '421 4.7.0 PROXY protocol header refused\r\n';
 
 export class SmtpListener {
@@ -93,21 +95,67 @@ export class SmtpListener {
     raw.once('close', () => this.open.delete(raw));
     const peerIp = canonicalClientIp(raw.remoteAddress);
     const peerPort = raw.remotePort ?? 0;
-    if (this.config.proxyProtocol === 'off') return this.afterProxy(raw, peerIp, peerPort);
-    this.readProxyHeader(raw, peerIp, peerPort);
+    const mode = this.config.proxyProtocol;
+    if (mode === 'off') return this.afterProxy(raw, peerIp, peerPort);
+    const fromBalancer = this.proxyNetworks.containsText(peerIp);
+    if (fromBalancer) return this.readProxyHeader(raw, peerIp, peerPort);
+    // Not a configured load balancer: it may never speak for a client (proxy-protocol.txt §1,
+    // "the receiver must only accept the header from trusted sources").
+    if (mode === 'required') return this.refuseProxy(raw, peerIp, 'peer not in proxyNetworks');
+    // optional: an ordinary SMTP client waits for our greeting, so start the session now; a PROXY
+    // signature in its first bytes is a spoofing attempt and closes the connection.
+    this.refuseProxySignature(raw, peerIp);
+    this.afterProxy(raw, peerIp, peerPort);
+  }
+
+  private refuseProxy(raw: net.Socket, peerIp: string, reason: string): void {
+    this.metrics.connections.inc({ listener: this.config.name, outcome: 'proxy_refused' });
+    this.log.warn({ peerIp, reason }, 'proxy header refused');
+    raw.end(PROXY_REFUSED);
+    raw.destroySoon?.();
+  }
+
+  /**
+   * Watch the first bytes of a connection that must not carry a PROXY header; destroy it (before
+   * anything is forwarded) when they start like one. Runs ahead of the session's own reader.
+   */
+  private refuseProxySignature(raw: net.Socket, peerIp: string): void {
+    let seen = Buffer.alloc(0);
+    const sniff = (chunk: Buffer): void => {
+      seen = Buffer.concat([seen, chunk]).subarray(0, 16);
+      const r = parseProxyHeader(seen);
+      if (r.status === 'absent' || r.status === 'invalid') {
+        raw.off('data', sniff);
+        return;
+      }
+      if (seen.length >= 16 || r.status === 'ok') {
+        raw.off('data', sniff);
+        this.metrics.connections.inc({ listener: this.config.name, outcome: 'proxy_refused' });
+        this.log.warn({ peerIp, reason: 'peer not in proxyNetworks' }, 'proxy header refused');
+        raw.destroy();
+      }
+    };
+    raw.prependListener('data', sniff);
   }
 
   private readProxyHeader(raw: net.Socket, peerIp: string, peerPort: number): void {
     let buf = Buffer.alloc(0);
-    const fromBalancer = this.proxyNetworks.containsText(peerIp);
+    const optional = this.config.proxyProtocol === 'optional';
     const refuse = (reason: string) => {
       cleanup();
-      this.metrics.connections.inc({ listener: this.config.name, outcome: 'proxy_refused' });
-      this.log.warn({ peerIp, reason }, 'proxy header refused');
-      raw.end(PROXY_REFUSED);
-      raw.destroySoon?.();
+      this.refuseProxy(raw, peerIp, reason);
     };
-    const timer = setTimeout(() => refuse('timeout'), PROXY_HEADER_TIMEOUT_MS);
+    const proceedWithout = () => {
+      cleanup();
+      raw.pause();
+      if (buf.length > 0) raw.unshift(buf);
+      this.afterProxy(raw, peerIp, peerPort);
+    };
+    // A balancer sends the header at once. With `optional`, a silent peer from the balancer
+    // network (a direct SMTP client waiting for our greeting) gets a session after a short wait.
+    const timer = optional
+      ? setTimeout(proceedWithout, PROXY_OPTIONAL_WAIT_MS)
+      : setTimeout(() => refuse('timeout'), PROXY_HEADER_TIMEOUT_MS);
     const cleanup = () => {
       clearTimeout(timer);
       raw.off('data', onData);
@@ -121,14 +169,9 @@ export class SmtpListener {
       }
       if (r.status === 'invalid') return refuse(r.reason);
       if (r.status === 'absent') {
-        if (this.config.proxyProtocol === 'required') return refuse('header missing');
-        cleanup();
-        raw.pause();
-        raw.unshift(buf);
-        return this.afterProxy(raw, peerIp, peerPort);
+        if (!optional) return refuse('header missing');
+        return proceedWithout();
       }
-      // A PROXY header from anyone but a configured load balancer is a spoofing attempt.
-      if (!fromBalancer) return refuse('peer not in proxyNetworks');
       cleanup();
       raw.pause();
       const rest = buf.subarray(r.consumed);
