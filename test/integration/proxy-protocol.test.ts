@@ -1,0 +1,207 @@
+/**
+ * Issue 4 acceptance, PROXY protocol inbound (HAProxy's proxy-protocol.txt v1 and v2): a header from
+ * a configured load balancer makes the carried address the client address for policy and logs; a
+ * header from anyone else is refused; `required` refuses a missing header; `optional` serves plain
+ * clients normally. End to end with a real HAProxy sending PROXY v2 in front of the guard.
+ */
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
+import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
+import { Dialog } from '../helpers/dialog.js';
+import { startHaproxy, type RunningHaproxy } from '../helpers/haproxy.js';
+import { formatProxyV1, formatProxyV2, type ProxyAddresses } from '../../src/net/proxy-protocol.js';
+
+const BALANCER = '127.0.0.20';
+const STRANGER = '127.0.0.9';
+const TRUSTED_BEHIND_HAPROXY = '127.0.0.2';
+const OFFICE = '10.1.2.3'; // in relayNetworks, only ever seen through a PROXY header
+const OUTSIDER = '203.0.113.7';
+
+let backend: RecordingBackend;
+let g: StartedGuard;
+
+beforeAll(async () => {
+  backend = await startRecordingBackend();
+  g = await startGuard({
+    backendPort: backend.port,
+    rules: { relayNetworks: ['10.1.2.0/24', `${TRUSTED_BEHIND_HAPROXY}/32`] },
+    config: {
+      timeouts: { drain: '1s' },
+      listeners: [
+        // HAProxy connects from 127.0.0.1.
+        { name: 'lb', address: '127.0.0.1', port: 0, kind: 'mx', proxyProtocol: 'optional', proxyNetworks: [`${BALANCER}/32`, '127.0.0.1/32'] },
+        { name: 'strict', address: '127.0.0.1', port: 0, kind: 'mx', proxyProtocol: 'required', proxyNetworks: [`${BALANCER}/32`] },
+      ],
+    },
+  });
+});
+
+afterAll(async () => {
+  await g?.stop();
+  await backend?.close();
+});
+
+function header(version: 1 | 2, source: string): Buffer {
+  const info: ProxyAddresses = source.includes(':')
+    ? { family: 'tcp6', sourceAddress: source, sourcePort: 40000, destAddress: '2001:db8::25', destPort: 25 }
+    : { family: 'tcp4', sourceAddress: source, sourcePort: 40000, destAddress: '192.0.2.25', destPort: 25 };
+  return version === 1 ? formatProxyV1(info) : formatProxyV2(info);
+}
+
+async function viaBalancer(listener: string, version: 1 | 2, source: string): Promise<Dialog> {
+  const d = await Dialog.connect(g.guard.address(listener).port, { localAddress: BALANCER });
+  d.send(header(version, source));
+  expect((await d.reply()).code).toBe(220);
+  expect((await d.cmd('EHLO client.test')).code).toBe(250);
+  return d;
+}
+
+function refusedLogFor(ip: string): Array<Record<string, unknown>> {
+  return g.logs.filter((l) => l.msg === 'rcpt refused' && l.clientIp === ip);
+}
+
+describe('headers from a configured balancer', () => {
+  for (const version of [1, 2] as const) {
+    test(`v${version}: carried address in relayNetworks → relay allowed`, async () => {
+      const d = await viaBalancer('lb', version, OFFICE);
+      expect((await d.cmd('MAIL FROM:<app@example.com>')).code).toBe(250);
+      expect((await d.cmd(`RCPT TO:<pal-v${version}@elsewhere.test>`)).code).toBe(250);
+      expect((await d.cmd('DATA')).code).toBe(354);
+      const before = backend.messages.length;
+      expect((await d.cmd(`Subject: v${version}\r\n\r\nvia proxy\r\n.`)).code).toBe(250);
+      expect(backend.messages.length).toBe(before + 1);
+      await d.cmd('QUIT');
+      d.close();
+      const summary = g.logs.filter((l) => l.msg === 'session closed' && l.clientIp === OFFICE);
+      expect(summary.length).toBeGreaterThanOrEqual(1);
+    });
+
+    test(`v${version}: carried stranger → 550, the log names the carried address`, async () => {
+      const d = await viaBalancer('strict', version, OUTSIDER);
+      expect((await d.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+      expect((await d.cmd(`RCPT TO:<victim-v${version}@elsewhere.test>`)).code).toBe(550);
+      await d.cmd('QUIT');
+      d.close();
+      const lines = refusedLogFor(OUTSIDER);
+      expect(lines.some((l) => l.rcpt === `victim-v${version}@elsewhere.test`)).toBe(true);
+      expect(refusedLogFor(BALANCER)).toEqual([]);
+    });
+  }
+
+  test('v2 with an IPv6 client address', async () => {
+    const d = await viaBalancer('strict', 2, '2001:db8::7');
+    expect((await d.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+    expect((await d.cmd('RCPT TO:<victim6@elsewhere.test>')).code).toBe(550);
+    await d.cmd('QUIT');
+    d.close();
+    expect(refusedLogFor('2001:db8::7').length).toBe(1);
+  });
+});
+
+describe('refusals', () => {
+  for (const version of [1, 2] as const) {
+    test(`v${version} header from a peer not in proxyNetworks (optional listener) → closed, nothing forwarded`, async () => {
+      const conns = backend.connections.length;
+      const d = await Dialog.connect(g.guard.address('lb').port, { localAddress: STRANGER });
+      d.send(Buffer.concat([header(version, OFFICE), Buffer.from('EHLO spoof.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<victim@elsewhere.test>\r\n')]));
+      await d.waitClosed();
+      const replies: number[] = [];
+      for (;;) {
+        const r = await d.reply(50).catch(() => undefined);
+        if (!r) break;
+        replies.push(r.code);
+        if (replies.length > 10) break;
+      }
+      expect(replies.filter((c) => c === 250)).toEqual([]);
+      expect(backend.lines().join('\n')).not.toContain('victim@elsewhere.test');
+      expect(backend.connections.length - conns).toBeLessThanOrEqual(1); // at most the greeting connection, QUIT at once
+    });
+  }
+
+  test('a peer not in proxyNetworks on a required listener is refused at connect', async () => {
+    const d = await Dialog.connect(g.guard.address('strict').port, { localAddress: STRANGER });
+    d.send(header(1, OFFICE));
+    const r = await d.reply();
+    expect(r.code).toBe(421);
+    await d.waitClosed();
+  });
+
+  test('required: a balancer that sends no header is refused', async () => {
+    const conns = backend.connections.length;
+    const d = await Dialog.connect(g.guard.address('strict').port, { localAddress: BALANCER });
+    d.send('EHLO no-header.test\r\n');
+    const r = await d.reply();
+    expect(r.code).toBe(421);
+    await d.waitClosed();
+    expect(backend.connections.length).toBe(conns);
+  });
+
+  test('a malformed header is refused', async () => {
+    const d = await Dialog.connect(g.guard.address('strict').port, { localAddress: BALANCER });
+    d.send('PROXY TCP4 999.1.1.1 192.0.2.1 1 25\r\n');
+    expect((await d.reply()).code).toBe(421);
+    await d.waitClosed();
+  });
+
+  test('refusals are counted', async () => {
+    const m = await g.guard.metrics.connections.get();
+    const n = m.values.filter((v) => v.labels.outcome === 'proxy_refused').reduce((a, v) => a + v.value, 0);
+    expect(n).toBeGreaterThanOrEqual(4);
+  });
+});
+
+describe('optional without a header', () => {
+  test('a direct client gets a normal session judged on its socket address', async () => {
+    const d = await Dialog.connect(g.guard.address('lb').port, { localAddress: STRANGER });
+    expect((await d.reply(1000)).code).toBe(220); // at once: no waiting for a header
+    expect((await d.cmd('EHLO direct.test')).code).toBe(250);
+    expect((await d.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+    expect((await d.cmd('RCPT TO:<victim-direct@elsewhere.test>')).code).toBe(550);
+    expect((await d.cmd('RCPT TO:<user@example.com>')).code).toBe(250);
+    await d.cmd('QUIT');
+    d.close();
+    expect(refusedLogFor(STRANGER).some((l) => l.rcpt === 'victim-direct@elsewhere.test')).toBe(true);
+  });
+
+  test('a silent peer from the balancer network gets a session after a short wait', async () => {
+    const d = await Dialog.connect(g.guard.address('lb').port, { localAddress: BALANCER });
+    expect((await d.reply(5000)).code).toBe(220);
+    expect((await d.cmd('EHLO lb-host.test')).code).toBe(250);
+    await d.cmd('QUIT');
+    d.close();
+  });
+});
+
+describe('HAProxy (send-proxy-v2) in front of the guard', () => {
+  let haproxy: RunningHaproxy;
+  beforeAll(async () => {
+    haproxy = await startHaproxy({ backendPort: g.guard.address('lb').port, sendProxy: 'v2' });
+  });
+  afterAll(async () => {
+    await haproxy?.stop();
+  });
+
+  test('policy decides on the real client address: stranger refused, trusted host relays', async () => {
+    const s = await Dialog.connect(haproxy.port, { localAddress: STRANGER });
+    expect((await s.reply()).code).toBe(220);
+    expect((await s.cmd('EHLO stranger.test')).code).toBe(250);
+    expect((await s.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+    expect((await s.cmd('RCPT TO:<victim-haproxy@elsewhere.test>')).code).toBe(550);
+    await s.cmd('QUIT');
+    s.close();
+    expect(refusedLogFor(STRANGER).some((l) => l.rcpt === 'victim-haproxy@elsewhere.test')).toBe(true);
+
+    const t = await Dialog.connect(haproxy.port, { localAddress: TRUSTED_BEHIND_HAPROXY });
+    expect((await t.reply()).code).toBe(220);
+    expect((await t.cmd('EHLO trusted.test')).code).toBe(250);
+    expect((await t.cmd('MAIL FROM:<app@example.com>')).code).toBe(250);
+    expect((await t.cmd('RCPT TO:<pal-haproxy@elsewhere.test>')).code).toBe(250);
+    expect((await t.cmd('DATA')).code).toBe(354);
+    const before = backend.messages.length;
+    expect((await t.cmd('Subject: haproxy\r\n\r\nthrough haproxy\r\n.')).code).toBe(250);
+    expect(backend.messages.length).toBe(before + 1);
+    expect(backend.messages.at(-1)!.rcptTo).toEqual(['pal-haproxy@elsewhere.test']);
+    await t.cmd('QUIT');
+    t.close();
+  });
+});
