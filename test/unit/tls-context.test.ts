@@ -155,7 +155,8 @@ describe('TlsContextManager: start', () => {
   });
 
   test('minVersion TLSv1.3 refuses a TLS 1.2-only client', async () => {
-    const { mgr } = await createManager({ hostname: 'x.test', minVersion: 'TLSv1.3' });
+    const f = await certDir(certA);
+    const { mgr } = await createManager({ certFile: f.certFile, keyFile: f.keyFile, minVersion: 'TLSv1.3' });
     const { port } = await echoServer(mgr.serverOptions());
     const sock = tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, maxVersion: 'TLSv1.2' });
     cleanups.push(() => sock.destroy());
@@ -163,6 +164,25 @@ describe('TlsContextManager: start', () => {
     expect(err).toBeInstanceOf(Error);
     const ok = await connectTls(port);
     expect(ok.getProtocol()).toBe('TLSv1.3');
+  });
+
+  test('ciphers restricts TLS 1.2 suites, also after a reload', async () => {
+    const f = await certDir(certA);
+    const { mgr } = await createManager({ certFile: f.certFile, keyFile: f.keyFile, ciphers: 'ECDHE-ECDSA-AES256-GCM-SHA384' });
+    const { port } = await echoServer(mgr.serverOptions());
+    const tls12 = { maxVersion: 'TLSv1.2' as const, servername: 'a.test' };
+    expect((await connectTls(port, tls12)).getCipher().name).toBe('ECDHE-ECDSA-AES256-GCM-SHA384');
+
+    const refused = tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, ...tls12, ciphers: 'ECDHE-ECDSA-AES128-GCM-SHA256' });
+    cleanups.push(() => refused.destroy());
+    const [err] = (await withTimeout(once(refused, 'error').catch((e: unknown) => [e]), 5000, 'handshake failure')) as [Error];
+    expect(err).toBeInstanceOf(Error);
+
+    await f.write(certB);
+    expect(await mgr.reload()).toEqual({ ok: true });
+    const after = await connectTls(port, tls12);
+    expect(peerFingerprint(after)).toBe(fingerprintOf(certB.cert));
+    expect(after.getCipher().name).toBe('ECDHE-ECDSA-AES256-GCM-SHA384');
   });
 });
 
