@@ -304,7 +304,7 @@ function table(head: string[], rows: unknown[][]): string {
   if (rows.length === 0) return '(none)\n';
   const cells = [head, ...rows.map((r) => r.map((c) => (c === undefined || c === null ? '-' : String(c))))];
   const widths = head.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? '').length)));
-  return cells.map((r) => `${r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ')}\n`).join('');
+  return cells.map((r) => `${r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ').trimEnd()}\n`).join('');
 }
 
 function formatCheck(b: Json): string {
