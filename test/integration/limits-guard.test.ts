@@ -1,0 +1,342 @@
+/**
+ * Issue 5 acceptance, one limit at a time, through the real guard: real client connections
+ * (bound to distinct 127.0.0.x addresses), the guard, and a recording backend. Each test starts
+ * its own guard with small thresholds in rules/limits.yaml and asserts the reply code, and for
+ * bans that the banned client never reaches the backend again (554 5.7.1 at connect).
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
+import type { LimitRule } from '../../src/limits/schema.js';
+import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
+import { startGuard, type StartedGuard, type TestRules } from '../helpers/start-guard.js';
+import { Dialog } from '../helpers/dialog.js';
+
+const STRANGER = '127.0.0.9';
+const ATTACKER = '127.0.0.10';
+const TRUSTED = '127.0.0.2';
+const OFFICE = '127.0.0.5'; // may AUTH without TLS
+const USER = 'alice';
+const PASSWORD = 'correct-horse-battery';
+
+const b64 = (s: string) => Buffer.from(s, 'utf8').toString('base64');
+const plain = (user: string, pass: string) => b64(`\0${user}\0${pass}`);
+
+let backend: RecordingBackend;
+let g: StartedGuard | undefined;
+
+beforeAll(async () => {
+  backend = await startRecordingBackend({
+    server: {
+      authMethods: ['PLAIN'],
+      allowInsecureAuth: true,
+      onAuth(auth, _session, callback) {
+        if (auth.username === USER && auth.password === PASSWORD) callback(null, { user: USER });
+        else callback(new Error('Invalid username or password'));
+      },
+    },
+  });
+});
+
+afterEach(async () => {
+  await g?.stop();
+  g = undefined;
+});
+
+afterAll(async () => {
+  await backend?.close();
+});
+
+async function guardWith(limits: LimitRule[], rules: TestRules = {}, config: Record<string, unknown> = {}): Promise<StartedGuard> {
+  g = await startGuard({
+    backendPort: backend.port,
+    rules: { limits: { enabled: true, prefixV4: 24, prefixV6: 64, limits }, ...rules },
+    config: {
+      timeouts: { drain: '1s' },
+      listeners: [{ name: 'mx', address: '127.0.0.1', port: 0, kind: 'mx', starttls: false, plaintextAuthNetworks: [`${OFFICE}/32`] }],
+      ...config,
+    },
+  });
+  return g;
+}
+
+/** Connect, expect the greeting, EHLO. */
+async function greet(from: string): Promise<Dialog> {
+  const d = await Dialog.connect(g!.port, { localAddress: from });
+  const hello = await d.reply();
+  expect(hello.code, hello.text).toBe(220);
+  expect((await d.cmd('EHLO client.test')).code).toBe(250);
+  return d;
+}
+
+/** Connect and return the first reply (greeting or refusal) and whether the guard then closed. */
+async function connectReply(from: string): Promise<{ code: number; text: string; d: Dialog }> {
+  const d = await Dialog.connect(g!.port, { localAddress: from });
+  const r = await d.reply();
+  return { code: r.code, text: r.text, d };
+}
+
+/** A whole message; returns the reply to MAIL (and sends the rest only on 250). */
+async function sendMessage(d: Dialog, from: string, tag: string): Promise<number> {
+  const mail = await d.cmd(`MAIL FROM:<${from}>`);
+  if (mail.code !== 250) return mail.code;
+  expect((await d.cmd('RCPT TO:<bob@example.com>')).code).toBe(250);
+  expect((await d.cmd('DATA')).code).toBe(354);
+  expect((await d.cmd(`Subject: ${tag}\r\n\r\nbody ${tag}\r\n.`)).code).toBe(250);
+  return 250;
+}
+
+const countLines = (re: RegExp) => backend.lines().filter((l) => re.test(l)).length;
+
+/** The client is banned: the next connection gets 554 5.7.1 and the backend sees no new connection. */
+async function expectBannedAtConnect(from: string): Promise<void> {
+  const before = backend.connections.length;
+  const { code, text, d } = await connectReply(from);
+  expect(code, text).toBe(554);
+  expect(text).toContain('5.7.1');
+  await d.waitClosed();
+  expect(backend.connections.length).toBe(before);
+}
+
+describe('connection storms', () => {
+  test('concurrent connections per ip: one over the limit gets 421 4.7.0 at connect; a closed slot is free again', async () => {
+    await guardWith([{ id: 'concurrent-per-ip', event: 'concurrent', key: 'ip', limit: 2, action: 'close' }]);
+    const a = await greet(STRANGER);
+    const b = await greet(STRANGER);
+    const before = backend.connections.length;
+    const third = await connectReply(STRANGER);
+    expect(third.code, third.text).toBe(421);
+    expect(third.text).toContain('4.7.0');
+    await third.d.waitClosed();
+    expect(backend.connections.length).toBe(before);
+    // Another address is not affected.
+    const other = await greet(ATTACKER);
+    other.close();
+    // Freeing one slot admits the next connection.
+    await a.cmd('QUIT');
+    await a.waitClosed();
+    const again = await connectReply(STRANGER);
+    expect(again.code, again.text).toBe(220);
+    again.d.close();
+    b.close();
+  });
+
+  test('new connections per ip (rate): the connection over the limit gets 421 4.7.0 before the backend', async () => {
+    await guardWith([{ id: 'connections-per-ip', event: 'connection', key: 'ip', limit: 3, window: '1m', action: 'close' }]);
+    for (let i = 0; i < 3; i++) {
+      const d = await greet(STRANGER);
+      await d.cmd('QUIT');
+      d.close();
+    }
+    const before = backend.connections.length;
+    const over = await connectReply(STRANGER);
+    expect(over.code, over.text).toBe(421);
+    expect(over.text).toContain('4.7.0');
+    await over.d.waitClosed();
+    expect(backend.connections.length).toBe(before);
+  });
+});
+
+describe('volume', () => {
+  test('messages per ip: MAIL over the limit gets 450 4.7.1 and never reaches the backend', async () => {
+    await guardWith([{ id: 'messages-per-ip', event: 'message', key: 'ip', limit: 2, window: '1m', action: 'tempfail' }]);
+    const d = await greet(STRANGER);
+    const mailsBefore = countLines(/^MAIL FROM:<m-ip@/i);
+    expect(await sendMessage(d, 'm-ip@sender.test', 'm-ip-1')).toBe(250);
+    expect(await sendMessage(d, 'm-ip@sender.test', 'm-ip-2')).toBe(250);
+    const third = await d.cmd('MAIL FROM:<m-ip@sender.test>');
+    expect(third.code, third.text).toBe(450);
+    expect(third.text).toContain('4.7.1');
+    // tempfail is per command: the session stays open
+    expect((await d.cmd('NOOP')).code).toBe(250);
+    expect(countLines(/^MAIL FROM:<m-ip@/i) - mailsBefore).toBe(2);
+    d.close();
+  });
+
+  test('recipients per sender, null sender <> (backscatter): counted across clients, 450 4.7.1 over the limit', async () => {
+    await guardWith([{ id: 'recipients-per-sender', event: 'recipient', key: 'sender', limit: 3, window: '1m', action: 'tempfail' }]);
+    const rcptsBefore = countLines(/^RCPT TO:<bounce-/i);
+    const a = await greet(STRANGER);
+    expect((await a.cmd('MAIL FROM:<>')).code).toBe(250);
+    for (let i = 0; i < 2; i++) expect((await a.cmd(`RCPT TO:<bounce-${i}@example.com>`)).code).toBe(250);
+    // The same null sender from another client shares the key.
+    const b = await greet(ATTACKER);
+    expect((await b.cmd('MAIL FROM:<>')).code).toBe(250);
+    expect((await b.cmd('RCPT TO:<bounce-2@example.com>')).code).toBe(250);
+    const over = await b.cmd('RCPT TO:<bounce-3@example.com>');
+    expect(over.code, over.text).toBe(450);
+    expect(over.text).toContain('4.7.1');
+    expect((await a.cmd('RCPT TO:<bounce-4@example.com>')).code).toBe(450);
+    expect(countLines(/^RCPT TO:<bounce-/i) - rcptsBefore).toBe(3);
+    // A real sender is another key.
+    expect((await a.cmd('RSET')).code).toBe(250);
+    expect((await a.cmd('MAIL FROM:<real@sender.test>')).code).toBe(250);
+    expect((await a.cmd('RCPT TO:<bounce-5@example.com>')).code).toBe(250);
+    a.close();
+    b.close();
+  });
+});
+
+describe('abuse → ban', () => {
+  test('relay denials per ip: banned (421 4.7.0), then 554 5.7.1 at connect before the backend is contacted', async () => {
+    await guardWith([{ id: 'relay-denied-per-ip', event: 'relay-denied', key: 'ip', limit: 2, window: '10m', action: 'ban', ban: '1h' }]);
+    const d = await greet(STRANGER);
+    expect((await d.cmd('MAIL FROM:<probe@sender.test>')).code).toBe(250);
+    for (let i = 0; i < 2; i++) expect((await d.cmd(`RCPT TO:<victim${i}@elsewhere.test>`)).code).toBe(550);
+    const banned = await d.cmd('RCPT TO:<victim9@elsewhere.test>');
+    expect(banned.code, banned.text).toBe(421);
+    expect(banned.text).toContain('4.7.0');
+    await d.waitClosed();
+    expect(countLines(/elsewhere\.test/i)).toBe(0);
+    const bans = g!.guard.services.bans!.list();
+    expect(bans).toEqual([expect.objectContaining({ target: STRANGER, source: 'automatic', reason: 'limit relay-denied-per-ip' })]);
+    const linesBefore = backend.lines().length;
+    await expectBannedAtConnect(STRANGER);
+    expect(backend.lines().length).toBe(linesBefore);
+    // Another address is still served.
+    const other = await greet(ATTACKER);
+    other.close();
+  });
+
+  test('unknown recipients per ip (directory harvest): 550 5.1.1, then ban, then 554 at connect', async () => {
+    await guardWith(
+      [{ id: 'unknown-recipient-per-ip', event: 'unknown-recipient', key: 'ip', limit: 3, window: '10m', action: 'ban', ban: '1h' }],
+      { recipientValidation: { default: 'list', domains: {} }, recipients: 'bob@example.com\n' },
+    );
+    const d = await greet(STRANGER);
+    expect((await d.cmd('MAIL FROM:<harvester@sender.test>')).code).toBe(250);
+    expect((await d.cmd('RCPT TO:<bob@example.com>')).code).toBe(250);
+    for (const name of ['aaron', 'abby', 'adam']) {
+      const r = await d.cmd(`RCPT TO:<${name}@example.com>`);
+      expect(r.code, r.text).toBe(550);
+      expect(r.text).toContain('5.1.1');
+    }
+    const banned = await d.cmd('RCPT TO:<adele@example.com>');
+    expect(banned.code, banned.text).toBe(421);
+    await d.waitClosed();
+    expect(countLines(/^RCPT TO:<(aaron|abby|adam|adele)@/i)).toBe(0);
+    await expectBannedAtConnect(STRANGER);
+  });
+
+  test('auth failures per ip: 535 from the backend, then ban, then 554 at connect', async () => {
+    await guardWith([{ id: 'auth-failures-per-ip', event: 'auth-failure', key: 'ip', limit: 2, window: '15m', action: 'ban', ban: '1h' }]);
+    const d = await greet(OFFICE);
+    for (let i = 0; i < 2; i++) {
+      const r = await d.cmd(`AUTH PLAIN ${plain(USER, `guess-${i}`)}`);
+      expect(r.code, r.text).toBe(535);
+    }
+    d.send(`AUTH PLAIN ${plain(USER, 'guess-2')}\r\n`);
+    const [fail, banned] = await d.replyN(2);
+    expect(fail!.code).toBe(535);
+    expect(banned!.code, banned!.text).toBe(421);
+    expect(banned!.text).toContain('4.7.0');
+    await d.waitClosed();
+    await expectBannedAtConnect(OFFICE);
+  });
+
+  test('protocol errors per ip: syntax errors, then ban, then 554 at connect', async () => {
+    await guardWith([{ id: 'protocol-errors-per-ip', event: 'protocol-error', key: 'ip', limit: 3, window: '10m', action: 'ban', ban: '30m' }]);
+    const d = await greet(STRANGER);
+    // an unknown verb, a broken path, a bare-LF line: each is a protocol error
+    for (const line of ['GARBAGE verb', 'MAIL FROM:<unbalanced@sender.test', 'HELO\nworld']) {
+      const r = await d.cmd(line);
+      expect(r.code, r.text).toBeGreaterThanOrEqual(500);
+    }
+    d.send('MAIL FROM:<unbalanced@sender.test\r\n');
+    const [err, banned] = await d.replyN(2);
+    expect(err!.code).toBeGreaterThanOrEqual(500);
+    expect(banned!.code, banned!.text).toBe(421);
+    await d.waitClosed();
+    await expectBannedAtConnect(STRANGER);
+  });
+
+  test('escalation: a repeat offender is banned twice as long', async () => {
+    await guardWith([{ id: 'relay-denied-per-ip', event: 'relay-denied', key: 'ip', limit: 1, window: '10m', action: 'ban', ban: '1m', maxBan: '1h' }]);
+    const durations: number[] = [];
+    for (let round = 0; round < 2; round++) {
+      const d = await greet(STRANGER);
+      expect((await d.cmd('MAIL FROM:<probe@sender.test>')).code).toBe(250);
+      // Round 1: one denial is allowed, the second bans. Round 2: the rate is still spent, so the
+      // first denial bans again.
+      if (round === 0) expect((await d.cmd('RCPT TO:<v1@elsewhere.test>')).code).toBe(550);
+      expect((await d.cmd('RCPT TO:<v2@elsewhere.test>')).code).toBe(421);
+      await d.waitClosed();
+      const bans = g!.guard.services.bans!;
+      const ban = bans.list().find((b) => b.target === STRANGER);
+      expect(ban?.expiresAt).toBeDefined();
+      durations.push(Date.parse(ban!.expiresAt!) - Date.parse(ban!.createdAt));
+      await expectBannedAtConnect(STRANGER);
+      // An admin lifts the ban; the offence is remembered.
+      expect(bans.remove(STRANGER)).toBe(true);
+    }
+    expect(durations[0]).toBeGreaterThanOrEqual(59_000);
+    expect(durations[0]).toBeLessThanOrEqual(61_000);
+    expect(durations[1]).toBeGreaterThanOrEqual(119_000);
+    expect(durations[1]).toBeLessThanOrEqual(121_000);
+  });
+});
+
+describe('compromised-account brake', () => {
+  test('messages per authenticated user: 450 4.7.1 over the limit, while per-ip limits exempt the session', async () => {
+    await guardWith([
+      { id: 'messages-per-ip', event: 'message', key: 'ip', limit: 1, window: '1m', action: 'tempfail', exemptTrusted: true },
+      { id: 'messages-per-user', event: 'message', key: 'user', limit: 2, window: '1m', action: 'tempfail', exemptTrusted: false },
+    ]);
+    const d = await greet(OFFICE);
+    expect((await d.cmd(`AUTH PLAIN ${plain(USER, PASSWORD)}`)).code).toBe(235);
+    expect(await sendMessage(d, 'alice@example.com', 'user-1')).toBe(250);
+    expect(await sendMessage(d, 'alice@example.com', 'user-2')).toBe(250);
+    const over = await d.cmd('MAIL FROM:<alice@example.com>');
+    expect(over.code, over.text).toBe(450);
+    expect(over.text).toContain('4.7.1');
+    d.close();
+    // The same user from a second connection is the same key.
+    const again = await greet(OFFICE);
+    expect((await again.cmd(`AUTH PLAIN ${plain(USER, PASSWORD)}`)).code).toBe(235);
+    expect((await again.cmd('MAIL FROM:<alice@example.com>')).code).toBe(450);
+    again.close();
+  });
+});
+
+describe('actions and switches', () => {
+  test('tarpit delays the reply, then carries on', async () => {
+    const TARPIT_MS = 400;
+    await guardWith([{ id: 'messages-tarpit', event: 'message', key: 'ip', limit: 1, window: '1m', action: 'tarpit', tarpit: `${TARPIT_MS}ms` }]);
+    const d = await greet(STRANGER);
+    expect(await sendMessage(d, 'slow@sender.test', 'tarpit-1')).toBe(250);
+    const started = Date.now();
+    const r = await d.cmd('MAIL FROM:<slow@sender.test>', 5_000);
+    const elapsed = Date.now() - started;
+    expect(r.code).toBe(250);
+    expect(elapsed).toBeGreaterThanOrEqual(TARPIT_MS - 10);
+    expect(elapsed).toBeLessThan(5_000);
+    d.close();
+  });
+
+  test('exemptTrusted: a client in the relay networks is not limited; a stranger is', async () => {
+    await guardWith([{ id: 'messages-per-ip', event: 'message', key: 'ip', limit: 1, window: '1m', action: 'tempfail', exemptTrusted: true }], {
+      relayNetworks: [`${TRUSTED}/32`],
+    });
+    const t = await greet(TRUSTED);
+    for (let i = 0; i < 3; i++) expect(await sendMessage(t, 'app@example.com', `trusted-${i}`)).toBe(250);
+    t.close();
+    const s = await greet(STRANGER);
+    expect(await sendMessage(s, 'someone@sender.test', 'stranger-0')).toBe(250);
+    expect((await s.cmd('MAIL FROM:<someone@sender.test>')).code).toBe(450);
+    s.close();
+  });
+
+  test('enabled: false switches one limit off (and the top-level switch all of them)', async () => {
+    const messages: LimitRule = { id: 'messages-per-ip', event: 'message', key: 'ip', limit: 1, window: '1m', action: 'tempfail', enabled: false };
+    await guardWith([messages]);
+    const d = await greet(STRANGER);
+    for (let i = 0; i < 3; i++) expect(await sendMessage(d, 'off@sender.test', `off-${i}`)).toBe(250);
+    d.close();
+    await g!.stop();
+    g = await startGuard({
+      backendPort: backend.port,
+      rules: { limits: { enabled: false, prefixV4: 24, prefixV6: 64, limits: [{ ...messages, enabled: true }] } },
+    });
+    const e = await greet(STRANGER);
+    for (let i = 0; i < 3; i++) expect(await sendMessage(e, 'off@sender.test', `all-off-${i}`)).toBe(250);
+    e.close();
+  });
+});
