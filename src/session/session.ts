@@ -526,6 +526,7 @@ export class SmtpSession {
     this.outcome = 'quit';
     this.link!.send('QUIT', formatCommand({ verb: 'QUIT' }), (r) => {
       const bye = isFailure(r) ? reply(221, '2.0.0', 'Bye') : r;
+      this.countReply(isFailure(r) ? 'guard' : 'backend', bye);
       slot.resolve({ ...bye, close: true });
     });
     this.block();
@@ -552,7 +553,7 @@ export class SmtpSession {
     // Discard anything pipelined after STARTTLS (CVE-2011-0411): it was sent in plaintext.
     this.reader.takeBuffered();
     this.block();
-    this.seq.local(reply(220, '2.0.0', 'Ready to start TLS'));
+    this.localReply(reply(220, '2.0.0', 'Ready to start TLS'));
     this.seq.whenIdle(() => this.upgradeTls());
   }
 
