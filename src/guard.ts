@@ -10,6 +10,7 @@ import type { Config } from './config/schema.js';
 import { maxMessageBytes, resolveTimeouts, type ResolvedTimeouts } from './config/load-config.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
 import { RulesStore } from './rules/rules-store.js';
+import { SECTIONS, SECTION_NAMES } from './rules/schemas.js';
 import { RateLimiter } from './limits/limiter.js';
 import { BanList } from './limits/bans.js';
 import { MemoryLimitStore } from './limits/memory-store.js';
@@ -63,6 +64,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
   const clock = deps.clock ?? systemClock;
   const env = deps.env ?? process.env;
   const metrics = createMetrics(deps.registry ?? new Registry(), { version: VERSION });
+  publishRuleChangeSeries(metrics);
   const timeouts: ResolvedTimeouts = resolveTimeouts(config);
   const rulesDir = path.resolve(config.rulesDir);
 
@@ -231,6 +233,18 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
     },
     adminAddress: () => adminAddr,
   };
+}
+
+/**
+ * Rule-change series at 0 from the start, like createMetrics does for its own closed label sets:
+ * the dashboards' increase() sees a series before the first admin change instead of "no data".
+ * Sections come from the rules table; add/remove exist for list sections only.
+ */
+function publishRuleChangeSeries(metrics: Metrics): void {
+  for (const section of SECTION_NAMES) {
+    const ops = SECTIONS[section].kind === 'list' ? ['replace', 'add', 'remove', 'rollback'] : ['replace', 'rollback'];
+    for (const operation of ops) metrics.rulesChanges.inc({ section, operation }, 0);
+  }
 }
 
 /** /readyz: can a backend be reached (TCP connect + greeting)? */
