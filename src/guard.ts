@@ -3,6 +3,7 @@
  * knows them all. It listens (SMTP listeners, admin API) but never exits the process.
  */
 import path from 'node:path';
+import { readFileSync } from 'node:fs';
 import { Registry } from 'prom-client';
 import type { Logger } from 'pino';
 import type { FastifyInstance } from 'fastify';
@@ -23,6 +24,7 @@ import { TlsContextManager } from './net/tls-context.js';
 import { SmtpListener, compileNetworks, type AcceptedConnection } from './net/listeners.js';
 import { BackendCapacity } from './session/backend-capacity.js';
 import { BackendLink } from './session/backend-link.js';
+import { startBackendTls } from './session/backend-tls.js';
 import { SessionRegistry } from './session/session-registry.js';
 import { SmtpSession } from './session/session.js';
 import type { BackendProvider, GuardServices, ListenerRuntime } from './session/services.js';
@@ -117,30 +119,49 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
 
   const targets = config.backends.map((b) => ({ host: b.host, port: b.port, name: b.name ?? `${b.host}:${b.port}` }));
   const backendLabels = targets.map((t) => t.name);
+  // Backend leg STARTTLS (issue 4): CA read once at start; a missing file fails loudly.
+  const backendCa = config.backend.tlsCaFile ? readFileSync(path.resolve(config.backend.tlsCaFile)) : undefined;
+  const backendLog = log.child({ component: 'backend' });
   const backends: BackendProvider = {
     async connect() {
-      const r = await BackendLink.connect(targets, {
-        connectTimeoutMs: timeouts.backendConnectMs,
-        greetingTimeoutMs: timeouts.backendGreetingMs,
-        replyTimeoutMs: timeouts.backendReplyMs,
-        ...(config.backend.sourceAddress ? { sourceAddress: config.backend.sourceAddress } : {}),
-        onReplyTime: (verb, s) => metrics.backendReplyDuration.observe({ verb: verb === 'DATA-END' ? 'DATA_END' : verb }, s),
+      const r = await connectBackend();
+      if (!r.ok || config.backend.tls !== 'starttls') return r;
+      const t = await startBackendTls(r.link, {
+        ehloName: config.smtp.hostname,
+        rejectUnauthorized: config.backend.tlsRejectUnauthorized,
+        handshakeTimeoutMs: timeouts.backendGreetingMs,
+        ...(backendCa ? { ca: backendCa } : {}),
       });
-      if (r.ok) {
-        metrics.backendConnectDuration.observe(r.connectSeconds);
-        const name = r.link.target.name ?? '';
-        metrics.backendUp.set({ backend: name }, 1);
-        metrics.backendConnections.inc({ backend: name });
-        r.link.once('closed', () => metrics.backendConnections.dec({ backend: name }));
-        // Backends before the one that answered are down.
-        for (const l of backendLabels) {
-          if (l === name) break;
-          metrics.backendUp.set({ backend: l }, 0);
-        }
-      } else for (const l of backendLabels) metrics.backendUp.set({ backend: l }, 0);
-      return r;
+      if (t.ok && !t.tls) backendLog.warn({ backend: r.link.target.name, reason: t.reason }, 'backend tls not started, continuing in plaintext');
+      if (t.ok) return r;
+      backendLog.warn({ backend: r.link.target.name, reason: t.reason }, 'backend tls failed');
+      r.link.close(false);
+      return { ok: false as const, failure: t.failure, target: r.link.target };
     },
   };
+  /** Connect to the first backend that answers, and keep the backend metrics. */
+  async function connectBackend() {
+    const r = await BackendLink.connect(targets, {
+      connectTimeoutMs: timeouts.backendConnectMs,
+      greetingTimeoutMs: timeouts.backendGreetingMs,
+      replyTimeoutMs: timeouts.backendReplyMs,
+      ...(config.backend.sourceAddress ? { sourceAddress: config.backend.sourceAddress } : {}),
+      onReplyTime: (verb, s) => metrics.backendReplyDuration.observe({ verb: verb === 'DATA-END' ? 'DATA_END' : verb }, s),
+    });
+    if (r.ok) {
+      metrics.backendConnectDuration.observe(r.connectSeconds);
+      const name = r.link.target.name ?? '';
+      metrics.backendUp.set({ backend: name }, 1);
+      metrics.backendConnections.inc({ backend: name });
+      r.link.once('closed', () => metrics.backendConnections.dec({ backend: name }));
+      // Backends before the one that answered are down.
+      for (const l of backendLabels) {
+        if (l === name) break;
+        metrics.backendUp.set({ backend: l }, 0);
+      }
+    } else for (const l of backendLabels) metrics.backendUp.set({ backend: l }, 0);
+    return r;
+  }
 
   let shuttingDown = false;
   const registry = new SessionRegistry();

@@ -4,6 +4,7 @@
  * answers, in order. Commands wait for the previous reply unless the backend offered PIPELINING.
  */
 import net from 'node:net';
+import tls from 'node:tls';
 import { EventEmitter } from 'node:events';
 import { ReplyParser } from '../smtp/reply-parser.js';
 import type { Reply } from '../smtp/reply.js';
@@ -52,16 +53,71 @@ export class BackendLink extends EventEmitter {
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
 
+  private sock: net.Socket;
+  /** True once the backend leg runs over TLS (STARTTLS, RFC 3207). */
+  tls = false;
+
   private constructor(
-    readonly socket: net.Socket,
+    socket: net.Socket,
     readonly target: BackendTarget,
     private readonly opts: BackendLinkOptions,
   ) {
     super();
+    this.sock = socket;
+    this.attach(socket);
+  }
+
+  /** The current transport (the TLS socket after startTls). */
+  get socket(): net.Socket {
+    return this.sock;
+  }
+
+  private attach(socket: net.Socket): void {
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', () => this.fail('closed'));
     socket.on('close', () => this.fail('closed'));
     socket.on('drain', () => this.emit('drain'));
+  }
+
+  /**
+   * RFC 3207 on the backend leg: after the backend's 220 to STARTTLS, run the client handshake on
+   * this connection and carry on over TLS. Only with nothing in flight. Resolves with an error
+   * message on failure (the link is then closed) or undefined on success.
+   */
+  startTls(options: tls.ConnectionOptions, timeoutMs: number): Promise<string | undefined> {
+    if (this.closed) return Promise.resolve('closed');
+    if (this.outstanding > 0) throw new Error('BackendLink.startTls with commands in flight');
+    const plain = this.sock;
+    plain.removeAllListeners('data');
+    plain.removeAllListeners('close');
+    plain.removeAllListeners('drain');
+    plain.removeAllListeners('error');
+    plain.on('error', () => undefined);
+    const secure = tls.connect({ ...options, socket: plain });
+    this.sock = secure;
+    return new Promise((resolve) => {
+      let done = false;
+      const finish = (err: string | undefined) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        secure.off('secureConnect', onSecure);
+        secure.off('error', onError);
+        secure.off('close', onClose);
+        if (err === undefined) {
+          this.tls = true;
+          this.attach(secure);
+        } else this.fail('protocol');
+        resolve(err);
+      };
+      const onSecure = () => finish(undefined);
+      const onError = (e: Error) => finish(e.message);
+      const onClose = () => finish('closed during the TLS handshake');
+      const timer = setTimeout(() => finish('TLS handshake timeout'), timeoutMs);
+      secure.once('secureConnect', onSecure);
+      secure.once('error', onError);
+      secure.once('close', onClose);
+    });
   }
 
   /**
@@ -148,21 +204,21 @@ export class BackendLink extends EventEmitter {
   /** Write bytes that are not a command (message data). Returns false when the socket buffer is full. */
   writeRaw(data: Buffer): boolean {
     if (this.closed) return true;
-    return this.socket.write(data);
+    return this.sock.write(data);
   }
 
   /** Close politely (QUIT, no reply awaited) or abort at once. Pending handlers get 'closed'. */
   close(polite: boolean): void {
     if (this.closed) return;
-    if (polite && this.inflight.length === 0) this.socket.end('QUIT\r\n');
-    else this.socket.destroy();
+    if (polite && this.inflight.length === 0) this.sock.end('QUIT\r\n');
+    else this.sock.destroy();
     this.fail('closed');
   }
 
   private transmit(item: Queued): void {
     item.sentAt = performance.now();
     this.inflight.push(item);
-    if (item.wire) this.socket.write(item.wire);
+    if (item.wire) this.sock.write(item.wire);
     this.arm();
   }
 
@@ -200,7 +256,7 @@ export class BackendLink extends EventEmitter {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.timer);
-    if (failure !== 'closed' || !this.socket.destroyed) this.socket.destroy();
+    if (failure !== 'closed' || !this.sock.destroyed) this.sock.destroy();
     const waiting = [...this.inflight, ...this.queue];
     this.inflight.length = 0;
     this.queue.length = 0;
