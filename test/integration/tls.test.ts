@@ -239,3 +239,133 @@ describe('certificate reload', () => {
     await g.guard.reload();
   });
 });
+
+describe('backend leg STARTTLS (backend.tls: starttls)', () => {
+  let backendCert: TestCertificate;
+  let caDir: string;
+  const secureMail: boolean[] = [];
+
+  beforeAll(async () => {
+    backendCert = await makeCertificate({ commonName: 'localhost' });
+    caDir = mkdtempSync(path.join(tmpdir(), 'rg-backend-ca-'));
+    writeFileSync(path.join(caDir, 'ca.pem'), backendCert.cert);
+  });
+  afterAll(() => {
+    if (caDir) rmSync(caDir, { recursive: true, force: true });
+  });
+
+  /** A backend with its own STARTTLS; AUTH only over TLS (smtp-server's default). */
+  function tlsBackend(): Promise<RecordingBackend> {
+    return startRecordingBackend({
+      server: {
+        hideSTARTTLS: false,
+        disabledCommands: [],
+        key: backendCert.key,
+        cert: backendCert.cert,
+        authMethods: ['PLAIN', 'LOGIN'],
+        onAuth(auth, _s, cb) {
+          if (auth.username === 'carol' && auth.password === 'backend-tls-pw') cb(null, { user: 'carol' });
+          else cb(new Error('Invalid username or password'));
+        },
+        onMailFrom(_address, session, cb) {
+          secureMail.push(session.secure);
+          cb();
+        },
+      },
+    });
+  }
+
+  async function guardFor(b: RecordingBackend, backend: Record<string, unknown>, host = '127.0.0.1'): Promise<StartedGuard> {
+    return startGuard({
+      backendPort: b.port,
+      config: {
+        timeouts: { drain: '1s' },
+        backends: [{ host, port: b.port }],
+        backend: { tls: 'starttls', ...backend },
+        smtp: { hostname: 'guard.example.com', errorDelay: '0s' },
+      },
+    });
+  }
+
+  test('no-verify mode: the guard upgrades its backend connection; the session is unaware; AUTH works over both TLS legs', async () => {
+    const b = await tlsBackend();
+    const guard = await guardFor(b, { tlsRejectUnauthorized: false });
+    try {
+      const t = await startTls(guard.port);
+      const ehlo = await t.cmd('EHLO client.test');
+      expect(ehlo.lines.some((l) => /^AUTH .*PLAIN/.test(l))).toBe(true); // the backend offers AUTH only over TLS
+      expect((await t.cmd(`AUTH PLAIN ${Buffer.from('\0carol\0backend-tls-pw').toString('base64')}`)).code).toBe(235);
+      expect((await t.cmd('MAIL FROM:<carol@example.com>')).code).toBe(250);
+      expect((await t.cmd('RCPT TO:<pal@elsewhere.test>')).code).toBe(250);
+      expect((await t.cmd('DATA')).code).toBe(354);
+      expect((await t.cmd('Subject: b\r\n\r\nover two TLS legs\r\n.')).code).toBe(250);
+      expect(b.messages.at(-1)!.body.toString()).toContain('over two TLS legs');
+      expect(secureMail.at(-1)).toBe(true);
+      await t.cmd('QUIT');
+      t.close();
+      // What went over the wire to the backend: our EHLO and STARTTLS in clear, nothing else readable.
+      const wire = Buffer.concat(b.connections.at(-1)!).toString('latin1');
+      expect(wire.startsWith('EHLO guard.example.com\r\nSTARTTLS\r\n')).toBe(true);
+      expect(wire).not.toContain('MAIL FROM');
+      expect(wire).not.toContain('over two TLS legs');
+    } finally {
+      await guard.stop();
+      await b.close();
+    }
+  });
+
+  test('verify mode with tlsCaFile: the self-signed backend certificate is accepted', async () => {
+    const b = await tlsBackend();
+    const guard = await guardFor(b, { tlsRejectUnauthorized: true, tlsCaFile: path.join(caDir, 'ca.pem') }, 'localhost');
+    try {
+      const d = await Dialog.connect(guard.port, { localAddress: STRANGER });
+      expect((await d.reply()).code).toBe(220);
+      expect((await d.cmd('EHLO client.test')).code).toBe(250);
+      expect((await d.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+      expect((await d.cmd('RCPT TO:<bob@example.com>')).code).toBe(250);
+      expect((await d.cmd('DATA')).code).toBe(354);
+      expect((await d.cmd('Subject: ca\r\n\r\nverified backend\r\n.')).code).toBe(250);
+      expect(secureMail.at(-1)).toBe(true);
+      await d.cmd('QUIT');
+      d.close();
+    } finally {
+      await guard.stop();
+      await b.close();
+    }
+  });
+
+  test('verify mode without the CA: the backend is unusable → 421 4.3.0, logged', async () => {
+    const b = await tlsBackend();
+    const guard = await guardFor(b, { tlsRejectUnauthorized: true });
+    try {
+      const d = await Dialog.connect(guard.port, { localAddress: STRANGER });
+      const r = await d.reply();
+      expect(r.code).toBe(421);
+      expect(r.text).toContain('4.3.0');
+      await d.waitClosed();
+      expect(guard.logs.some((l) => l.msg === 'backend tls failed')).toBe(true);
+      expect(b.messages.length).toBe(0);
+    } finally {
+      await guard.stop();
+      await b.close();
+    }
+  });
+
+  test('a backend that does not offer STARTTLS: plaintext, with a warning', async () => {
+    const b = await startRecordingBackend();
+    const guard = await guardFor(b, { tlsRejectUnauthorized: false });
+    try {
+      const d = await Dialog.connect(guard.port, { localAddress: STRANGER });
+      expect((await d.reply()).code).toBe(220);
+      expect((await d.cmd('EHLO client.test')).code).toBe(250);
+      expect((await d.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+      await d.cmd('QUIT');
+      d.close();
+      expect(guard.logs.some((l) => l.msg === 'backend tls not started, continuing in plaintext')).toBe(true);
+      expect(b.lines()).toContain('MAIL FROM:<a@elsewhere.test>');
+    } finally {
+      await guard.stop();
+      await b.close();
+    }
+  });
+});
