@@ -156,6 +156,18 @@ describe('PUT a whole section', () => {
     expect(res.json()).toMatchObject({ code: 'RG_ERR_ADMIN_BAD_JSON' });
   });
 
+  test('a body that is not JSON → 400 or 415; prototype poisoning → 400', async () => {
+    const text = await call('PUT', '/api/v1/rules/relay-networks', '10.0.0.0/8', { 'content-type': 'text/plain' });
+    expect(text.statusCode).toBe(400);
+    expect(text.json()).toMatchObject({ code: 'RG_ERR_ADMIN_VALIDATION', message: 'body must be array' });
+    const xml = await call('PUT', '/api/v1/rules/relay-networks', '<nets/>', { 'content-type': 'application/xml' });
+    expect(xml.statusCode).toBe(415);
+    expect(xml.json()).toMatchObject({ code: 'RG_ERR_ADMIN_UNSUPPORTED_MEDIA_TYPE' });
+    const proto = await call('PUT', '/api/v1/rules/policy', '{"__proto__":{"antiSpoofing":true}}', { 'content-type': 'application/json' });
+    expect(proto.statusCode).toBe(400);
+    expect(env.store.current().antiSpoofing).toBe(false);
+  });
+
   test('a body over 1 MiB → 413', async () => {
     const res = await call('PUT', '/api/v1/rules/accepted-domains', JSON.stringify(['a'.repeat(1024 * 1024)]), { 'content-type': 'application/json' });
     expect(res.statusCode).toBe(413);
