@@ -307,26 +307,27 @@ function parseV6Text(s: string): Uint8Array | undefined {
     if (!v4) return undefined;
     lastList.pop();
   }
-  const words: number[] = [];
-  for (const g of [...head, ...tail]) {
-    if (!/^[0-9a-fA-F]{1,4}$/.test(g)) return undefined;
-    words.push(parseInt(g, 16));
-  }
+  const toWords = (groups: string[]): number[] | undefined => {
+    const ws: number[] = [];
+    for (const g of groups) {
+      if (!/^[0-9a-fA-F]{1,4}$/.test(g)) return undefined;
+      ws.push(parseInt(g, 16));
+    }
+    return ws;
+  };
+  const headWords = toWords(head);
+  const tailWords = toWords(tail);
+  if (!headWords || !tailWords) return undefined;
   const need = v4 ? 6 : 8;
-  if (halves.length === 2) {
-    // "::" stands for at least one zero word.
-    if (words.length > need - 1) return undefined;
-  } else if (words.length !== need) {
-    return undefined;
-  }
-  const zeros = need - words.length;
-  const full = [...head.map((g) => parseInt(g, 16)), ...new Array<number>(zeros).fill(0), ...tail.map((g) => parseInt(g, 16))];
+  const given = headWords.length + tailWords.length;
+  // "::" stands for at least one zero word; without it every word must be written.
+  if (halves.length === 2 ? given > need - 1 : given !== need) return undefined;
+  const words = [...headWords, ...new Array<number>(need - given).fill(0), ...tailWords];
   const out = new Uint8Array(16);
-  for (let i = 0; i < need; i++) {
-    const w = full[i] ?? 0;
+  words.forEach((w, i) => {
     out[i * 2] = w >> 8;
     out[i * 2 + 1] = w & 0xff;
-  }
+  });
   if (v4) out.set(v4, 12);
   return out;
 }

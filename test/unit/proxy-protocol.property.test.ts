@@ -74,13 +74,11 @@ const hostileInput = fc.oneof(
 );
 
 describe('parseProxyHeader properties', () => {
-  test('arbitrary bytes never throw, answer quickly, and never consume more than the bounds', () => {
+  test('arbitrary bytes never throw and never consume more than the bounds', () => {
     fc.assert(
       fc.property(hostileInput, (bytes) => {
         const buf = Buffer.from(bytes);
-        const start = performance.now();
         const r = parseProxyHeader(buf);
-        expect(performance.now() - start).toBeLessThan(50);
         expect(['need-more', 'ok', 'invalid', 'absent']).toContain(r.status);
         if (r.status === 'ok') {
           expect(r.consumed).toBeLessThanOrEqual(buf.length);
@@ -90,6 +88,19 @@ describe('parseProxyHeader properties', () => {
         if (buf.length >= PROXY_V2_MAX_BYTES) expect(r.status).not.toBe('need-more');
       }),
       { numRuns: 3000 },
+    );
+  });
+
+  // Bounded time: the parser looks at no more than the largest header, so 1 MiB of input answers
+  // exactly as its first 4 KiB do (a scan of the whole buffer would also show up as a slow test).
+  test('work is bounded by the header maximum, not by the input size', () => {
+    fc.assert(
+      fc.property(hostileInput, fc.integer({ min: 0, max: 255 }), (bytes, fill) => {
+        const huge = Buffer.alloc(1024 * 1024, fill);
+        Buffer.from(bytes).copy(huge);
+        expect(parseProxyHeader(huge)).toEqual(parseProxyHeader(huge.subarray(0, PROXY_V2_MAX_BYTES)));
+      }),
+      { numRuns: 30 },
     );
   });
 
