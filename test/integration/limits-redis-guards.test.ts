@@ -28,7 +28,7 @@ let b: StartedGuard;
 
 /** The guard's limit store (not part of the Guard API: reached through the limiter for the test). */
 function storeOf(g: StartedGuard): FallbackLimitStore {
-  const limiter = g.guard.services.limiter as unknown as { opts: { store: FallbackLimitStore } } & RateLimiter;
+  const limiter = g.guard.services.limiter as RateLimiter | undefined as unknown as { opts: { store: FallbackLimitStore } };
   return limiter.opts.store;
 }
 
