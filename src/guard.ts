@@ -25,8 +25,11 @@ import { SmtpListener, compileNetworks, type AcceptedConnection } from './net/li
 import { BackendCapacity } from './session/backend-capacity.js';
 import { BackendLink } from './session/backend-link.js';
 import { startBackendTls } from './session/backend-tls.js';
+import { formatProxyPreamble, sendXclient, type ClientEndpoint } from './session/xclient.js';
 import { SessionRegistry } from './session/session-registry.js';
 import { SmtpSession } from './session/session.js';
+import { BackendPool } from './session/backend-pool.js';
+import { parseDuration } from './limits/schema.js';
 import type { BackendProvider, GuardServices, ListenerRuntime } from './session/services.js';
 import { buildAdminServer } from './admin/admin-server.js';
 
@@ -122,26 +125,47 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
   // Backend leg STARTTLS (issue 4): CA read once at start; a missing file fails loudly.
   const backendCa = config.backend.tlsCaFile ? readFileSync(path.resolve(config.backend.tlsCaFile)) : undefined;
   const backendLog = log.child({ component: 'backend' });
-  const backends: BackendProvider = {
+  /**
+   * The backend provider. With outbound PROXY or XCLIENT configured each client gets its own (it
+   * carries the client's address); the session never knows which steps ran.
+   */
+  const tellsBackend = config.backend.proxyProtocol !== 'off' || config.backend.xclient;
+  const backendProviderFor = (client?: ClientEndpoint): BackendProvider => ({
     async connect() {
-      const r = await connectBackend();
-      if (!r.ok || config.backend.tls !== 'starttls') return r;
-      const t = await startBackendTls(r.link, {
-        ehloName: config.smtp.hostname,
-        rejectUnauthorized: config.backend.tlsRejectUnauthorized,
-        handshakeTimeoutMs: timeouts.backendGreetingMs,
-        ...(backendCa ? { ca: backendCa } : {}),
-      });
-      if (t.ok && !t.tls) backendLog.warn({ backend: r.link.target.name, reason: t.reason }, 'backend tls not started, continuing in plaintext');
-      if (t.ok) return r;
-      backendLog.warn({ backend: r.link.target.name, reason: t.reason }, 'backend tls failed');
-      r.link.close(false);
-      return { ok: false as const, failure: t.failure, target: r.link.target };
+      const proxy = config.backend.proxyProtocol;
+      const r = await connectBackend(client && proxy !== 'off' ? formatProxyPreamble(proxy, client) : undefined);
+      if (!r.ok) return r;
+      if (config.backend.tls === 'starttls') {
+        const t = await startBackendTls(r.link, {
+          ehloName: config.smtp.hostname,
+          rejectUnauthorized: config.backend.tlsRejectUnauthorized,
+          handshakeTimeoutMs: timeouts.backendGreetingMs,
+          ...(backendCa ? { ca: backendCa } : {}),
+        });
+        if (t.ok && !t.tls) backendLog.warn({ backend: r.link.target.name, reason: t.reason }, 'backend tls not started, continuing in plaintext');
+        if (!t.ok) {
+          backendLog.warn({ backend: r.link.target.name, reason: t.reason }, 'backend tls failed');
+          r.link.close(false);
+          return { ok: false as const, failure: t.failure, target: r.link.target };
+        }
+      }
+      if (client && config.backend.xclient) {
+        const x = await sendXclient(r.link, client, config.smtp.hostname);
+        if (!x.ok) {
+          backendLog.warn({ backend: r.link.target.name, reason: x.reason }, 'backend xclient failed');
+          r.link.close(false);
+          return { ok: false as const, failure: x.failure, target: r.link.target };
+        }
+        if (!x.sent) backendLog.info({ backend: r.link.target.name, reason: x.reason }, 'backend xclient not sent');
+      }
+      return r;
     },
-  };
+  });
+  const backends = backendProviderFor();
   /** Connect to the first backend that answers, and keep the backend metrics. */
-  async function connectBackend() {
+  async function connectBackend(preamble?: Buffer) {
     const r = await BackendLink.connect(targets, {
+      ...(preamble ? { preamble } : {}),
       connectTimeoutMs: timeouts.backendConnectMs,
       greetingTimeoutMs: timeouts.backendGreetingMs,
       replyTimeoutMs: timeouts.backendReplyMs,
@@ -163,6 +187,27 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
     return r;
   }
 
+  const linkOptions = {
+    connectTimeoutMs: timeouts.backendConnectMs,
+    greetingTimeoutMs: timeouts.backendGreetingMs,
+    replyTimeoutMs: timeouts.backendReplyMs,
+    ...(config.backend.sourceAddress ? { sourceAddress: config.backend.sourceAddress } : {}),
+    onReplyTime: (verb: string, s: number) => metrics.backendReplyDuration.observe({ verb: verb === 'DATA-END' ? 'DATA_END' : verb }, s),
+  };
+  const pool = config.backend.pool.enabled
+    ? new BackendPool({
+        targets,
+        link: linkOptions,
+        ehloName: config.smtp.hostname,
+        minIdle: config.backend.pool.minIdle,
+        max: Math.min(config.backend.pool.max, config.backend.maxConnections),
+        acquireTimeoutMs: parseDuration(config.backend.pool.acquireTimeout),
+        healthIntervalMs: parseDuration(config.backend.pool.healthInterval),
+        metrics,
+        log: log.child({ component: 'pool' }),
+      })
+    : undefined;
+
   let shuttingDown = false;
   const registry = new SessionRegistry();
   const services: GuardServices = {
@@ -175,6 +220,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
     bans,
     validator,
     backends,
+    pool,
     capacity: new BackendCapacity(config.backend.maxConnections),
     registry,
     metrics,
@@ -193,7 +239,10 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
       lc,
       tlsManager,
       (c: AcceptedConnection) => {
-        const session = new SmtpSession(c.socket, runtime, services, { clientIp: c.clientIp, clientPort: c.clientPort, tls: c.tls });
+        const svc = tellsBackend
+          ? { ...services, backends: backendProviderFor({ clientIp: c.clientIp, clientPort: c.clientPort, localIp: c.socket.localAddress, localPort: c.socket.localPort }) }
+          : services;
+        const session = new SmtpSession(c.socket, runtime, svc, { clientIp: c.clientIp, clientPort: c.clientPort, tls: c.tls });
         void session.start();
       },
       metrics,
@@ -213,6 +262,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
     listeners,
     admin,
     async start() {
+      await pool?.start();
       for (const l of listeners) {
         const a = await l.listen();
         log.info({ listener: l.config.name, address: a.address, port: a.port, kind: l.config.kind }, 'listening');
@@ -235,6 +285,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
       clearTimeout(timer);
       for (const s of registry.all()) s.terminate('shutdown');
       await Promise.race([Promise.all(registry.all().map((s) => s.ended)), new Promise<void>((r) => setTimeout(r, 1000).unref())]);
+      await pool?.close();
       if (admin) await admin.close();
       rules.close();
       tlsManager?.close();

@@ -69,6 +69,16 @@ export const ConfigSchema = Type.Object(
         tlsRejectUnauthorized: Type.Boolean(),
         xclient: Type.Boolean({ description: 'send XCLIENT ADDR/NAME/HELO to backends that offer it (Postfix)' }),
         proxyProtocol: Type.Union([Type.Literal('off'), Type.Literal('v1'), Type.Literal('v2')]),
+        pool: Type.Object(
+          {
+            enabled: Type.Boolean({ description: 'lend pre-greeted backend sessions per transaction instead of one connection per client' }),
+            minIdle: Type.Integer({ minimum: 0 }),
+            max: Type.Integer({ minimum: 1, description: 'keep it below the backend per-source limit' }),
+            acquireTimeout: Duration,
+            healthInterval: Duration,
+          },
+          { additionalProperties: false },
+        ),
       },
       { additionalProperties: false },
     ),
@@ -153,6 +163,7 @@ export const DEFAULT_CONFIG: Config = {
     tlsRejectUnauthorized: true,
     xclient: false,
     proxyProtocol: 'off',
+    pool: { enabled: false, minIdle: 2, max: 10, acquireTimeout: '10s', healthInterval: '30s' },
   },
   smtp: {
     hostname: 'relay-guard',

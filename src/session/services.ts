@@ -11,6 +11,7 @@ import type { SessionRegistry } from './session-registry.js';
 import type { BackendLink, BackendFailure, BackendTarget } from './backend-link.js';
 import type { Reply } from '../smtp/reply.js';
 import type tls from 'node:tls';
+import type { BackendPool } from './backend-pool.js';
 
 /** Recipient validation as the session sees it (src/directory implements it). */
 export interface RecipientLookup {
@@ -48,6 +49,8 @@ export interface GuardServices {
   readonly bans: BanList | undefined;
   readonly validator: RecipientLookup | undefined;
   readonly backends: BackendProvider;
+  /** Pooled mode (backend.pool.enabled): backend sessions lent per transaction. */
+  readonly pool: BackendPool | undefined;
   readonly capacity: BackendCapacity;
   readonly registry: SessionRegistry;
   readonly metrics: Metrics;

@@ -90,6 +90,10 @@ export class SmtpSession {
   private releaseCapacity: (() => void) | undefined;
   private releaseConcurrency: (() => void) | undefined;
   private backendAbandoned = false;
+  /** Pooled mode: the lent backend session's 'closed' listener, removed when it is returned. */
+  private linkClosed: ((failure: BackendFailure) => void) | undefined;
+  /** Pooled mode: this session holds its backend session for good (AUTH). */
+  private linkDedicated = false;
   private authState: { mechanism: string; step: number; slot?: ReplySlot } | undefined;
 
   constructor(
@@ -134,6 +138,7 @@ export class SmtpSession {
         if (d.action !== 'allow' && d.action !== 'tarpit') return this.refuseConnection({ ...d.reply, close: true }, 'limited');
         if (d.action === 'tarpit' && d.delayMs) await this.sleep(d.delayMs);
       }
+      if (svc.pool) return await this.greetPooled();
       this.releaseCapacity = svc.capacity.tryAcquire();
       if (!this.releaseCapacity) return this.refuseConnection(R.CAPACITY, 'capacity');
       this.phase = 'connecting';
@@ -147,8 +152,7 @@ export class SmtpSession {
         this.log.warn({ failure: res.failure, backend: res.target?.name ?? res.target?.host }, 'backend unavailable');
         return this.refuseConnection(R.BACKEND_UNAVAILABLE, 'backend_unavailable');
       }
-      this.link = res.link;
-      res.link.on('closed', (failure: BackendFailure) => this.onBackendClosed(failure));
+      this.attachLink(res.link);
       if (this.phase !== 'connecting') return; // early talker already refused
       if (svc.timeouts.greetingDelayMs > 0) {
         await this.sleep(svc.timeouts.greetingDelayMs);
@@ -164,6 +168,54 @@ export class SmtpSession {
     } catch (err) {
       this.internalError(err);
     }
+  }
+
+  /** Pooled mode: the guard greets; a backend session is borrowed at MAIL (backend-pool.ts). */
+  private async greetPooled(): Promise<void> {
+    this.phase = 'connecting';
+    if (this.svc.timeouts.greetingDelayMs > 0) {
+      await this.sleep(this.svc.timeouts.greetingDelayMs);
+      if (this.phase !== 'connecting') return;
+    }
+    this.svc.metrics.connections.inc({ listener: this.listener.config.name, outcome: 'accepted' });
+    this.phase = 'command';
+    this.greeted = true;
+    this.localReply(reply(220, undefined, `${this.svc.config.smtp.hostname} ESMTP`));
+    this.resetIdle();
+    this.pump();
+  }
+
+  private attachLink(link: BackendLink): void {
+    this.link = link;
+    this.linkClosed = (failure: BackendFailure) => this.onBackendClosed(failure);
+    link.on('closed', this.linkClosed);
+  }
+
+  /** Pooled mode: a backend session for this transaction, or undefined (451 sent) when none is free. */
+  private async borrowLink(): Promise<BackendLink | undefined> {
+    const link = await this.svc.pool!.acquire();
+    if (!link || this.phase === 'closed') {
+      if (link) this.svc.pool!.release(link, true);
+      if (!link) {
+        this.log.warn({}, 'pool: no backend session free');
+        this.localReply(R.BACKEND_FAILED_IN_TRANSACTION);
+      }
+      return undefined;
+    }
+    this.backendAbandoned = false;
+    this.attachLink(link);
+    this.log.info({ backendPort: link.socket.localPort }, 'pool: backend session lent');
+    return link;
+  }
+
+  /** Pooled mode: hand the backend session back (clean: nothing of this client's is left on it). */
+  private returnLink(clean: boolean): void {
+    const link = this.link;
+    if (!this.svc.pool || !link || this.linkDedicated) return;
+    link.off('closed', this.linkClosed!);
+    this.link = undefined;
+    if (link.isClosed) this.svc.pool.discard(link, 'closed');
+    else this.svc.pool.release(link, clean);
   }
 
   private refuseConnection(r: Reply, outcome: string): void {
@@ -357,7 +409,8 @@ export class SmtpSession {
         return this.onData();
       case 'RSET':
         this.tx.reset();
-        return this.forward(cmd);
+        if (!this.link && this.svc.pool) return this.localReply(reply(250, '2.0.0', 'OK'));
+        return this.forward(cmd, () => this.returnLink(true));
       case 'NOOP':
         return this.localReply(reply(250, '2.0.0', 'OK'));
       case 'HELP':
@@ -389,6 +442,7 @@ export class SmtpSession {
     this.helo = cmd.domain;
     this.ehlo = cmd.verb === 'EHLO';
     this.tx.reset();
+    if (!this.link && this.svc.pool) return this.heloPooled(cmd.verb);
     const slot = this.seq.later();
     this.link!.send(cmd.verb, formatCommand(cmd), (r) => {
       if (isFailure(r)) return slot.resolve(this.backendFailureReply(r.failure, false));
@@ -402,6 +456,16 @@ export class SmtpSession {
       this.countReply('backend', r);
       slot.resolve(r);
     });
+  }
+
+  /** Pooled mode: HELO/EHLO answered by the guard with the backend's capabilities, filtered. */
+  private heloPooled(verb: 'HELO' | 'EHLO'): void {
+    const hostname = this.svc.config.smtp.hostname;
+    if (verb === 'HELO') return this.localReply(reply(250, undefined, hostname));
+    const caps = this.svc.pool!.capabilities ?? reply(250, undefined, hostname, 'PIPELINING', '8BITMIME', 'ENHANCEDSTATUSCODES');
+    this.backendAuth = ehloKeywords(caps).get('AUTH');
+    const filtered = filterEhlo({ ...caps, lines: [hostname, ...caps.lines.slice(1)] }, { allow: this.svc.ehloAllow, maxSizeBytes: this.svc.maxMessageBytes, add: this.extraEhloKeywords() });
+    this.localReply(filtered);
   }
 
   private extraEhloKeywords(): string[] {
@@ -437,12 +501,16 @@ export class SmtpSession {
     }
     const limited = await this.limit('message', { sender });
     if (limited) return;
+    if (!this.link && this.svc.pool && !(await this.borrowLink())) return;
     this.transactions++;
     this.tx.mailSent = true;
     this.tx.mailFrom = path;
     this.tx.sender = sender;
     this.forward({ verb: 'MAIL', path, params: kept }, (r) => {
-      if (r.code >= 300) this.tx.reset();
+      if (r.code >= 300) {
+        this.tx.reset();
+        this.returnLink(true);
+      }
     });
   }
 
@@ -502,6 +570,7 @@ export class SmtpSession {
       if (r.code !== 354) {
         slot.resolve(r);
         this.tx.reset();
+        this.returnLink(false);
         this.unblock();
         return;
       }
@@ -522,9 +591,14 @@ export class SmtpSession {
   }
 
   private onQuit(): void {
-    const slot = this.seq.later();
     this.outcome = 'quit';
-    this.link!.send('QUIT', formatCommand({ verb: 'QUIT' }), (r) => {
+    if (!this.link) {
+      this.localReply({ ...reply(221, '2.0.0', 'Bye'), close: true });
+      this.block();
+      return;
+    }
+    const slot = this.seq.later();
+    this.link.send('QUIT', formatCommand({ verb: 'QUIT' }), (r) => {
       const bye = isFailure(r) ? reply(221, '2.0.0', 'Bye') : r;
       this.countReply(isFailure(r) ? 'guard' : 'backend', bye);
       slot.resolve({ ...bye, close: true });
@@ -606,7 +680,33 @@ export class SmtpSession {
     this.phase = 'auth';
     this.block();
     const wire = Buffer.from(`AUTH ${mechanism}${initial !== undefined ? ` ${initial}` : ''}\r\n`, 'latin1');
-    this.sendAuth(wire, authState);
+    if (this.link || !this.svc.pool) return this.sendAuth(wire, authState);
+    // Pooled mode: authentication binds a backend session to this client for good.
+    this.dedicateLink().then(
+      (ok) => {
+        if (ok) return this.sendAuth(wire, authState);
+        this.phase = 'command';
+        this.authState = undefined;
+        this.unblock();
+      },
+      (err) => this.internalError(err),
+    );
+  }
+
+  /** Pooled mode: take a backend session out of the pool for this client and greet it with the client's HELO. */
+  private async dedicateLink(): Promise<boolean> {
+    const link = await this.borrowLink();
+    if (!link) return false;
+    this.svc.pool!.detach(link);
+    this.linkDedicated = true;
+    const r = await new Promise<Reply | undefined>((resolve) =>
+      link.send('EHLO', Buffer.from(`EHLO ${this.helo ?? this.svc.config.smtp.hostname}\r\n`, 'latin1'), (e) => resolve(isFailure(e) ? undefined : e)),
+    );
+    if (!r || r.code !== 250) {
+      this.localReply(R.BACKEND_FAILED_IN_TRANSACTION);
+      return false;
+    }
+    return true;
   }
 
   private sendAuth(wire: Buffer, st: { mechanism: string; step: number; user?: string }): void {
@@ -676,13 +776,16 @@ export class SmtpSession {
   private feedData(chunk: Buffer): void {
     const scanner = this.scanner!;
     const step = scanner.push(chunk);
-    const link = this.link!;
+    // Pooled mode: a backend session lost mid-DATA leaves no link; read the rest, then 451.
+    const link = this.link;
     let full = false;
-    for (const b of step.forward) {
-      this.bytesOut += b.length;
-      if (!link.writeRaw(b)) full = true;
+    if (link) {
+      for (const b of step.forward) {
+        this.bytesOut += b.length;
+        if (!link.writeRaw(b)) full = true;
+      }
     }
-    if (full) {
+    if (full && link) {
       this.client.pause();
       link.once('drain', () => this.flowControlData());
     }
@@ -690,6 +793,7 @@ export class SmtpSession {
       case 'more':
         return;
       case 'end':
+        if (!link) return this.finishDiscard(R.BACKEND_FAILED_IN_TRANSACTION, step.rest);
         return this.endOfData(step.size, step.rest);
       case 'smuggling':
         this.svc.metrics.smuggling.inc({ kind: step.smuggle, action: 'rejected' });
@@ -715,9 +819,24 @@ export class SmtpSession {
   private discardData(chunk: Buffer): void {
     const r = this.scanner!.discardUntilEnd(chunk);
     if (!r.done) return;
-    this.phase = 'closing';
     this.outcome = 'too_large';
-    this.localReply({ ...R.MESSAGE_TOO_LARGE, close: true });
+    // 1:1 mode lost its backend connection with the aborted message: close. Pooled mode goes on.
+    this.finishDiscard(this.svc.pool && !this.linkDedicated ? R.MESSAGE_TOO_LARGE : { ...R.MESSAGE_TOO_LARGE, close: true }, r.rest);
+  }
+
+  /** The client's end-of-data arrived for a message that will not be delivered: answer, go on. */
+  private finishDiscard(r: Reply, rest: Buffer): void {
+    this.scanner = undefined;
+    this.tx.reset();
+    if (r.close) {
+      this.phase = 'closing';
+      this.localReply(r);
+      return;
+    }
+    this.phase = 'command';
+    this.localReply(r);
+    if (rest.length > 0) this.reader.push(rest);
+    this.unblock();
   }
 
   private flowControlData(): void {
@@ -734,6 +853,13 @@ export class SmtpSession {
       if (isFailure(r)) {
         this.svc.metrics.messages.inc({ outcome: 'backend_failed' });
         this.log.warn({ failure: r.failure, mailFrom: cap(this.tx.sender), rcpts, size }, 'backend failed after end-of-data');
+        if (this.svc.pool && !this.linkDedicated) {
+          // Never a 2xx the backend did not give: 451, and the client may retry on another backend session.
+          this.tx.reset();
+          slot.resolve(R.BACKEND_FAILED_IN_TRANSACTION);
+          this.unblock();
+          return;
+        }
         slot.resolve({ ...R.BACKEND_FAILED_IN_TRANSACTION, close: true });
         return;
       }
@@ -748,6 +874,7 @@ export class SmtpSession {
         this.svc.metrics.messages.inc({ outcome: 'rejected_by_backend' });
       }
       this.tx.reset();
+      this.returnLink(true);
       slot.resolve(r);
       this.unblock();
     }, this.svc.timeouts.backendDataReplyMs);
@@ -826,6 +953,8 @@ export class SmtpSession {
 
   private backendFailureReply(failure: BackendFailure, inTransaction: boolean): Reply {
     this.svc.metrics.backendErrors.inc({ kind: failure });
+    // Pooled mode: only this transaction is lost; the client may go on with another backend session.
+    if (this.svc.pool && !this.linkDedicated) return R.BACKEND_FAILED_IN_TRANSACTION;
     if (this.phase !== 'closed') this.outcome = 'backend_failed';
     return inTransaction ? { ...R.BACKEND_FAILED_IN_TRANSACTION, close: true } : R.BACKEND_UNAVAILABLE;
   }
@@ -833,6 +962,15 @@ export class SmtpSession {
   private onBackendClosed(failure: BackendFailure): void {
     if (this.backendAbandoned || this.phase === 'closed' || this.phase === 'closing') return;
     this.log.warn({ failure, phase: this.phase }, 'backend connection lost');
+    if (this.svc.pool && !this.linkDedicated && this.link) {
+      const link = this.link;
+      link.off('closed', this.linkClosed!);
+      this.link = undefined;
+      this.svc.pool.discard(link, 'closed');
+      if (this.phase === 'data') this.svc.metrics.messages.inc({ outcome: 'backend_failed' });
+      else this.tx.reset();
+      return;
+    }
     if (this.phase === 'data') {
       this.svc.metrics.messages.inc({ outcome: 'backend_failed' });
       this.phase = 'closing';
@@ -845,8 +983,15 @@ export class SmtpSession {
 
   /** Drop the backend connection without ever sending it an end-of-data (invariant 3). */
   private abandonBackend(): void {
+    const link = this.link;
+    if (link && this.svc.pool && !this.linkDedicated) {
+      link.off('closed', this.linkClosed!);
+      this.link = undefined;
+      this.svc.pool.discard(link, 'unexpected_reply');
+      return;
+    }
     this.backendAbandoned = true;
-    this.link?.close(false);
+    link?.close(false);
   }
 
   // ───────────────────────────── policy, limits ─────────────────────────────
@@ -988,7 +1133,11 @@ export class SmtpSession {
     this.timers.clear();
     clearTimeout(this.idleTimer);
     // Mid-transaction the backend must not deliver: abort without end-of-data. Otherwise QUIT politely.
-    if (this.link && !this.link.isClosed) {
+    if (this.link && !this.link.isClosed && this.svc.pool && !this.linkDedicated) {
+      // Pooled mode: an interrupted DATA poisons the backend session; anything else is RSET and reused.
+      if (wasData) this.abandonBackend();
+      else this.returnLink(!this.tx.mailSent);
+    } else if (this.link && !this.link.isClosed) {
       if (wasData || this.tx.mailSent) this.abandonBackend();
       else {
         this.backendAbandoned = true;

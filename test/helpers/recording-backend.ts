@@ -20,6 +20,8 @@ export interface RecordingBackend {
   readonly connections: Buffer[][];
   /** Connections currently open. */
   openConnections(): number;
+  /** Most connections ever open at once. */
+  maxConcurrent(): number;
   /** All command lines sent by the guard (body lines included; tests use distinct bodies). */
   lines(): string[];
   /** Resolves when `n` messages have been received. */
@@ -73,12 +75,14 @@ export async function startRecordingBackend(opts: RecordingBackendOptions = {}):
 
   const connections: Buffer[][] = [];
   const sockets = new Set<net.Socket>();
+  let maxSeen = 0;
   const tap = net.createServer((client) => {
     if (opts.maxConnections !== undefined && sockets.size >= opts.maxConnections) {
       client.end('421 4.7.0 Too many connections from your host\r\n');
       return;
     }
     sockets.add(client);
+    maxSeen = Math.max(maxSeen, sockets.size);
     const record: Buffer[] = [];
     connections.push(record);
     const upstream = net.connect(smtpPort, '127.0.0.1');
@@ -105,6 +109,7 @@ export async function startRecordingBackend(opts: RecordingBackendOptions = {}):
     messages,
     connections,
     openConnections: () => sockets.size,
+    maxConcurrent: () => maxSeen,
     lines: () => connections.flatMap((c) => Buffer.concat(c).toString('latin1').split('\r\n')).filter((l) => l.length > 0),
     waitForMessages: (n) =>
       messages.length >= n ? Promise.resolve() : new Promise<void>((resolve) => waiters.push({ n, resolve })),

@@ -1,0 +1,260 @@
+/**
+ * BackendPool: a few open, already-greeted backend sessions lent to clients one transaction at a
+ * time (MAIL … end-of-data). Many clients share few backend connections — the backend's
+ * per-source limit (Exchange: 20) is never exceeded — and a one-message client costs no backend
+ * connect, greeting or EHLO.
+ *
+ * Discipline: never two transactions on one backend session at once; `max` connections in all
+ * (lent, idle, opening and detached for AUTH); `minIdle` kept warm; idle sessions checked with
+ * NOOP; a session the backend closed, or that answered unexpectedly, is replaced; a client waits
+ * at most `acquireTimeoutMs` for a free session, then gets 451 4.3.0 (never a silent hang).
+ */
+import { EventEmitter } from 'node:events';
+import type { Logger } from 'pino';
+import { BackendLink, isFailure, type BackendLinkOptions, type BackendTarget } from './backend-link.js';
+import { ehloKeywords } from '../smtp/ehlo.js';
+import type { Reply } from '../smtp/reply.js';
+import type { Metrics } from '../observability/metrics.js';
+
+export interface BackendPoolOptions {
+  readonly targets: readonly BackendTarget[];
+  readonly link: BackendLinkOptions;
+  /** Name the guard gives in its EHLO to the backend. */
+  readonly ehloName: string;
+  readonly minIdle: number;
+  readonly max: number;
+  readonly acquireTimeoutMs: number;
+  readonly healthIntervalMs: number;
+  readonly metrics: Metrics;
+  readonly log: Logger;
+}
+
+interface IdleEntry {
+  readonly link: BackendLink;
+  since: number;
+}
+
+export class BackendPool extends EventEmitter {
+  /** The backend's EHLO reply, learned from the first pooled session (unfiltered). */
+  capabilities: Reply | undefined;
+  private readonly idle: IdleEntry[] = [];
+  private readonly lent = new Set<BackendLink>();
+  private readonly detached = new Set<BackendLink>();
+  private opening = 0;
+  private readonly waiters: Array<(link: BackendLink | undefined) => void> = [];
+  private healthTimer: NodeJS.Timeout | undefined;
+  private closed = false;
+  private readonly label: string;
+
+  constructor(private readonly opts: BackendPoolOptions) {
+    super();
+    this.label = opts.targets[0]?.name ?? 'backend';
+  }
+
+  /** Open the warm sessions; resolves once the first one answered (or all failed). */
+  async start(): Promise<void> {
+    const first = this.open('warm');
+    for (let i = 1; i < this.opts.minIdle; i++) void this.open('warm');
+    await first;
+    this.healthTimer = setInterval(() => this.healthCheck(), Math.max(1000, Math.floor(this.opts.healthIntervalMs / 2)));
+    this.healthTimer.unref();
+  }
+
+  /** Connections in all: idle, lent, detached and being opened. */
+  get total(): number {
+    return this.idle.length + this.lent.size + this.detached.size + this.opening;
+  }
+
+  get idleCount(): number {
+    return this.idle.length;
+  }
+
+  /** A backend session for one transaction, or undefined after acquireTimeoutMs. */
+  acquire(): Promise<BackendLink | undefined> {
+    if (this.closed) return Promise.resolve(undefined);
+    const entry = this.idle.pop();
+    if (entry) {
+      this.lend(entry.link);
+      this.topUp();
+      return Promise.resolve(entry.link);
+    }
+    return new Promise((resolve) => {
+      let done = false;
+      const timer = setTimeout(() => {
+        if (done) return;
+        done = true;
+        const i = this.waiters.indexOf(handoff);
+        if (i >= 0) this.waiters.splice(i, 1);
+        this.opts.metrics.poolWaits.inc({ result: 'timeout' });
+        resolve(undefined);
+      }, this.opts.acquireTimeoutMs);
+      const handoff = (link: BackendLink | undefined) => {
+        if (done) {
+          if (link) this.giveBack(link);
+          return;
+        }
+        done = true;
+        clearTimeout(timer);
+        this.opts.metrics.poolWaits.inc({ result: 'got' });
+        resolve(link);
+      };
+      this.waiters.push(handoff);
+      this.topUp();
+    });
+  }
+
+  /**
+   * Give a session back after a transaction. `clean`: the transaction ended with the backend's reply
+   * to end-of-data, or never started; otherwise the session is RSET first (RFC 5321 §4.1.1.5).
+   */
+  release(link: BackendLink, clean: boolean): void {
+    if (!this.lent.delete(link)) return;
+    if (link.isClosed || this.closed) {
+      this.updateGauges();
+      this.topUp();
+      return;
+    }
+    if (clean) {
+      this.giveBack(link);
+      return;
+    }
+    this.lent.add(link);
+    link.send('RSET', Buffer.from('RSET\r\n'), (r) => {
+      this.lent.delete(link);
+      if (isFailure(r) || r.code !== 250) {
+        this.replace(link, 'unexpected_reply');
+        return;
+      }
+      this.giveBack(link);
+    });
+  }
+
+  /** Drop a lent session that must not be reused (aborted mid-DATA, backend failure). */
+  discard(link: BackendLink, reason: 'closed' | 'unexpected_reply'): void {
+    if (!this.lent.delete(link) && !this.detached.delete(link)) return;
+    this.replace(link, reason);
+  }
+
+  /** Take a lent session out of the pool for one client for good (AUTH binds it to that client). */
+  detach(link: BackendLink): void {
+    if (!this.lent.delete(link)) return;
+    this.detached.add(link);
+    link.once('closed', () => {
+      this.detached.delete(link);
+      this.updateGauges();
+      this.topUp();
+    });
+    this.updateGauges();
+    this.topUp();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.healthTimer);
+    for (const w of this.waiters.splice(0)) w(undefined);
+    for (const e of this.idle.splice(0)) e.link.close(true);
+    this.updateGauges();
+  }
+
+  private lend(link: BackendLink): void {
+    this.lent.add(link);
+    this.updateGauges();
+  }
+
+  private giveBack(link: BackendLink): void {
+    if (this.closed || link.isClosed) {
+      link.close(true);
+      this.updateGauges();
+      return;
+    }
+    const waiter = this.waiters.shift();
+    if (waiter) {
+      this.lend(link);
+      waiter(link);
+      return;
+    }
+    this.idle.push({ link, since: Date.now() });
+    this.updateGauges();
+  }
+
+  private replace(link: BackendLink, reason: 'closed' | 'unexpected_reply' | 'health_check'): void {
+    link.close(false);
+    this.opts.metrics.poolReplacements.inc({ reason });
+    this.updateGauges();
+    this.topUp();
+  }
+
+  /** Keep minIdle warm and serve waiters, within max. */
+  private topUp(): void {
+    if (this.closed) return;
+    const want = Math.max(this.opts.minIdle - this.idle.length - this.opening, this.waiters.length - this.opening);
+    for (let i = 0; i < want && this.total < this.opts.max; i++) void this.open(this.waiters.length > 0 ? 'demand' : 'warm');
+  }
+
+  private async open(why: 'warm' | 'demand'): Promise<void> {
+    if (this.total >= this.opts.max) return;
+    this.opening++;
+    const started = performance.now();
+    const r = await BackendLink.connect(this.opts.targets, this.opts.link);
+    if (!r.ok) {
+      this.opening--;
+      this.opts.metrics.backendErrors.inc({ kind: r.failure === 'timeout' ? 'timeout' : 'connect' });
+      this.opts.metrics.backendUp.set({ backend: this.label }, 0);
+      this.opts.log.warn({ failure: r.failure, why }, 'pool: backend connect failed');
+      // Waiters time out by themselves; do not spin on a dead backend.
+      return;
+    }
+    const link = r.link;
+    const ready = await new Promise<boolean>((resolve) => {
+      if (r.greeting.code !== 220) return resolve(false);
+      link.send('EHLO', Buffer.from(`EHLO ${this.opts.ehloName}\r\n`, 'latin1'), (e) => {
+        if (isFailure(e) || e.code !== 250) return resolve(false);
+        this.capabilities = e;
+        link.pipelining = ehloKeywords(e).has('PIPELINING');
+        resolve(true);
+      });
+    });
+    this.opening--;
+    if (!ready || this.closed) {
+      link.close(!this.closed);
+      this.updateGauges();
+      return;
+    }
+    this.opts.metrics.backendConnectDuration.observe((performance.now() - started) / 1000);
+    this.opts.metrics.backendUp.set({ backend: this.label }, 1);
+    this.opts.metrics.backendConnections.inc({ backend: this.label });
+    link.once('closed', () => {
+      this.opts.metrics.backendConnections.dec({ backend: this.label });
+      const i = this.idle.findIndex((e) => e.link === link);
+      if (i >= 0) {
+        // The backend closed an idle session (its idle timeout, a restart): replace it quietly.
+        this.idle.splice(i, 1);
+        this.opts.metrics.poolReplacements.inc({ reason: 'closed' });
+        this.updateGauges();
+        this.topUp();
+      }
+    });
+    this.giveBack(link);
+  }
+
+  private healthCheck(): void {
+    const now = Date.now();
+    for (const e of [...this.idle]) {
+      if (now - e.since < this.opts.healthIntervalMs) continue;
+      const i = this.idle.indexOf(e);
+      if (i < 0) continue;
+      this.idle.splice(i, 1);
+      this.lent.add(e.link);
+      e.link.send('NOOP', Buffer.from('NOOP\r\n'), (r) => {
+        this.lent.delete(e.link);
+        if (isFailure(r) || r.code !== 250) this.replace(e.link, 'health_check');
+        else this.giveBack(e.link);
+      });
+    }
+  }
+
+  private updateGauges(): void {
+    this.opts.metrics.poolSessions.set({ backend: this.label, state: 'idle' }, this.idle.length);
+    this.opts.metrics.poolSessions.set({ backend: this.label, state: 'busy' }, this.lent.size + this.detached.size);
+  }
+}

@@ -1,0 +1,141 @@
+/**
+ * Issue 10: pooled mode. Many clients share a few pre-greeted backend sessions, one transaction at
+ * a time; the backend's per-source limit is never exceeded; a backend session lost while idle is
+ * replaced silently, one lost mid-transaction costs only that client a 451.
+ */
+import { afterEach, describe, expect, test } from 'vitest';
+import SMTPConnection from 'nodemailer/lib/smtp-connection/index.js';
+import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
+import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
+import { Dialog } from '../helpers/dialog.js';
+import { until, withTimeout } from '../helpers/with-timeout.js';
+
+let backend: RecordingBackend | undefined;
+let g: StartedGuard | undefined;
+
+afterEach(async () => {
+  await g?.stop();
+  await backend?.close();
+  g = undefined;
+  backend = undefined;
+});
+
+const POOL = (max: number, extra: Record<string, unknown> = {}) => ({
+  backend: { maxConnections: 20, pool: { enabled: true, minIdle: 2, max, acquireTimeout: '10s', healthInterval: '30s', ...extra } },
+});
+
+async function sendOne(port: number, i: number): Promise<string> {
+  const conn = new SMTPConnection({ port, host: '127.0.0.1', ignoreTLS: true, name: `client${i}.test` });
+  await withTimeout(new Promise<void>((resolve, reject) => {
+    conn.once('error', reject);
+    conn.connect(() => resolve());
+  }), 10_000, 'connect');
+  try {
+    const info = await withTimeout(
+      new Promise<{ response: string }>((resolve, reject) =>
+        conn.send({ from: `s${i}@elsewhere.test`, to: [`user${i}@example.com`] }, `Subject: m${i}\r\n\r\nbody ${i}\r\n`, (err, inf) => (err ? reject(err) : resolve(inf as never))),
+      ),
+      20_000,
+      `message ${i}`,
+    );
+    return info.response;
+  } finally {
+    conn.quit();
+  }
+}
+
+describe('pooled mode', () => {
+  test('50 concurrent clients through a pool of 5: every message delivered, never a 6th backend connection', async () => {
+    backend = await startRecordingBackend({ maxConnections: 5 });
+    g = await startGuard({ backendPort: backend.port, config: POOL(5) });
+    const responses = await Promise.all(Array.from({ length: 50 }, (_, i) => sendOne(g!.port, i)));
+    expect(responses.every((r) => r.startsWith('250'))).toBe(true);
+    await backend.waitForMessages(50);
+    expect(backend.messages).toHaveLength(50);
+    expect(backend.maxConcurrent()).toBeLessThanOrEqual(5);
+    // Each message carried exactly its own recipient: no two transactions shared a backend session.
+    for (const m of backend.messages) {
+      const i = /body (\d+)/.exec(m.body.toString())![1];
+      expect(m.rcptTo).toEqual([`user${i}@example.com`]);
+      expect(m.mailFrom).toBe(`s${i}@elsewhere.test`);
+    }
+  });
+
+  test('the guard greets and answers EHLO itself; relay policy still applies', async () => {
+    backend = await startRecordingBackend();
+    g = await startGuard({ backendPort: backend.port, config: POOL(3) });
+    await until(() => backend!.openConnections() >= 2, 5000, 'warm pool');
+    const d = await Dialog.connect(g.port, { localAddress: '127.0.0.9' });
+    expect((await d.reply()).code).toBe(220);
+    const ehlo = await d.cmd('EHLO client.test');
+    expect(ehlo.code).toBe(250);
+    expect(ehlo.text).toContain('PIPELINING');
+    expect((await d.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+    expect((await d.cmd('RCPT TO:<victim@elsewhere.test>')).code).toBe(550);
+    expect((await d.cmd('RCPT TO:<user@example.com>')).code).toBe(250);
+    expect((await d.cmd('RSET')).code).toBe(250);
+    expect((await d.cmd('QUIT')).code).toBe(221);
+    // No backend connection of its own for this client: it borrowed a warm one (the pool stays within max).
+    expect(backend.connections.length).toBeLessThanOrEqual(3);
+    expect(backend.lines()).not.toContain('RCPT TO:<victim@elsewhere.test>');
+    expect(backend.lines()).not.toContain('EHLO client.test');
+  });
+
+  test('an idle backend session killed is replaced silently', async () => {
+    backend = await startRecordingBackend();
+    g = await startGuard({ backendPort: backend.port, config: POOL(3) });
+    await until(() => backend!.openConnections() >= 2, 5000, 'warm pool');
+    backend.killConnections();
+    await until(() => backend!.openConnections() >= 2, 5000, 'pool refilled');
+    expect((await sendOne(g.port, 1)).startsWith('250')).toBe(true);
+    const rep = await g.guard.metrics.register.getSingleMetric('relay_guard_pool_replacements_total')!.get();
+    expect(rep.values.find((v) => v.labels.reason === 'closed')?.value ?? 0).toBeGreaterThanOrEqual(1);
+  });
+
+  test('a backend session killed mid-transaction: 451 to that client only, and the pool recovers', async () => {
+    backend = await startRecordingBackend();
+    g = await startGuard({ backendPort: backend.port, config: POOL(3, { minIdle: 1 }) });
+    await until(() => backend!.openConnections() >= 1, 5000, 'warm pool');
+    const d = await Dialog.connect(g.port);
+    await d.reply();
+    await d.cmd('EHLO client.test');
+    expect((await d.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+    expect((await d.cmd('RCPT TO:<user@example.com>')).code).toBe(250);
+    expect((await d.cmd('DATA')).code).toBe(354);
+    d.send('Subject: lost\r\n\r\nfirst part\r\n');
+    await until(() => backend!.lines().includes('first part'), 5000, 'body reaches the backend');
+    backend.killConnections();
+    d.send('second part\r\n.\r\n');
+    const r = await d.reply();
+    expect(r.code).toBe(451);
+    // The same client goes on with another backend session.
+    expect((await d.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+    expect((await d.cmd('RCPT TO:<user@example.com>')).code).toBe(250);
+    expect((await d.cmd('DATA')).code).toBe(354);
+    d.send('Subject: retry\r\n\r\nretried\r\n.\r\n');
+    expect((await d.reply()).code).toBe(250);
+    await d.cmd('QUIT');
+    await backend.waitForMessages(1);
+    expect(backend.messages.map((m) => m.body.toString())).toEqual([expect.stringContaining('retried')]);
+    // Other clients are unaffected.
+    expect((await sendOne(g.port, 2)).startsWith('250')).toBe(true);
+  });
+
+  test('no free backend session within acquireTimeout: 451, never a hang', async () => {
+    backend = await startRecordingBackend();
+    g = await startGuard({ backendPort: backend.port, config: POOL(1, { minIdle: 1, acquireTimeout: '300ms' }) });
+    const a = await Dialog.connect(g.port);
+    await a.reply();
+    await a.cmd('EHLO a.test');
+    expect((await a.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250); // holds the only session
+    const b = await Dialog.connect(g.port);
+    await b.reply();
+    await b.cmd('EHLO b.test');
+    const r = await b.cmd('MAIL FROM:<b@elsewhere.test>');
+    expect(r.code).toBe(451);
+    await a.cmd('RSET'); // gives the session back
+    expect((await b.cmd('MAIL FROM:<b@elsewhere.test>')).code).toBe(250);
+    a.close();
+    b.close();
+  });
+});
