@@ -442,7 +442,11 @@ export class SmtpSession {
     this.helo = cmd.domain;
     this.ehlo = cmd.verb === 'EHLO';
     this.tx.reset();
-    if (!this.link && this.svc.pool) return this.heloPooled(cmd.verb);
+    if (this.svc.pool && !this.linkDedicated) {
+      // EHLO resets the transaction (RFC 5321 §4.1.4): give a held backend session back (RSET first).
+      this.returnLink(false);
+      return this.heloPooled(cmd.verb);
+    }
     const slot = this.seq.later();
     this.link!.send(cmd.verb, formatCommand(cmd), (r) => {
       if (isFailure(r)) return slot.resolve(this.backendFailureReply(r.failure, false));
