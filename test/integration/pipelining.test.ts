@@ -5,11 +5,12 @@
  * one by one but the client still sees its replies in order; swaks --pipeline works end to end.
  */
 import { spawn } from 'node:child_process';
+import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
 import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
 import { Dialog, type ParsedReply } from '../helpers/dialog.js';
-import { withTimeout } from '../helpers/with-timeout.js';
+import { until, withTimeout } from '../helpers/with-timeout.js';
 
 const STRANGER = '127.0.0.9';
 
@@ -178,6 +179,82 @@ describe('backend without PIPELINING', () => {
     const d = await greeted(g.port);
     await d.cmd('QUIT');
     await batchDelivers(g, backend, 'batch-lockstep');
+  });
+
+  test('a body pipelined after a refused DATA is never forwarded here either', async () => {
+    const d = await greeted(g.port);
+    const linesBefore = backend.lines().length;
+    d.send('MAIL FROM:<sender@elsewhere.test>\r\nRCPT TO:<unknown-b@example.com>\r\nRCPT TO:<victim@elsewhere.test>\r\nDATA\r\nSubject: lockstep-refused-marker\r\n.\r\nQUIT\r\n');
+    const r = await repliesUntilClose(d);
+    expect(r.slice(0, 3).map((x) => x.code)).toEqual([250, 550, 550]);
+    expect(r[3]!.code).toBeGreaterThanOrEqual(500);
+    expect(r.every((x) => x.code !== 354)).toBe(true);
+    expect(r.at(-1)!.code).toBe(221);
+    expect(backend.lines().slice(linesBefore).some((l) => l.includes('lockstep-refused-marker'))).toBe(false);
+  });
+});
+
+describe('a body sent before 354 that overflows the command buffer', () => {
+  test('is refused with 421, or delivered intact: never forwarded with a hole', async () => {
+    // The backend holds its 354 until the test releases it, so the client's early body piles up.
+    let release: (() => void) | undefined;
+    const body: string[] = [];
+    let sawData = false;
+    let ended = false;
+    const server = net.createServer((s) => {
+      s.on('error', () => undefined);
+      let buf = '';
+      let inData = false;
+      s.write('220 gated ESMTP\r\n');
+      s.on('data', (c: Buffer) => {
+        buf += c.toString('latin1');
+        for (let nl = buf.indexOf('\r\n'); nl >= 0; nl = buf.indexOf('\r\n')) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + 2);
+          if (inData) {
+            if (line === '.') {
+              inData = false;
+              ended = true;
+              s.write('250 2.0.0 queued\r\n');
+            } else body.push(line);
+            continue;
+          }
+          const verb = line.split(' ')[0]!.toUpperCase();
+          if (verb === 'EHLO') s.write('250-gated\r\n250 PIPELINING\r\n');
+          else if (verb === 'DATA') {
+            sawData = true;
+            inData = true;
+            release = () => s.write('354 go\r\n');
+          } else if (verb === 'QUIT') s.end('221 bye\r\n');
+          else s.write('250 2.0.0 ok\r\n');
+        }
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const g = await startGuard({ backendPort: (server.address() as net.AddressInfo).port, config: { timeouts: { command: '5m', data: '3m', session: '30m', drain: '500ms' } } });
+    try {
+      const d = await greeted(g.port);
+      expect((await d.cmd('MAIL FROM:<s@elsewhere.test>')).code).toBe(250);
+      expect((await d.cmd('RCPT TO:<user@example.com>')).code).toBe(250);
+      const lines = Array.from({ length: 1500 }, (_, i) => `line ${String(i).padStart(5, '0')} ${'b'.repeat(80)}`);
+      const wire = `${lines.join('\r\n')}\r\n.\r\n`;
+      d.send(`DATA\r\n${wire.slice(0, 3000)}`);
+      await until(() => sawData, 3000, 'DATA at the backend');
+      await new Promise<void>((r) => d.socket.write(wire.slice(3000), () => r()));
+      release!();
+      const r = await repliesUntilClose(d, 5);
+      const codes = r.map((x) => x.code);
+      if (codes.includes(250)) {
+        expect(codes).toEqual([354, 250, ...codes.slice(2)]);
+        expect(body).toEqual(lines);
+      } else {
+        expect(codes.at(-1)).toBe(421);
+        expect(ended).toBe(false);
+      }
+    } finally {
+      await g.stop();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
   });
 });
 
