@@ -1,0 +1,229 @@
+/**
+ * Issue 8 acceptance, list mode, through the real guard: a recipients file in the rules directory
+ * (per-domain modes), known and alias addresses delivered, unknown ones refused with 550 5.1.1 and
+ * never forwarded, the `@domain` catch-all, a live edit of the file picked up by the next RCPT,
+ * the --recipients-file path (config recipientsFile) and harvest protection by network prefix.
+ */
+import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
+import type { ListReloadResult, RecipientValidator } from '../../src/directory/recipient-validator.js';
+import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
+import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
+import { Dialog } from '../helpers/dialog.js';
+import { withTimeout } from '../helpers/with-timeout.js';
+
+const STRANGER = '127.0.0.9';
+
+const LIST = `# valid recipients of example.com
+alice@example.com
+ally@example.com     # alias of alice
+bob@example.com
+@example.org         # catch-all
+`;
+
+let backend: RecordingBackend;
+let g: StartedGuard;
+const extra: StartedGuard[] = [];
+
+beforeAll(async () => {
+  backend = await startRecordingBackend();
+  g = await startGuard({
+    backendPort: backend.port,
+    rules: {
+      acceptedDomains: ['example.com', 'example.org', 'example.net'],
+      recipientValidation: { default: 'off', domains: { 'example.com': 'list', 'example.org': 'list' } },
+      recipients: LIST,
+    },
+    config: { timeouts: { drain: '1s' } },
+  });
+});
+
+afterEach(async () => {
+  for (const x of extra.splice(0)) await x.stop();
+});
+
+afterAll(async () => {
+  await g?.stop();
+  await backend?.close();
+});
+
+function validatorOf(s: StartedGuard): RecipientValidator {
+  return s.guard.services.validator as unknown as RecipientValidator;
+}
+
+async function open(port: number, from = STRANGER): Promise<Dialog> {
+  const d = await Dialog.connect(port, { localAddress: from });
+  expect((await d.reply()).code).toBe(220);
+  expect((await d.cmd('EHLO client.test')).code).toBe(250);
+  return d;
+}
+
+/** RCPT each address in one transaction; returns "code" (accepted) or "code enhanced" (refused) per recipient. */
+async function rcpts(d: Dialog, addresses: string[]): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const a of addresses) {
+    const r = await d.cmd(`RCPT TO:<${a}>`);
+    // the backend's 250 carries no enhanced code; the guard's refusals do
+    out[a] = r.code < 400 ? String(r.code) : `${r.code} ${r.lines[0]?.split(' ')[0] ?? ''}`;
+  }
+  return out;
+}
+
+const forwardedRcpts = () => backend.lines().filter((l) => /^RCPT TO:/i.test(l)).map((l) => l.toLowerCase());
+
+/** Replace the file as editors do (write a temporary file, rename over) and wait for the reload that sees `entries`. */
+async function editList(s: StartedGuard, file: string, text: string, want: (r: ListReloadResult) => boolean): Promise<ListReloadResult> {
+  const validator = validatorOf(s);
+  const seen = new Promise<ListReloadResult>((resolve) => {
+    const onReload = (r: ListReloadResult) => {
+      if (!want(r)) return;
+      validator.off('listReloaded', onReload);
+      resolve(r);
+    };
+    validator.on('listReloaded', onReload);
+  });
+  const tmp = `${file}.tmp-${process.pid}`;
+  writeFileSync(tmp, text);
+  renameSync(tmp, file);
+  return withTimeout(seen, 5_000, 'listReloaded');
+}
+
+describe('list mode per domain', () => {
+  test('known and alias addresses pass and are delivered; unknown get 550 5.1.1 and never reach the backend', async () => {
+    const d = await open(g.port);
+    expect((await d.cmd('MAIL FROM:<sender@outside.test>')).code).toBe(250);
+    const got = await rcpts(d, ['alice@example.com', 'ALLY@Example.COM', 'nobody@example.com', 'bob@example.com', 'bobby@example.com']);
+    expect(got).toEqual({
+      'alice@example.com': '250',
+      'ALLY@Example.COM': '250',
+      'nobody@example.com': '550 5.1.1',
+      'bob@example.com': '250',
+      'bobby@example.com': '550 5.1.1',
+    });
+    expect((await d.cmd('DATA')).code).toBe(354);
+    const before = backend.messages.length;
+    expect((await d.cmd('Subject: list mode\r\n\r\nhello list\r\n.')).code).toBe(250);
+    await withTimeout(backend.waitForMessages(before + 1), 5_000, 'message');
+    const msg = backend.messages.at(-1)!;
+    expect(msg.rcptTo.map((r) => r.toLowerCase()).sort()).toEqual(['alice@example.com', 'ally@example.com', 'bob@example.com']);
+    expect(forwardedRcpts().filter((l) => l.includes('nobody@') || l.includes('bobby@'))).toEqual([]);
+    await d.cmd('QUIT');
+    d.close();
+  });
+
+  test('catch-all @domain accepts any local part; a domain in mode off is not validated; relay is still 5.7.1', async () => {
+    const d = await open(g.port);
+    expect((await d.cmd('MAIL FROM:<sender@outside.test>')).code).toBe(250);
+    const got = await rcpts(d, ['anyone@example.org', 'x.y+z@EXAMPLE.ORG', 'whoever@example.net', 'victim@elsewhere.test']);
+    expect(got).toEqual({
+      'anyone@example.org': '250',
+      'x.y+z@EXAMPLE.ORG': '250',
+      'whoever@example.net': '250',
+      'victim@elsewhere.test': '550 5.7.1',
+    });
+    d.close();
+  });
+
+  test('an edit of the list file is picked up by the next RCPT; a broken edit keeps the previous list', async () => {
+    const file = path.join(g.rulesDir, 'recipients.txt');
+    const d = await open(g.port);
+    expect((await d.cmd('MAIL FROM:<sender@outside.test>')).code).toBe(250);
+    expect(await rcpts(d, ['carol@example.com', 'ally@example.com'])).toEqual({ 'carol@example.com': '550 5.1.1', 'ally@example.com': '250' });
+
+    // carol added, ally removed, the catch-all gone
+    const r = await editList(g, file, 'alice@example.com\nbob@example.com\ncarol@example.com\n', (x) => x.ok && x.entries === 3);
+    expect(r).toMatchObject({ ok: true, entries: 3 });
+    expect(await rcpts(d, ['carol@example.com', 'ally@example.com', 'anyone@example.org'])).toEqual({
+      'carol@example.com': '250',
+      'ally@example.com': '550 5.1.1',
+      'anyone@example.org': '550 5.1.1',
+    });
+
+    // A typo: the reload fails, the last good list stays in force.
+    const bad = await editList(g, file, 'alice@example.com\nthis is not an address\n', (x) => !x.ok);
+    expect(bad.ok).toBe(false);
+    expect(await rcpts(d, ['carol@example.com', 'ally@example.com'])).toEqual({ 'carol@example.com': '250', 'ally@example.com': '550 5.1.1' });
+
+    // Restore the original list for the other tests.
+    await editList(g, file, LIST, (x) => x.ok && x.entries === 4);
+    expect(await rcpts(d, ['ally@example.com'])).toEqual({ 'ally@example.com': '250' });
+    d.close();
+  });
+});
+
+describe('--recipients-file (config recipientsFile)', () => {
+  test('turns on list mode for every accepted domain', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'rg-rcpt-file-'));
+    try {
+      const file = path.join(dir, 'valid.txt');
+      writeFileSync(file, '# quick path\nalice@example.com\n@example.org\n');
+      const s = await startGuard({
+        backendPort: backend.port,
+        // No recipient-validation.yaml: validation would be off without the flag.
+        rules: { acceptedDomains: ['example.com', 'example.org', 'example.net'] },
+        config: { recipientsFile: file, timeouts: { drain: '1s' } },
+      });
+      extra.push(s);
+      const d = await open(s.port);
+      expect((await d.cmd('MAIL FROM:<sender@outside.test>')).code).toBe(250);
+      expect(await rcpts(d, ['alice@example.com', 'nobody@example.com', 'someone@example.org', 'whoever@example.net'])).toEqual({
+        'alice@example.com': '250',
+        'nobody@example.com': '550 5.1.1',
+        'someone@example.org': '250',
+        'whoever@example.net': '550 5.1.1',
+      });
+      // The flag's file is watched too.
+      await editList(s, file, 'alice@example.com\nwhoever@example.net\n', (x) => x.ok && x.entries === 2);
+      expect(await rcpts(d, ['whoever@example.net', 'someone@example.org'])).toEqual({ 'whoever@example.net': '250', 'someone@example.org': '550 5.1.1' });
+      d.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('directory-harvest protection', () => {
+  test('unknown recipients from one /24 → the prefix is banned: every address in it gets 554 before the backend', async () => {
+    const s = await startGuard({
+      backendPort: backend.port,
+      rules: {
+        acceptedDomains: ['example.com'],
+        recipientValidation: { default: 'list', domains: {} },
+        recipients: 'alice@example.com\n',
+        limits: {
+          enabled: true,
+          prefixV4: 24,
+          prefixV6: 64,
+          limits: [{ id: 'unknown-recipient-per-prefix', event: 'unknown-recipient', key: 'prefix', limit: 4, window: '10m', action: 'ban', ban: '1h' }],
+        },
+      },
+      config: { timeouts: { drain: '1s' } },
+    });
+    extra.push(s);
+    const guesses = ['aaron', 'abby', 'adam', 'adele', 'adrian', 'agnes'].map((n) => `${n}@example.com`);
+    // Two harvesters in one /24 share the budget.
+    const a = await open(s.port, '127.0.0.9');
+    const b = await open(s.port, '127.0.0.10');
+    expect((await a.cmd('MAIL FROM:<h@outside.test>')).code).toBe(250);
+    expect((await b.cmd('MAIL FROM:<h@outside.test>')).code).toBe(250);
+    expect(await rcpts(a, guesses.slice(0, 2))).toEqual({ [guesses[0]!]: '550 5.1.1', [guesses[1]!]: '550 5.1.1' });
+    expect(await rcpts(b, guesses.slice(2, 4))).toEqual({ [guesses[2]!]: '550 5.1.1', [guesses[3]!]: '550 5.1.1' });
+    const banned = await b.cmd(`RCPT TO:<${guesses[4]}>`);
+    expect(banned.code, banned.text).toBe(421);
+    await b.waitClosed();
+    expect(s.guard.services.bans!.list()).toEqual([expect.objectContaining({ target: '127.0.0.0/24', source: 'automatic' })]);
+    expect(forwardedRcpts().filter((l) => guesses.some((x) => l.includes(x)))).toEqual([]);
+    a.close();
+
+    // A third address of the prefix never reaches the backend.
+    const before = backend.connections.length;
+    const c = await Dialog.connect(s.port, { localAddress: '127.0.0.11' });
+    const r = await c.reply();
+    expect(r.code, r.text).toBe(554);
+    expect(r.text).toContain('5.7.1');
+    await c.waitClosed();
+    expect(backend.connections.length).toBe(before);
+  });
+});
