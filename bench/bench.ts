@@ -1,0 +1,268 @@
+/**
+ * npm run bench [-- --quick] [-- --reps N] [-- --profile] [-- --no-build]
+ *
+ * Backend: Postfix smtp-sink. Load: Postfix smtp-source. Paths, interleaved per repetition
+ * (A B C D A B C D …): direct to the sink, a plain Node pipe proxy, relay-guard (dist/, limits off),
+ * HAProxy in TCP mode. Reports medians of msgs/s, MB/s and the proxy's CPU time (utime+stime from
+ * /proc/PID/stat) per 1000 messages, each as a ratio to the pipe measured in the same run; the
+ * added latency per round trip of a lock-step session pinned to one CPU; RSS per idle session.
+ * Writes bench/results/bench-<time>.json and .md. --profile: also profile the guard (node --cpu-prof)
+ * under the 1 KB workload and print the hot spots.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { cpuMs, runToEnd } from './lib/proc.js';
+import { ROOT, startGuardProcess, startHaproxyTcp, startPipe, startSink, type Running } from './lib/paths.js';
+import { idleRss, type IdleResult } from './lib/idle.js';
+import { median, fmt } from './lib/stats.js';
+import { hotSpots, type HotSpot } from './lib/cpu-profile.js';
+
+const { values: opts } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    reps: { type: 'string' },
+    profile: { type: 'boolean', default: false },
+    'no-build': { type: 'boolean', default: false },
+    'idle-sessions': { type: 'string' },
+    only: { type: 'string' },
+    'profile-workload': { type: 'string' },
+  },
+  strict: true,
+});
+
+const quick = opts.quick ?? false;
+const reps = Number(opts.reps ?? (quick ? 2 : 5));
+const scale = quick ? 0.25 : 1;
+const idleSessions = Number(opts['idle-sessions'] ?? (quick ? 1000 : 5000));
+const SOURCE = '/usr/sbin/smtp-source';
+
+interface Workload {
+  id: string;
+  label: string;
+  sessions: number;
+  messages: number;
+  size: number;
+  rcpts: number;
+  persistent: boolean;
+  pinned: boolean;
+  /** Target for the guard's CPU ratio to the pipe (per message, or per MiB for 1 MB). */
+  cpuTarget?: number;
+}
+
+const WORKLOADS: Workload[] = [
+  { id: 'one-per-conn', label: '1 KB, one message per connection, 20 sessions', sessions: 20, messages: Math.round(3000 * scale), size: 1024, rcpts: 1, persistent: false, pinned: false, cpuTarget: 1.1 },
+  { id: 'persistent', label: '1 KB, many messages per connection, 10 sessions', sessions: 10, messages: Math.round(8000 * scale), size: 1024, rcpts: 1, persistent: true, pinned: false, cpuTarget: 1.2 },
+  { id: '1mb', label: '1 MB messages, 4 sessions', sessions: 4, messages: Math.round(60 * scale), size: 1024 * 1024, rcpts: 1, persistent: true, pinned: false, cpuTarget: 1.05 },
+  { id: '50-rcpts', label: '1 KB, 50 recipients per message, 10 sessions', sessions: 10, messages: Math.round(800 * scale), size: 1024, rcpts: 50, persistent: true, pinned: false, cpuTarget: 1.25 },
+  { id: 'lockstep', label: 'lock-step single session pinned to CPU 0', sessions: 1, messages: Math.round(1000 * scale), size: 1024, rcpts: 1, persistent: true, pinned: true },
+].filter((w) => !opts.only || opts.only.split(',').includes(w.id));
+
+type PathId = 'direct' | 'pipe' | 'guard' | 'haproxy';
+const PATH_IDS: PathId[] = ['direct', 'pipe', 'guard', 'haproxy'];
+
+interface Sample {
+  ms: number;
+  cpuMs: number | undefined;
+}
+
+function sourceArgs(w: Workload, port: number): string[] {
+  const a = ['-s', String(w.sessions), '-m', String(w.messages), '-l', String(w.size), '-r', String(w.rcpts), '-f', 'from@example.com', '-t', 'user@example.com', '-M', 'bench.example'];
+  if (w.persistent) a.unshift('-d');
+  return [...a, `127.0.0.1:${port}`];
+}
+
+/** Round trips of one lock-step session: greeting + HELO, then MAIL RCPT… DATA end-of-data per message, QUIT. */
+function roundTrips(w: Workload): number {
+  return 2 + w.messages * (3 + w.rcpts) + 1;
+}
+
+function pin(pids: Array<number | undefined>, cpus: string): void {
+  for (const pid of pids) if (pid !== undefined) execFileSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore' });
+}
+
+async function measure(w: Workload, target: Running, sink: Running): Promise<Sample> {
+  const allCpus = `0-${Math.max(0, (await import('node:os')).cpus().length - 1)}`;
+  if (w.pinned) pin([target.pid, sink.pid], '0');
+  try {
+    const before = target.pid !== undefined ? cpuMs(target.pid) : undefined;
+    const cmd = w.pinned ? 'taskset' : SOURCE;
+    const args = w.pinned ? ['-c', '0', SOURCE, ...sourceArgs(w, target.port)] : sourceArgs(w, target.port);
+    const r = await runToEnd(cmd, args);
+    if (r.code !== 0 || r.stderr.trim()) throw new Error(`smtp-source via ${target.name} failed (exit ${r.code}): ${r.stderr.slice(0, 2000)}`);
+    const after = target.pid !== undefined ? cpuMs(target.pid) : undefined;
+    return { ms: r.ms, cpuMs: before !== undefined && after !== undefined ? after - before : undefined };
+  } finally {
+    if (w.pinned) pin([target.pid, sink.pid], allCpus);
+  }
+}
+
+interface Row {
+  workload: string;
+  path: PathId;
+  msgsPerSec: number;
+  mbPerSec: number;
+  cpuMsPer1000: number | undefined;
+  cpuMsPerMiB: number | undefined;
+  cpuRatioToPipe: number | undefined;
+  rateRatioToPipe: number;
+  addedLatencyUsPerRoundTrip: number | undefined;
+}
+
+function build(): void {
+  if (opts['no-build']) return;
+  try {
+    execFileSync('npm', ['run', 'build', '--silent'], { cwd: ROOT, stdio: 'inherit' });
+  } catch {
+    process.stderr.write('bench: npm run build failed; measuring the existing dist/\n');
+  }
+}
+
+async function profileGuard(sink: Running): Promise<{ file: string; top: HotSpot[] }> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'rg-prof-'));
+  const guard = await startGuardProcess({ backendPort: sink.port, nodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir] });
+  const w = WORKLOADS.find((x) => x.id === (opts['profile-workload'] ?? 'one-per-conn')) ?? WORKLOADS[0]!;
+  for (let i = 0; i < 3; i++) await measure(w, guard, sink);
+  await guard.stop(); // SIGTERM: the guard exits cleanly and node writes the profile
+  const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
+  if (!file) throw new Error('no .cpuprofile written');
+  const resultsDir = path.join(ROOT, 'bench', 'results');
+  mkdirSync(resultsDir, { recursive: true });
+  const kept = path.join(resultsDir, `guard-${stamp()}.cpuprofile`);
+  execFileSync('cp', [path.join(dir, file), kept]);
+  rmSync(dir, { recursive: true, force: true });
+  return { file: kept, top: hotSpots(kept, 20) };
+}
+
+function stamp(): string {
+  return new Date().toISOString().replace(/[:.]/g, '-');
+}
+
+async function main(): Promise<void> {
+  const started = Date.now();
+  build();
+  const sink = await startSink();
+  const paths: Record<PathId, Running> = {
+    direct: { name: 'direct', port: sink.port, pid: undefined, child: undefined, stop: async () => undefined },
+    pipe: await startPipe(sink.port),
+    guard: await startGuardProcess({ backendPort: sink.port }),
+    haproxy: await startHaproxyTcp(sink.port),
+  };
+  process.stderr.write(`bench: ${reps} repetitions${quick ? ' (quick)' : ''}; sink ${sink.port}, pipe ${paths.pipe.port}, guard ${paths.guard.port}, haproxy ${paths.haproxy.port}\n`);
+
+  const samples = new Map<string, Sample[]>();
+  const key = (w: string, p: PathId) => `${w}/${p}`;
+  try {
+    // Warm-up: JIT and connection caches, not measured.
+    for (const p of PATH_IDS) await measure({ ...WORKLOADS[0]!, messages: 200 }, paths[p], sink);
+    for (let rep = 0; rep < reps; rep++) {
+      for (const w of WORKLOADS) {
+        for (const p of PATH_IDS) {
+          const s = await measure(w, paths[p], sink);
+          (samples.get(key(w.id, p)) ?? samples.set(key(w.id, p), []).get(key(w.id, p))!).push(s);
+        }
+      }
+      process.stderr.write(`bench: repetition ${rep + 1}/${reps} done (${Math.round((Date.now() - started) / 1000)} s)\n`);
+    }
+
+    const idle: Partial<Record<PathId, IdleResult>> = {};
+    for (const p of ['pipe', 'guard', 'haproxy'] as const) {
+      idle[p] = await idleRss(paths[p].port, paths[p].pid!, idleSessions);
+      process.stderr.write(`bench: idle ${p}: ${fmt(idle[p]!.bytesPerSession / 1024)} KiB/session\n`);
+    }
+
+    const rows: Row[] = [];
+    for (const w of WORKLOADS) {
+      const mib = (w.messages * w.size) / (1024 * 1024);
+      const med = (p: PathId) => {
+        const ss = samples.get(key(w.id, p)) ?? [];
+        return { ms: median(ss.map((s) => s.ms)), cpu: ss[0]?.cpuMs === undefined ? undefined : median(ss.map((s) => s.cpuMs!)) };
+      };
+      const pipe = med('pipe');
+      const direct = med('direct');
+      for (const p of PATH_IDS) {
+        const m = med(p);
+        const cpuPer1000 = m.cpu === undefined ? undefined : (m.cpu * 1000) / w.messages;
+        const addedLatency = w.pinned ? ((m.ms - direct.ms) * 1000) / roundTrips(w) : undefined;
+        rows.push({
+          workload: w.id,
+          path: p,
+          msgsPerSec: (w.messages * 1000) / m.ms,
+          mbPerSec: (mib * 1000) / m.ms,
+          cpuMsPer1000: cpuPer1000,
+          cpuMsPerMiB: m.cpu === undefined ? undefined : m.cpu / mib,
+          cpuRatioToPipe: m.cpu === undefined || pipe.cpu === undefined || pipe.cpu === 0 ? undefined : m.cpu / pipe.cpu,
+          rateRatioToPipe: pipe.ms / m.ms,
+          addedLatencyUsPerRoundTrip: p === 'direct' ? undefined : addedLatency,
+        });
+      }
+    }
+
+    let profile: { file: string; top: HotSpot[] } | undefined;
+    if (opts.profile) profile = await profileGuard(sink);
+
+    const md = renderMarkdown(rows, idle, profile);
+    process.stdout.write(md);
+    const resultsDir = path.join(ROOT, 'bench', 'results');
+    mkdirSync(resultsDir, { recursive: true });
+    const base = path.join(resultsDir, `bench-${stamp()}`);
+    const raw = Object.fromEntries([...samples.entries()]);
+    writeFileSync(`${base}.json`, JSON.stringify({ date: new Date().toISOString(), quick, reps, node: process.version, workloads: WORKLOADS, rows, idle, raw, profile }, null, 2));
+    writeFileSync(`${base}.md`, md);
+    process.stderr.write(`bench: wrote ${base}.json and .md in ${Math.round((Date.now() - started) / 1000)} s\n`);
+  } finally {
+    for (const p of ['pipe', 'guard', 'haproxy'] as const) await paths[p].stop();
+    await sink.stop();
+  }
+}
+
+function verdict(ok: boolean | undefined): string {
+  return ok === undefined ? '' : ok ? 'met' : 'MISSED';
+}
+
+function renderMarkdown(rows: Row[], idle: Partial<Record<PathId, IdleResult>>, profile?: { file: string; top: HotSpot[] }): string {
+  const out: string[] = [];
+  out.push(`## relay-guard bench (${new Date().toISOString()}, ${reps} repetitions${quick ? ', quick' : ''}, medians)`, '');
+  out.push('### CPU per message, ratio to the plain Node pipe (lower is better)', '');
+  out.push('| workload | pipe CPU ms/1000 msgs | guard CPU ms/1000 msgs | guard ÷ pipe | target | haproxy ÷ pipe | guard ÷ haproxy |', '|---|---:|---:|---:|---|---:|---:|');
+  for (const w of WORKLOADS) {
+    const r = (p: PathId) => rows.find((x) => x.workload === w.id && x.path === p)!;
+    const g = r('guard');
+    const h = r('haproxy');
+    const perMiB = w.size >= 1024 * 1024;
+    const target = w.cpuTarget;
+    const ok = target === undefined || g.cpuRatioToPipe === undefined ? undefined : g.cpuRatioToPipe <= target;
+    out.push(
+      `| ${w.id}${perMiB ? ' (per MiB)' : ''} | ${fmt(perMiB ? r('pipe').cpuMsPerMiB! : r('pipe').cpuMsPer1000!)} | ${fmt(perMiB ? g.cpuMsPerMiB! : g.cpuMsPer1000!)} | **${fmt(g.cpuRatioToPipe!)}** | ${target ? `≤ ${target} ${verdict(ok)}` : ''} | ${fmt(h.cpuRatioToPipe!)} | ${fmt(g.cpuMsPer1000! / h.cpuMsPer1000!)} |`,
+    );
+  }
+  out.push('', '### Throughput', '');
+  out.push('| workload | path | msgs/s | MB/s | CPU ms/1000 msgs | CPU ÷ pipe | msgs/s ÷ pipe |', '|---|---|---:|---:|---:|---:|---:|');
+  for (const r of rows) out.push(`| ${r.workload} | ${r.path} | ${fmt(r.msgsPerSec, 0)} | ${fmt(r.mbPerSec)} | ${r.cpuMsPer1000 === undefined ? '–' : fmt(r.cpuMsPer1000)} | ${r.cpuRatioToPipe === undefined ? '–' : fmt(r.cpuRatioToPipe)} | ${fmt(r.rateRatioToPipe)} |`);
+  const lock = rows.filter((r) => r.workload === 'lockstep' && r.addedLatencyUsPerRoundTrip !== undefined);
+  if (lock.length) {
+    out.push('', '### Added latency per round trip (lock-step, one session, all processes on CPU 0)', '');
+    out.push('| path | µs per round trip over direct | target |', '|---|---:|---|');
+    for (const r of lock) out.push(`| ${r.path} | ${fmt(r.addedLatencyUsPerRoundTrip!, 1)} | ${r.path === 'guard' ? `≤ 70 ${verdict(r.addedLatencyUsPerRoundTrip! <= 70)}` : ''} |`);
+  }
+  out.push('', `### RSS per idle session (${idleSessions} greeted clients held open)`, '');
+  out.push('| path | KiB per session | target |', '|---|---:|---|');
+  for (const p of ['pipe', 'guard', 'haproxy'] as const) {
+    const i = idle[p];
+    if (i) out.push(`| ${p} | ${fmt(i.bytesPerSession / 1024)} | ${p === 'guard' ? `≤ 14 ${verdict(i.bytesPerSession / 1024 <= 14)}` : ''} |`);
+  }
+  if (profile) {
+    out.push('', `### Guard CPU profile, ${opts['profile-workload'] ?? 'one-per-conn'} (${path.basename(profile.file)})`, '');
+    out.push('| self ms | share | function | where |', '|---:|---:|---|---|');
+    for (const h of profile.top) out.push(`| ${fmt(h.selfMs, 0)} | ${(h.share * 100).toFixed(1)}% | ${h.fn} | ${h.where} |`);
+  }
+  out.push('');
+  return out.join('\n');
+}
+
+main().catch((err) => {
+  process.stderr.write(`bench: ${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});
