@@ -28,8 +28,6 @@ import { startBackendTls } from './session/backend-tls.js';
 import { formatProxyPreamble, sendXclient, type ClientEndpoint } from './session/xclient.js';
 import { SessionRegistry } from './session/session-registry.js';
 import { SmtpSession } from './session/session.js';
-import { BackendPool } from './session/backend-pool.js';
-import { parseDuration } from './limits/schema.js';
 import type { BackendProvider, GuardServices, ListenerRuntime } from './session/services.js';
 import { buildAdminServer } from './admin/admin-server.js';
 
@@ -187,27 +185,6 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
     return r;
   }
 
-  const linkOptions = {
-    connectTimeoutMs: timeouts.backendConnectMs,
-    greetingTimeoutMs: timeouts.backendGreetingMs,
-    replyTimeoutMs: timeouts.backendReplyMs,
-    ...(config.backend.sourceAddress ? { sourceAddress: config.backend.sourceAddress } : {}),
-    onReplyTime: (verb: string, s: number) => metrics.backendReplyDuration.observe({ verb: verb === 'DATA-END' ? 'DATA_END' : verb }, s),
-  };
-  const pool = config.backend.pool.enabled
-    ? new BackendPool({
-        targets,
-        link: linkOptions,
-        ehloName: config.smtp.hostname,
-        minIdle: config.backend.pool.minIdle,
-        max: Math.min(config.backend.pool.max, config.backend.maxConnections),
-        acquireTimeoutMs: parseDuration(config.backend.pool.acquireTimeout),
-        healthIntervalMs: parseDuration(config.backend.pool.healthInterval),
-        metrics,
-        log: log.child({ component: 'pool' }),
-      })
-    : undefined;
-
   let shuttingDown = false;
   const registry = new SessionRegistry();
   const services: GuardServices = {
@@ -220,7 +197,6 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
     bans,
     validator,
     backends,
-    pool,
     capacity: new BackendCapacity(config.backend.maxConnections),
     registry,
     metrics,
@@ -262,7 +238,6 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
     listeners,
     admin,
     async start() {
-      await pool?.start();
       for (const l of listeners) {
         const a = await l.listen();
         log.info({ listener: l.config.name, address: a.address, port: a.port, kind: l.config.kind }, 'listening');
@@ -285,7 +260,6 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
       clearTimeout(timer);
       for (const s of registry.all()) s.terminate('shutdown');
       await Promise.race([Promise.all(registry.all().map((s) => s.ended)), new Promise<void>((r) => setTimeout(r, 1000).unref())]);
-      await pool?.close();
       if (admin) await admin.close();
       rules.close();
       tlsManager?.close();

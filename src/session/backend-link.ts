@@ -36,6 +36,8 @@ export interface BackendLinkOptions {
   readonly greetingTimeoutMs: number;
   readonly replyTimeoutMs: number;
   readonly sourceAddress?: string;
+  /** Bytes written right after connect, before the greeting is read (an outbound PROXY header). */
+  readonly preamble?: Buffer;
   /** Observes each reply's latency (metrics). */
   readonly onReplyTime?: (verb: string, seconds: number) => void;
 }
@@ -162,6 +164,7 @@ export class BackendLink extends EventEmitter {
       socket.once('connect', () => {
         clearTimeout(connectTimer);
         const link = new BackendLink(socket, target, opts);
+        if (opts.preamble) socket.write(opts.preamble);
         // The greeting is the reply to an implicit first "command".
         link.expect('GREETING', (r) => {
           if (isFailure(r)) finish({ ok: false, failure: r.failure });
