@@ -4,6 +4,11 @@
  * header from anyone else is refused; `required` refuses a missing header; `optional` serves plain
  * clients normally. End to end with a real HAProxy sending PROXY v2 in front of the guard.
  */
+import { spawn } from 'node:child_process';
+import { chmodSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
 import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
@@ -205,3 +210,135 @@ describe('HAProxy (send-proxy-v2) in front of the guard', () => {
     t.close();
   });
 });
+
+describe('outbound: PROXY to the backend (backend.proxyProtocol)', () => {
+  for (const version of ['v1', 'v2'] as const) {
+    test(`${version}: a second guard behind the first sees the real client address`, async () => {
+      // front (sends PROXY) → g's 'strict' listener (requires PROXY from 127.0.0.1) → recording backend
+      const inner = await startGuard({
+        backendPort: backend.port,
+        config: {
+          timeouts: { drain: '1s' },
+          listeners: [{ name: 'inner', address: '127.0.0.1', port: 0, kind: 'mx', proxyProtocol: 'required', proxyNetworks: ['127.0.0.1/32'] }],
+        },
+      });
+      const front = await startGuard({ backendPort: inner.port, config: { timeouts: { drain: '1s' }, backend: { proxyProtocol: version } } });
+      try {
+        const d = await Dialog.connect(front.port, { localAddress: STRANGER });
+        expect((await d.reply()).code).toBe(220);
+        expect((await d.cmd('EHLO outer.test')).code).toBe(250);
+        expect((await d.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+        expect((await d.cmd(`RCPT TO:<user-${version}@example.com>`)).code).toBe(250);
+        expect((await d.cmd('DATA')).code).toBe(354);
+        const before = backend.messages.length;
+        expect((await d.cmd(`Subject: ${version}\r\n\r\nthrough two guards\r\n.`)).code).toBe(250);
+        expect(backend.messages.length).toBe(before + 1);
+        await d.cmd('QUIT');
+        d.close();
+        const accepted = inner.logs.filter((l) => l.msg === 'message accepted');
+        expect(accepted.map((l) => l.clientIp)).toEqual([STRANGER]);
+        expect(inner.logs.some((l) => l.msg === 'proxy header refused')).toBe(false);
+      } finally {
+        await front.stop();
+        await inner.stop();
+      }
+    });
+  }
+});
+
+describe('outbound: XCLIENT (backend.xclient)', () => {
+  test('smtp-server with XCLIENT: ADDR, PORT and NAME are sent after the greeting; the backend sees the client', async () => {
+    const remote: string[] = [];
+    const xb = await startRecordingBackend({
+      server: {
+        useXClient: true,
+        onMailFrom(_a, session, cb) {
+          remote.push(session.remoteAddress);
+          cb();
+        },
+      },
+    });
+    const front = await startGuard({ backendPort: xb.port, config: { timeouts: { drain: '1s' }, backend: { xclient: true }, smtp: { hostname: 'guard.example.com', errorDelay: '0s' } } });
+    try {
+      const d = await Dialog.connect(front.port, { localAddress: STRANGER });
+      expect((await d.reply()).code).toBe(220);
+      const ehlo = await d.cmd('EHLO client.test');
+      expect(ehlo.lines.some((l) => /^XCLIENT/i.test(l))).toBe(false); // never advertised to clients
+      expect((await d.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+      await d.cmd('QUIT');
+      d.close();
+      const lines = xb.lines();
+      expect(lines[0]).toBe('EHLO guard.example.com');
+      expect(lines[1]).toMatch(/^XCLIENT ADDR=127\.0\.0\.9 PORT=\d+ NAME=\[UNAVAILABLE\]$/);
+      expect(lines[2]).toBe('EHLO client.test');
+      expect(remote).toEqual([STRANGER]);
+    } finally {
+      await front.stop();
+      await xb.close();
+    }
+  });
+
+  test('Postfix smtp-sink (advertises XCLIENT NAME HELO): only advertised attributes are sent; mail flows', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'rg-sink-'));
+    chmodSync(dir, 0o777);
+    const sockPath = path.join(dir, 'sink');
+    const sink = spawn('smtp-sink', ['-u', 'nobody', '-d', `${dir}/%Y%m%d%H%M%S.`, `unix:${sockPath}`, '64'], { stdio: 'ignore' });
+    const sent: string[] = [];
+    // A byte tap on 127.0.0.1:0 in front of the sink's UNIX socket (no port guessing).
+    const tap = net.createServer((c) => {
+      const up = connectWhenReady(sockPath);
+      c.on('data', (b: Buffer) => {
+        sent.push(...b.toString('latin1').split('\r\n').filter(Boolean));
+        void up.then((u) => u.write(b));
+      });
+      void up.then((u) => {
+        u.pipe(c);
+        u.on('error', () => c.destroy());
+        c.on('close', () => u.destroy());
+      });
+      c.on('error', () => undefined);
+    });
+    await new Promise<void>((r) => tap.listen(0, '127.0.0.1', () => r()));
+    const front = await startGuard({
+      backendPort: (tap.address() as net.AddressInfo).port,
+      config: { timeouts: { drain: '1s' }, backend: { xclient: true }, smtp: { hostname: 'guard.example.com', errorDelay: '0s' } },
+    });
+    try {
+      const d = await Dialog.connect(front.port, { localAddress: STRANGER });
+      expect((await d.reply()).code).toBe(220);
+      expect((await d.cmd('EHLO client.test')).code).toBe(250);
+      expect((await d.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+      expect((await d.cmd('RCPT TO:<user@example.com>')).code).toBe(250);
+      expect((await d.cmd('DATA')).code).toBe(354);
+      expect((await d.cmd('Subject: sink\r\n\r\nto smtp-sink\r\n.')).code).toBe(250);
+      await d.cmd('QUIT');
+      d.close();
+      expect(sent.slice(0, 3)).toEqual(['EHLO guard.example.com', 'XCLIENT NAME=[UNAVAILABLE]', 'EHLO client.test']);
+      const dumps = readdirSync(dir).filter((f) => f !== 'sink');
+      expect(dumps.length).toBe(1);
+      const dump = readFileSync(path.join(dir, dumps[0]!), 'latin1');
+      expect(dump).toContain('X-Helo-Args: client.test');
+      expect(dump).toContain('X-Rcpt-Args: <user@example.com>');
+    } finally {
+      await front.stop();
+      await new Promise<void>((r) => tap.close(() => r()));
+      sink.kill('SIGTERM');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+/** Connect to a UNIX socket that a just-started server may not have bound yet (bounded retries, each on an event). */
+function connectWhenReady(sockPath: string, attempts = 200): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const tryOnce = (left: number) => {
+      const s = net.connect(sockPath);
+      s.once('connect', () => resolve(s));
+      s.once('error', (err) => {
+        if (left <= 0) return reject(err);
+        setImmediate(() => tryOnce(left - 1));
+      });
+    };
+    tryOnce(attempts);
+  });
+}
