@@ -102,6 +102,35 @@ describe('no mail lost', () => {
     }
   });
 
+  test('backend gone between commands (no transaction): the client gets 421 at once and is closed', async () => {
+    const g = await guard();
+    const d = await connect(g.port);
+    expect((await d.reply()).code).toBe(220);
+    expect((await d.cmd('EHLO client.test')).code).toBe(250);
+    backend.killConnections();
+    const r = await d.reply(3000);
+    expect(r.code).toBe(421);
+    await d.waitClosed();
+  });
+
+  test('backend gone after RCPT: 4xx for the transaction, never 250 for DATA', async () => {
+    const g = await guard();
+    const before = backend.messages.length;
+    const d = await connect(g.port);
+    expect((await d.reply()).code).toBe(220);
+    expect((await d.cmd('EHLO client.test')).code).toBe(250);
+    expect((await d.cmd('MAIL FROM:<s@elsewhere.test>')).code).toBe(250);
+    expect((await d.cmd('RCPT TO:<user@example.com>')).code).toBe(250);
+    backend.killConnections();
+    d.send('DATA\r\nSubject: x\r\n\r\ny\r\n.\r\n');
+    const r = await repliesUntilClose(d);
+    expect(r.length).toBeGreaterThanOrEqual(1);
+    expect(r[0]!.code).toBeGreaterThanOrEqual(400);
+    expect(r[0]!.code).toBeLessThan(500);
+    expect(r.some((x) => x.code < 400)).toBe(false);
+    expect(backend.messages.length).toBe(before);
+  });
+
   test('backend unreachable at connect: 421 4.3.0 and close', async () => {
     const g = await guard({}, await deadPort());
     const d = await connect(g.port);

@@ -160,6 +160,28 @@ describe('limits', () => {
     expect(backend.messages.length).toBe(before);
   });
 
+  test('a message of exactly maxMessageBytes is delivered; one byte more is refused', async () => {
+    const g = await guard({ smtp: { maxMessageBytes: 1000 } });
+    const before = backend.messages.length;
+    const exact = `Subject: edge\r\n\r\n${'e'.repeat(1000 - 17 - 2)}\r\n`;
+    expect(exact.length).toBe(1000);
+    const d = await greeted(g.port);
+    expect((await d.cmd('MAIL FROM:<s@elsewhere.test> SIZE=1000')).code).toBe(250);
+    expect((await d.cmd('RCPT TO:<edge@example.com>')).code).toBe(250);
+    expect((await d.cmd('DATA')).code).toBe(354);
+    d.send(`${exact}.\r\n`);
+    expect((await d.reply()).code).toBe(250);
+    await withTimeout(backend.waitForMessages(before + 1), 5000, 'message');
+    expect(backend.messages[before]!.body.toString('latin1')).toBe(exact);
+    expect((await d.cmd('MAIL FROM:<s@elsewhere.test>')).code).toBe(250);
+    expect((await d.cmd('RCPT TO:<edge@example.com>')).code).toBe(250);
+    expect((await d.cmd('DATA')).code).toBe(354);
+    d.send(`x${exact}.\r\n`);
+    expect((await d.reply()).code).toBe(552);
+    await d.waitClosed();
+    expect(backend.messages.length).toBe(before + 1);
+  });
+
   test('errors: a growing delay after the soft limit, 421 at the hard limit', async () => {
     const g = await guard({ smtp: { softErrorLimit: 2, hardErrorLimit: 5, errorDelay: '300ms' } });
     const d = await greeted(g.port);
