@@ -3,6 +3,8 @@
  * knows them all. It listens (SMTP listeners, admin API) but never exits the process.
  */
 import path from 'node:path';
+import http from 'node:http';
+import { isIP, type AddressInfo } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { Registry } from 'prom-client';
 import type { Logger } from 'pino';
@@ -28,6 +30,8 @@ import { startBackendTls } from './session/backend-tls.js';
 import { formatProxyPreamble, sendXclient, type ClientEndpoint } from './session/xclient.js';
 import { SessionRegistry } from './session/session-registry.js';
 import { SmtpSession } from './session/session.js';
+import { BackendPool } from './session/backend-pool.js';
+import { parseDuration } from './limits/schema.js';
 import type { BackendProvider, GuardServices, ListenerRuntime } from './session/services.js';
 import { buildAdminServer } from './admin/admin-server.js';
 
@@ -60,6 +64,8 @@ export interface Guard {
   /** Addresses actually bound (port 0 in tests). */
   address(listener?: string): { host: string; port: number };
   adminAddress(): { host: string; port: number } | undefined;
+  /** The extra /metrics listener's address, when configured. */
+  metricsAddress(): { host: string; port: number } | undefined;
 }
 
 export async function createGuard(config: Config, deps: GuardDeps): Promise<Guard> {
@@ -118,7 +124,8 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
     mgr.on('reload', setExpiry);
   }
 
-  const targets = config.backends.map((b) => ({ host: b.host, port: b.port, name: b.name ?? `${b.host}:${b.port}` }));
+  // The `backend` metric label: the configured name, else the host name; never an IP address.
+  const targets = config.backends.map((b, i) => ({ host: b.host, port: b.port, name: b.name ?? (isIP(b.host) ? `backend${i + 1}` : `${b.host}:${b.port}`) }));
   const backendLabels = targets.map((t) => t.name);
   // Backend leg STARTTLS (issue 4): CA read once at start; a missing file fails loudly.
   const backendCa = config.backend.tlsCaFile ? readFileSync(path.resolve(config.backend.tlsCaFile)) : undefined;
@@ -185,6 +192,27 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
     return r;
   }
 
+  const linkOptions = {
+    connectTimeoutMs: timeouts.backendConnectMs,
+    greetingTimeoutMs: timeouts.backendGreetingMs,
+    replyTimeoutMs: timeouts.backendReplyMs,
+    ...(config.backend.sourceAddress ? { sourceAddress: config.backend.sourceAddress } : {}),
+    onReplyTime: (verb: string, s: number) => metrics.backendReplyDuration.observe({ verb: verb === 'DATA-END' ? 'DATA_END' : verb }, s),
+  };
+  const pool = config.backend.pool.enabled
+    ? new BackendPool({
+        targets,
+        link: linkOptions,
+        ehloName: config.smtp.hostname,
+        minIdle: config.backend.pool.minIdle,
+        max: Math.min(config.backend.pool.max, config.backend.maxConnections),
+        acquireTimeoutMs: parseDuration(config.backend.pool.acquireTimeout),
+        healthIntervalMs: parseDuration(config.backend.pool.healthInterval),
+        metrics,
+        log: log.child({ component: 'pool' }),
+      })
+    : undefined;
+
   let shuttingDown = false;
   const registry = new SessionRegistry();
   const services: GuardServices = {
@@ -197,6 +225,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
     bans,
     validator,
     backends,
+    pool,
     capacity: new BackendCapacity(config.backend.maxConnections),
     registry,
     metrics,
@@ -230,6 +259,20 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
     ? await buildAdminServer({ config, rules, bans, sessions: registry, metrics, validator, limiter, log: log.child({ component: 'admin' }), env, checkBackend: () => backendReady(targets, timeouts.backendConnectMs) })
     : undefined;
   let adminAddr: { host: string; port: number } | undefined;
+  // Optional listener serving only /metrics (config `metrics`), e.g. for a scraper on another network.
+  const metricsServer =
+    config.metrics.port !== undefined
+      ? http.createServer((req, res) => {
+          if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
+            res.writeHead(404).end();
+            return;
+          }
+          metrics.register.metrics().then(
+            (text) => res.writeHead(200, { 'content-type': metrics.register.contentType }).end(text),
+            () => res.writeHead(500).end(),
+          );
+        })
+      : undefined;
 
   return {
     services,
@@ -238,9 +281,17 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
     listeners,
     admin,
     async start() {
+      await pool?.start();
       for (const l of listeners) {
         const a = await l.listen();
         log.info({ listener: l.config.name, address: a.address, port: a.port, kind: l.config.kind }, 'listening');
+      }
+      if (metricsServer) {
+        await new Promise<void>((resolve, reject) => {
+          metricsServer.once('error', reject);
+          metricsServer.listen(config.metrics.port, config.metrics.address ?? '127.0.0.1', () => resolve());
+        });
+        log.info({ address: config.metrics.address ?? '127.0.0.1', port: (metricsServer.address() as AddressInfo).port }, 'metrics listening');
       }
       if (admin) {
         await admin.listen({ host: config.admin.address, port: config.admin.port });
@@ -260,6 +311,8 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
       clearTimeout(timer);
       for (const s of registry.all()) s.terminate('shutdown');
       await Promise.race([Promise.all(registry.all().map((s) => s.ended)), new Promise<void>((r) => setTimeout(r, 1000).unref())]);
+      await pool?.close();
+      if (metricsServer) await new Promise<void>((resolve) => metricsServer.close(() => resolve()));
       if (admin) await admin.close();
       rules.close();
       tlsManager?.close();
@@ -278,6 +331,10 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
       return { host: a.address, port: a.port };
     },
     adminAddress: () => adminAddr,
+    metricsAddress: () => {
+      const a = metricsServer?.address();
+      return a && typeof a === 'object' ? { host: a.address, port: a.port } : undefined;
+    },
   };
 }
 
