@@ -671,6 +671,8 @@ export class SmtpSession {
 
   private onAuth(mechanism: string, initial: string | undefined): void {
     if (this.authUser) return this.localReply(reply(503, '5.5.1', 'Already authenticated'));
+    // AUTH is an EHLO extension (RFC 4954 §3); after STARTTLS the old EHLO no longer counts (RFC 3207 §4.2).
+    if (!this.ehlo || !this.helo) return this.localReply(reply(503, '5.5.1', 'Send EHLO first'));
     if (this.tx.mailSent) return this.localReply(R.BAD_SEQUENCE);
     if (!this.backendAuth || !this.authAllowed()) {
       this.svc.metrics.auth.inc({ result: 'refused' });
