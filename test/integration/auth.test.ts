@@ -185,6 +185,34 @@ describe('AUTH over STARTTLS, relayed to the backend', () => {
   });
 });
 
+describe('AUTH sequencing', () => {
+  test('after STARTTLS, AUTH before the new EHLO → 503 and nothing reaches the backend (RFC 3207 §4.2)', async () => {
+    const { d } = await plainSession();
+    expect((await d.cmd('STARTTLS')).code).toBe(220);
+    const t = await TlsDialog.upgrade(d.socket);
+    const lines = backend.lines().length;
+    const r = await t.cmd(`AUTH PLAIN ${plain(USER, PASSWORD)}`);
+    expect(r.code).toBe(503);
+    expect(backend.lines().slice(lines).filter((l) => /^AUTH/i.test(l))).toEqual([]);
+    expect((await t.cmd('EHLO client.test')).code).toBe(250);
+    expect((await t.cmd(`AUTH PLAIN ${plain(USER, PASSWORD)}`)).code).toBe(235);
+    expect((await t.cmd(`AUTH PLAIN ${plain(USER, PASSWORD)}`)).code).toBe(503); // RFC 4954 §4: once only
+    await t.cmd('QUIT');
+    t.close();
+  });
+
+  test('AUTH pipelined with MAIL and RCPT: the barrier holds the rest until the backend answered', async () => {
+    const { t } = await tlsSession();
+    t.send(`AUTH PLAIN ${plain(USER, PASSWORD)}\r\nMAIL FROM:<${USER}@example.com>\r\nRCPT TO:<pipelined@elsewhere.test>\r\n`);
+    expect((await t.reply()).code).toBe(235);
+    expect((await t.reply()).code).toBe(250);
+    expect((await t.reply()).code).toBe(250);
+    await t.cmd('RSET');
+    await t.cmd('QUIT');
+    t.close();
+  });
+});
+
 describe('plaintext AUTH from plaintextAuthNetworks', () => {
   test('EHLO without TLS offers AUTH to the office network, and AUTH LOGIN works there', async () => {
     const { d, ehlo } = await plainSession(OFFICE);
