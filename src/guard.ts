@@ -127,6 +127,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
   // The `backend` metric label: the configured name, else the host name; never an IP address.
   const targets = config.backends.map((b, i) => ({ host: b.host, port: b.port, name: b.name ?? (isIP(b.host) ? `backend${i + 1}` : `${b.host}:${b.port}`) }));
   const backendLabels = targets.map((t) => t.name);
+  for (const l of backendLabels) metrics.backendConnections.set({ backend: l }, 0);
   // Backend leg STARTTLS (issue 4): CA read once at start; a missing file fails loudly.
   const backendCa = config.backend.tlsCaFile ? readFileSync(path.resolve(config.backend.tlsCaFile)) : undefined;
   const backendLog = log.child({ component: 'backend' });
