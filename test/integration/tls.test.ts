@@ -369,3 +369,41 @@ describe('backend leg STARTTLS (backend.tls: starttls)', () => {
     }
   });
 });
+
+describe('TLS settings and failures', () => {
+  test('plaintext after the 220 to STARTTLS fails the handshake: closed, nothing forwarded', async () => {
+    const d = await Dialog.connect(g.port, { localAddress: STRANGER });
+    expect((await d.reply()).code).toBe(220);
+    expect((await d.cmd('EHLO client.test')).code).toBe(250);
+    expect((await d.cmd('STARTTLS')).code).toBe(220);
+    const lines = backend.lines().length;
+    d.send('MAIL FROM:<plain@after-starttls.test>\r\n');
+    await d.waitClosed();
+    expect(backend.lines().slice(lines).filter((l) => /^MAIL/i.test(l))).toEqual([]);
+    const m = await g.guard.metrics.tlsHandshakes.get();
+    expect(m.values.find((v) => v.labels.kind === 'starttls' && v.labels.result === 'failure')?.value ?? 0).toBeGreaterThanOrEqual(1);
+  });
+
+  test('no certificate configured: self-signed at start with a warning; minVersion TLSv1.3 refuses a TLS 1.2 client', async () => {
+    const b = await startRecordingBackend();
+    const guard = await startGuard({
+      backendPort: b.port,
+      config: { timeouts: { drain: '1s' }, listeners: [{ name: 'mx', address: '127.0.0.1', port: 0, kind: 'mx', tls: { minVersion: 'TLSv1.3' } }] },
+    });
+    try {
+      expect(guard.logs.some((l) => l.level === 40 && /self-signed/i.test(String(l.msg)))).toBe(true);
+      const ok = await startTls(guard.port);
+      expect(ok.socket.getProtocol()).toBe('TLSv1.3');
+      await ok.cmd('QUIT');
+      ok.close();
+      const d = await Dialog.connect(guard.port, { localAddress: STRANGER });
+      expect((await d.reply()).code).toBe(220);
+      expect((await d.cmd('EHLO old-client.test')).code).toBe(250);
+      expect((await d.cmd('STARTTLS')).code).toBe(220);
+      await expect(TlsDialog.upgrade(d.socket, { maxVersion: 'TLSv1.2' })).rejects.toThrow();
+    } finally {
+      await guard.stop();
+      await b.close();
+    }
+  });
+});
