@@ -4,11 +4,13 @@
  * its own guard with small thresholds in rules/limits.yaml and asserts the reply code, and for
  * bans that the banned client never reaches the backend again (554 5.7.1 at connect).
  */
+import { once } from 'node:events';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import type { LimitRule } from '../../src/limits/schema.js';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
-import { startGuard, type StartedGuard, type TestRules } from '../helpers/start-guard.js';
+import { startGuard, writeRules, type StartedGuard, type TestRules } from '../helpers/start-guard.js';
 import { Dialog } from '../helpers/dialog.js';
+import { withTimeout } from '../helpers/with-timeout.js';
 
 const STRANGER = '127.0.0.9';
 const ATTACKER = '127.0.0.10';
@@ -296,6 +298,22 @@ describe('compromised-account brake', () => {
   });
 });
 
+describe('compromised-account brake, recipients', () => {
+  test('recipients per authenticated user: relaying stops with 450 4.7.1 at the limit', async () => {
+    await guardWith([{ id: 'recipients-per-user', event: 'recipient', key: 'user', limit: 3, window: '1h', action: 'tempfail', exemptTrusted: false }]);
+    const d = await greet(OFFICE);
+    expect((await d.cmd(`AUTH PLAIN ${plain(USER, PASSWORD)}`)).code).toBe(235);
+    expect((await d.cmd('MAIL FROM:<alice@example.com>')).code).toBe(250);
+    const before = countLines(/^RCPT TO:<spam-/i);
+    for (let i = 0; i < 3; i++) expect((await d.cmd(`RCPT TO:<spam-${i}@far-away.test>`)).code).toBe(250);
+    const over = await d.cmd('RCPT TO:<spam-3@far-away.test>');
+    expect(over.code, over.text).toBe(450);
+    expect(over.text).toContain('4.7.1');
+    expect(countLines(/^RCPT TO:<spam-/i) - before).toBe(3);
+    d.close();
+  });
+});
+
 describe('actions and switches', () => {
   test('tarpit delays the reply, then carries on', async () => {
     const TARPIT_MS = 400;
@@ -338,5 +356,18 @@ describe('actions and switches', () => {
     const e = await greet(STRANGER);
     for (let i = 0; i < 3; i++) expect(await sendMessage(e, 'off@sender.test', `all-off-${i}`)).toBe(250);
     e.close();
+  });
+
+  test('a limit switched off by editing rules/limits.yaml applies to the next command of a live session', async () => {
+    const messages: LimitRule = { id: 'messages-per-ip', event: 'message', key: 'ip', limit: 1, window: '1m', action: 'tempfail' };
+    const s = await guardWith([messages]);
+    const d = await greet(STRANGER);
+    expect(await sendMessage(d, 'live@sender.test', 'live-0')).toBe(250);
+    expect((await d.cmd('MAIL FROM:<live@sender.test>')).code).toBe(450);
+    const changed = withTimeout(once(s.guard.rules, 'change'), 5_000, 'rules change');
+    writeRules(s.rulesDir, { limits: { enabled: true, prefixV4: 24, prefixV6: 64, limits: [{ ...messages, enabled: false }] } });
+    await changed;
+    expect(await sendMessage(d, 'live@sender.test', 'live-1')).toBe(250);
+    d.close();
   });
 });
