@@ -102,12 +102,17 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
   });
   await validator.start();
 
-  // TLS: one certificate manager shared by the listeners that need it.
-  let tlsManager: TlsContextManager | undefined;
-  const needsTls = config.listeners.some((l) => l.kind === 'smtps' || l.starttls);
-  if (needsTls) {
-    const tlsConf = config.listeners.find((l) => l.tls)?.tls ?? {};
-    tlsManager = await TlsContextManager.create({
+  // TLS: one certificate manager per distinct `tls` block; a listener without its own block uses
+  // the first one configured (or the self-signed default when there is none).
+  const tlsManagers = new Map<string, TlsContextManager>();
+  const defaultTls = config.listeners.find((l) => l.tls)?.tls ?? {};
+  const tlsFor = async (lc: (typeof config.listeners)[number]): Promise<TlsContextManager | undefined> => {
+    if (lc.kind !== 'smtps' && !lc.starttls) return undefined;
+    const tlsConf = lc.tls ?? defaultTls;
+    const key = JSON.stringify([tlsConf.certFile, tlsConf.keyFile, tlsConf.minVersion, tlsConf.ciphers]);
+    const known = tlsManagers.get(key);
+    if (known) return known;
+    const mgr = await TlsContextManager.create({
       ...(tlsConf.certFile ? { certFile: tlsConf.certFile } : {}),
       ...(tlsConf.keyFile ? { keyFile: tlsConf.keyFile } : {}),
       ...(tlsConf.minVersion ? { minVersion: tlsConf.minVersion } : {}),
@@ -116,10 +121,15 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
       log: log.child({ component: 'tls' }),
       watch: Boolean(tlsConf.certFile),
     });
-    const mgr = tlsManager;
-    const setExpiry = () => {
-      for (const l of config.listeners) metrics.tlsCertExpiry.set({ listener: l.name }, Math.floor(mgr.notAfter.getTime() / 1000));
-    };
+    tlsManagers.set(key, mgr);
+    return mgr;
+  };
+  const listenerTls = new Map<string, TlsContextManager | undefined>();
+  for (const lc of config.listeners) {
+    const mgr = await tlsFor(lc);
+    listenerTls.set(lc.name, mgr);
+    if (!mgr) continue;
+    const setExpiry = () => metrics.tlsCertExpiry.set({ listener: lc.name }, Math.floor(mgr.notAfter.getTime() / 1000));
     setExpiry();
     mgr.on('reload', setExpiry);
   }
@@ -238,12 +248,12 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
     const plaintextAuth = compileNetworks(lc.plaintextAuthNetworks, `listener ${lc.name} plaintextAuthNetworks`);
     const runtime: ListenerRuntime = {
       config: lc,
-      tls: lc.kind === 'smtps' || lc.starttls ? tlsManager : undefined,
+      tls: listenerTls.get(lc.name),
       plaintextAuth: (ip) => plaintextAuth.containsText(ip),
     };
     return new SmtpListener(
       lc,
-      tlsManager,
+      listenerTls.get(lc.name),
       (c: AcceptedConnection) => {
         const svc = tellsBackend
           ? { ...services, backends: backendProviderFor({ clientIp: c.clientIp, clientPort: c.clientPort, localIp: c.socket.localAddress, localPort: c.socket.localPort }) }
@@ -316,13 +326,13 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
       if (metricsServer) await new Promise<void>((resolve) => metricsServer.close(() => resolve()));
       if (admin) await admin.close();
       rules.close();
-      tlsManager?.close();
+      for (const m of tlsManagers.values()) m.close();
       await validator.close();
       await store.close();
     },
     async reload() {
       await rules.reload('sighup');
-      await tlsManager?.reload();
+      for (const m of tlsManagers.values()) await m.reload();
       await validator.reloadList();
     },
     address(name?: string) {
