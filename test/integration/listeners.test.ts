@@ -4,7 +4,11 @@
  * 5.7.0); the internal listener lets any client relay but never-relay networks still apply; smtps is
  * TLS from the first byte (RFC 8314 §3).
  */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { makeCertificate } from '../helpers/certs.js';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
 import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
 import { Dialog } from '../helpers/dialog.js';
@@ -171,4 +175,40 @@ test('sessions are counted per listener', async () => {
   const m = await g.guard.metrics.connections.get();
   const accepted = (l: string) => m.values.find((v) => v.labels.listener === l && v.labels.outcome === 'accepted')?.value ?? 0;
   for (const l of ['mx', 'submission', 'smtps', 'internal']) expect(accepted(l), l).toBeGreaterThanOrEqual(1);
+});
+
+describe('per-listener TLS settings', () => {
+  test('each listener serves the certificate of its own tls block; a listener without one uses the first', async () => {
+    const a = await makeCertificate({ commonName: 'outside.test' });
+    const b = await makeCertificate({ commonName: 'inside.test' });
+    const dir = mkdtempSync(path.join(tmpdir(), 'rg-listener-tls-'));
+    for (const [n, c] of [['a', a], ['b', b]] as const) {
+      writeFileSync(path.join(dir, `${n}.crt`), c.cert);
+      writeFileSync(path.join(dir, `${n}.key`), c.key);
+    }
+    const tlsOf = (n: string) => ({ certFile: path.join(dir, `${n}.crt`), keyFile: path.join(dir, `${n}.key`) });
+    const guard = await startGuard({
+      backendPort: backend.port,
+      config: {
+        timeouts: { drain: '1s' },
+        listeners: [
+          { name: 'outside', address: '127.0.0.1', port: 0, kind: 'smtps', tls: tlsOf('a') },
+          { name: 'inside', address: '127.0.0.1', port: 0, kind: 'smtps', tls: tlsOf('b') },
+          { name: 'plain', address: '127.0.0.1', port: 0, kind: 'smtps' },
+        ],
+      },
+    });
+    try {
+      const served: Record<string, string | undefined> = {};
+      for (const name of ['outside', 'inside', 'plain']) {
+        const t = await TlsDialog.connect(guard.guard.address(name).port, STRANGER);
+        served[name] = t.socket.getPeerX509Certificate()?.subject;
+        t.close();
+      }
+      expect(served).toEqual({ outside: 'CN=outside.test', inside: 'CN=inside.test', plain: 'CN=outside.test' });
+    } finally {
+      await guard.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
