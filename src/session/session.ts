@@ -1055,7 +1055,14 @@ export class SmtpSession {
     }
     if (d.action === 'tempfail' && refusal) return false; // the refusal itself is answer enough
     this.outcome = d.action === 'ban' ? 'banned' : 'limited';
-    this.localReply(d.action === 'tempfail' ? d.reply : { ...d.reply, close: true });
+    if (d.action === 'tempfail') {
+      this.localReply(d.reply);
+      return true;
+    }
+    // close / ban: read no further command, so nothing pipelined behind this one reaches the
+    // backend; the 421 is written once the replies before it are in (RFC 2920 §3.1 order).
+    this.phase = 'closing';
+    this.localReply({ ...d.reply, close: true });
     return true;
   }
 

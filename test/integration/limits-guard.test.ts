@@ -198,6 +198,34 @@ describe('abuse → ban', () => {
     other.close();
   });
 
+  test('a ban in the middle of a pipelined batch: nothing after it reaches the backend', async () => {
+    await guardWith([{ id: 'relay-denied-per-ip', event: 'relay-denied', key: 'ip', limit: 1, window: '10m', action: 'ban', ban: '1h' }]);
+    const d = await greet(STRANGER);
+    const seen = backend.lines().length;
+    d.send(
+      [
+        'MAIL FROM:<pipe@sender.test>',
+        'RCPT TO:<bob@example.com>',
+        'RCPT TO:<v1@elsewhere.test>',
+        'RCPT TO:<v2@elsewhere.test>',
+        'RCPT TO:<after-ban@example.com>',
+        'DATA',
+        'Subject: after ban',
+        '',
+        'must never be forwarded',
+        '.',
+        '',
+      ].join('\r\n'),
+    );
+    const replies = await d.replyN(4);
+    expect(replies.map((r) => r.code)).toEqual([250, 250, 550, 421]);
+    await d.waitClosed();
+    const lines = backend.lines().slice(seen);
+    expect(lines.filter((l) => /bob@example\.com/i.test(l))).toHaveLength(1); // before the ban: forwarded
+    expect(lines.filter((l) => /after-ban|^DATA$|must never/i.test(l))).toEqual([]);
+    await expectBannedAtConnect(STRANGER);
+  });
+
   test('unknown recipients per ip (directory harvest): 550 5.1.1, then ban, then 554 at connect', async () => {
     await guardWith(
       [{ id: 'unknown-recipient-per-ip', event: 'unknown-recipient', key: 'ip', limit: 3, window: '10m', action: 'ban', ban: '1h' }],
