@@ -581,7 +581,7 @@ export class SmtpSession {
       if (this.tx.accepted.length === 0) {
         // The backend would take a message with no recipient it accepted: never send one.
         this.abandonBackend();
-        slot.resolve({ ...R.NO_VALID_RECIPIENTS, close: true });
+        slot.resolve(this.guardMade({ ...R.NO_VALID_RECIPIENTS, close: true }));
         return;
       }
       slot.resolve(r);
@@ -742,8 +742,7 @@ export class SmtpSession {
       this.svc.metrics.auth.inc({ result: r.code === 501 ? 'aborted' : 'failure' });
       this.log.info({ authUser: cap(st.user), mechanism: st.mechanism, reply: replyText(r) }, 'authentication failed');
       void this.limit('auth-failure', {}, r).then((limited) => {
-        if (!limited) slot.resolve(r);
-        else slot.resolve({ ...r });
+        slot.resolve(r);
         this.unblock();
       });
     });
@@ -862,11 +861,11 @@ export class SmtpSession {
         if (this.svc.pool && !this.linkDedicated) {
           // Never a 2xx the backend did not give: 451, and the client may retry on another backend session.
           this.tx.reset();
-          slot.resolve(R.BACKEND_FAILED_IN_TRANSACTION);
+          slot.resolve(this.guardMade(R.BACKEND_FAILED_IN_TRANSACTION));
           this.unblock();
           return;
         }
-        slot.resolve({ ...R.BACKEND_FAILED_IN_TRANSACTION, close: true });
+        slot.resolve(this.guardMade({ ...R.BACKEND_FAILED_IN_TRANSACTION, close: true }));
         return;
       }
       this.countReply('backend', r);
@@ -958,6 +957,16 @@ export class SmtpSession {
   }
 
   private backendFailureReply(failure: BackendFailure, inTransaction: boolean): Reply {
+    return this.guardMade(this.backendFailureReplyFor(failure, inTransaction));
+  }
+
+  /** Count a reply the guard made itself that goes out through a backend slot. */
+  private guardMade(r: Reply): Reply {
+    this.countReply('guard', r);
+    return r;
+  }
+
+  private backendFailureReplyFor(failure: BackendFailure, inTransaction: boolean): Reply {
     this.svc.metrics.backendErrors.inc({ kind: failure });
     // Pooled mode: only this transaction is lost; the client may go on with another backend session.
     if (this.svc.pool && !this.linkDedicated) return R.BACKEND_FAILED_IN_TRANSACTION;
@@ -1131,7 +1140,7 @@ export class SmtpSession {
     this.outcome = 'internal_error';
     this.abandonBackend();
     if (this.phase !== 'closed') {
-      this.client.write(`421 4.3.0 Internal error, try again later\r\n`);
+      this.writeNow({ ...reply(421, '4.3.0', 'Internal error, try again later'), close: true });
       this.close('internal_error');
     }
   }
