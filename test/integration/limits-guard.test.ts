@@ -190,9 +190,14 @@ describe('abuse → ban', () => {
     expect(countLines(/elsewhere\.test/i)).toBe(0);
     const bans = g!.guard.services.bans!.list();
     expect(bans).toEqual([expect.objectContaining({ target: STRANGER, source: 'automatic', reason: 'limit relay-denied-per-ip' })]);
+    const m = g!.guard.metrics;
+    expect((await m.bansActive.get()).values.find((v) => v.labels.source === 'automatic')?.value).toBe(1);
+    expect((await m.limitHits.get()).values.find((v) => v.labels.limit === 'relay-denied-per-ip' && v.labels.action === 'ban')?.value).toBe(1);
+    expect(g!.logs.filter((l) => l.msg === 'limit hit' && l.limit === 'relay-denied-per-ip')).toHaveLength(1);
     const linesBefore = backend.lines().length;
     await expectBannedAtConnect(STRANGER);
     expect(backend.lines().length).toBe(linesBefore);
+    expect((await m.connections.get()).values.find((v) => v.labels.outcome === 'banned')?.value).toBe(1);
     // Another address is still served.
     const other = await greet(ATTACKER);
     other.close();
