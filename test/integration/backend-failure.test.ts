@@ -179,6 +179,40 @@ describe("the backend's own limits", () => {
     expect(backend.connections.length - connsBefore).toBe(3);
   });
 
+  test("the backend's own refusal at connect (Exchange's per-source limit) is relayed and the session closed", async () => {
+    const limited = await scriptedBackend({ maxConnections: 1 });
+    try {
+      const g = await guard({}, limited.port);
+      const a = await connect(g.port);
+      expect((await a.reply()).code).toBe(220);
+      const b = await connect(g.port);
+      const r = await b.reply();
+      expect(r.code).toBe(421);
+      expect(r.text).toContain('Too many connections from your host');
+      await b.waitClosed();
+      // The first session is unaffected.
+      expect((await a.cmd('EHLO client.test')).code).toBe(250);
+      expect((await a.cmd('QUIT')).code).toBe(221);
+    } finally {
+      await limited.close();
+    }
+  });
+
+  test('a backend that accepts TCP but never greets: 421 4.3.0 after the greeting timeout', async () => {
+    const mute = net.createServer((s) => s.on('error', () => undefined));
+    await new Promise<void>((r) => mute.listen(0, '127.0.0.1', () => r()));
+    try {
+      const g = await guard({ backend: { greetingTimeout: '300ms' } }, (mute.address() as net.AddressInfo).port);
+      const d = await connect(g.port);
+      const r = await d.reply(3000);
+      expect(r.code).toBe(421);
+      expect(r.text).toContain('4.3.0');
+      await d.waitClosed();
+    } finally {
+      mute.close();
+    }
+  });
+
   test('backend.sourceAddress: the backend sees connections from 127.0.0.5', async () => {
     const peer = await scriptedBackend({});
     try {
@@ -193,11 +227,17 @@ describe("the backend's own limits", () => {
   });
 });
 
-/** A small SMTP backend: records peer addresses; on end-of-data it answers, or dies when told. */
-async function scriptedBackend(opts: { onDot?: 'kill' }) {
+/** A small SMTP backend: records peer addresses; on end-of-data it answers, or dies when told; optional per-source cap. */
+async function scriptedBackend(opts: { onDot?: 'kill'; maxConnections?: number }) {
   const remotes: string[] = [];
   const sockets = new Set<net.Socket>();
   const server = net.createServer((s) => {
+    if (opts.maxConnections !== undefined && sockets.size >= opts.maxConnections) {
+      s.on('error', () => undefined);
+      s.resume(); // read to EOF, or the socket never closes and server.close() waits forever
+      s.end('421 4.7.0 Too many connections from your host\r\n');
+      return;
+    }
     sockets.add(s);
     remotes.push(s.remoteAddress ?? '');
     s.on('close', () => sockets.delete(s));
