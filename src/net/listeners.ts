@@ -203,6 +203,7 @@ export class SmtpListener {
       this.log.info({ clientIp, err: { code: err.code, message: err.message } }, 'tls handshake failed');
       secure.destroy();
     });
-    raw.resume();
+    // No raw.resume(): it would flow bytes already buffered (a ClientHello that arrived with the PROXY
+    // header and was unshifted) to no listener. The TLS socket reads them itself (initRead).
   }
 }
