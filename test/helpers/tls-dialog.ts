@@ -3,6 +3,7 @@
  * implicit TLS (RFC 8314). Replies are read whole (multi-line aware), waits are bounded.
  */
 import type net from 'node:net';
+import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { withTimeout } from './with-timeout.js';
 import type { ParsedReply } from './dialog.js';
@@ -30,6 +31,11 @@ export class TlsDialog {
     plain.removeAllListeners('data');
     plain.removeAllListeners('close');
     return TlsDialog.handshake(tls.connect({ socket: plain, rejectUnauthorized: false, ...opts }));
+  }
+
+  /** Implicit TLS over any stream (e.g. one that adds a PROXY header in front). */
+  static over(stream: Duplex, opts: tls.ConnectionOptions = {}): Promise<TlsDialog> {
+    return TlsDialog.handshake(tls.connect({ socket: stream as net.Socket, rejectUnauthorized: false, ...opts }));
   }
 
   /** Implicit TLS: the handshake comes first, then the greeting. */

@@ -9,10 +9,12 @@ import { chmodSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { Duplex } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
 import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
 import { Dialog } from '../helpers/dialog.js';
+import { TlsDialog } from '../helpers/tls-dialog.js';
 import { startHaproxy, type RunningHaproxy } from '../helpers/haproxy.js';
 import { formatProxyV1, formatProxyV2, type ProxyAddresses } from '../../src/net/proxy-protocol.js';
 
@@ -36,6 +38,8 @@ beforeAll(async () => {
         // HAProxy connects from 127.0.0.1.
         { name: 'lb', address: '127.0.0.1', port: 0, kind: 'mx', proxyProtocol: 'optional', proxyNetworks: [`${BALANCER}/32`, '127.0.0.1/32'] },
         { name: 'strict', address: '127.0.0.1', port: 0, kind: 'mx', proxyProtocol: 'required', proxyNetworks: [`${BALANCER}/32`] },
+        // Implicit TLS behind a balancer: the header comes before the TLS handshake.
+        { name: 'lbtls', address: '127.0.0.1', port: 0, kind: 'smtps', proxyProtocol: 'required', proxyNetworks: [`${BALANCER}/32`] },
       ],
     },
   });
@@ -100,6 +104,35 @@ describe('headers from a configured balancer', () => {
     await d.cmd('QUIT');
     d.close();
     expect(refusedLogFor('2001:db8::7').length).toBe(1);
+  });
+});
+
+describe('implicit TLS behind a balancer', () => {
+  test('PROXY v2 header and the ClientHello in one TCP write: handshake completes, carried address used', async () => {
+    const raw = net.connect({ port: g.guard.address('lbtls').port, host: '127.0.0.1', localAddress: BALANCER });
+    await new Promise((r) => raw.once('connect', r));
+    // A pass-through stream that puts the PROXY header in front of the first TLS record, as a
+    // balancer that coalesces them does.
+    let first = true;
+    const carrier = new Duplex({
+      write(chunk: Buffer, _enc, cb) {
+        raw.write(first ? Buffer.concat([header(2, OUTSIDER), chunk]) : chunk, cb);
+        first = false;
+      },
+      read() {},
+    });
+    raw.on('data', (b: Buffer) => carrier.push(b));
+    raw.on('end', () => carrier.push(null));
+    raw.on('error', () => carrier.destroy());
+    const t = await TlsDialog.over(carrier);
+    expect((await t.reply()).code).toBe(220);
+    expect((await t.cmd('EHLO tls-behind-lb.test')).code).toBe(250);
+    expect((await t.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+    expect((await t.cmd('RCPT TO:<victim-tls-lb@elsewhere.test>')).code).toBe(550);
+    await t.cmd('QUIT');
+    t.close();
+    raw.destroy();
+    expect(refusedLogFor(OUTSIDER).some((l) => l.rcpt === 'victim-tls-lb@elsewhere.test')).toBe(true);
   });
 });
 
