@@ -5,6 +5,9 @@
  * bans that the banned client never reaches the backend again (554 5.7.1 at connect).
  */
 import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import type { LimitRule } from '../../src/limits/schema.js';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
@@ -306,6 +309,34 @@ describe('abuse → ban', () => {
     expect(durations[0]).toBeLessThanOrEqual(61_000);
     expect(durations[1]).toBeGreaterThanOrEqual(119_000);
     expect(durations[1]).toBeLessThanOrEqual(121_000);
+  });
+});
+
+describe('bans as data', () => {
+  test('manual bans (address and CIDR) are refused at connect and survive a restart; removal too', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'rg-bans-'));
+    const bansFile = path.join(dir, 'bans.yaml');
+    try {
+      await guardWith([], {}, { limits: { store: 'memory', maxEntries: 1000, bansFile } });
+      g!.guard.services.bans!.add({ target: '127.0.0.41', reason: 'spam run', source: 'manual', durationMs: 3_600_000 });
+      g!.guard.services.bans!.add({ target: '127.0.0.44/30', reason: 'botnet', source: 'manual' });
+      await expectBannedAtConnect('127.0.0.41');
+      await g!.stop();
+
+      await guardWith([], {}, { limits: { store: 'memory', maxEntries: 1000, bansFile } });
+      expect(g!.guard.services.bans!.list().map((b) => b.target)).toEqual(['127.0.0.41', '127.0.0.44/30']);
+      await expectBannedAtConnect('127.0.0.41');
+      await expectBannedAtConnect('127.0.0.46');
+      (await greet('127.0.0.40')).close(); // outside both
+      expect(g!.guard.services.bans!.remove('127.0.0.44/30')).toBe(true);
+      await g!.stop();
+
+      await guardWith([], {}, { limits: { store: 'memory', maxEntries: 1000, bansFile } });
+      (await greet('127.0.0.46')).close();
+      await expectBannedAtConnect('127.0.0.41');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
