@@ -1,0 +1,40 @@
+/** The fuzz and soak target: an in-process guard (limits off) in front of the recording backend. */
+import { startGuard, type StartedGuard } from '../../test/helpers/start-guard.js';
+import { startRecordingBackend, type RecordingBackend } from '../../test/helpers/recording-backend.js';
+import type { FuzzTarget } from './fuzz-core.js';
+
+export interface RunningFuzzTarget extends FuzzTarget {
+  guard: StartedGuard;
+  backend: RecordingBackend;
+  stop(): Promise<void>;
+}
+
+export async function startFuzzTarget(): Promise<RunningFuzzTarget> {
+  const rcpts: string[] = [];
+  const backend = await startRecordingBackend({
+    server: {
+      onRcptTo(address, _session, cb) {
+        rcpts.push(address.address);
+        cb();
+      },
+    },
+  });
+  const guard = await startGuard({
+    backendPort: backend.port,
+    rules: { acceptedDomains: ['example.com'] },
+    // Short timeouts keep abandoned sessions bounded; quiet logs keep the run fast.
+    config: { log: { level: 'silent' }, timeouts: { command: '5s', data: '5s', session: '60s', drain: '2s' }, backend: { maxConnections: 1000 } },
+  });
+  return {
+    port: guard.port,
+    guard,
+    backend,
+    backendRcpts: () => rcpts,
+    backendBodies: () => backend.messages.map((m) => m.body),
+    activeSessions: () => guard.guard.services.registry.all().length,
+    stop: async () => {
+      await guard.stop();
+      await backend.close();
+    },
+  };
+}
