@@ -201,6 +201,18 @@ describe('AUTH sequencing', () => {
     t.close();
   });
 
+  test('an over-long SASL response ends the exchange on both sides: 500, and the next command is a command again', async () => {
+    const { t } = await tlsSession();
+    expect((await t.cmd('AUTH PLAIN')).code).toBe(334);
+    const long = await t.cmd('A'.repeat(2000));
+    expect(long.code).toBe(500);
+    expect((await t.cmd('NOOP')).text).toBe('250 2.0.0 OK');
+    expect((await t.cmd(`AUTH PLAIN ${plain(USER, PASSWORD)}`)).code).toBe(235);
+    expect((await t.cmd(`MAIL FROM:<${USER}@example.com>`)).code).toBe(250);
+    await t.cmd('QUIT');
+    t.close();
+  });
+
   test('AUTH pipelined with MAIL and RCPT: the barrier holds the rest until the backend answered', async () => {
     const { t } = await tlsSession();
     t.send(`AUTH PLAIN ${plain(USER, PASSWORD)}\r\nMAIL FROM:<${USER}@example.com>\r\nRCPT TO:<pipelined@elsewhere.test>\r\n`);
