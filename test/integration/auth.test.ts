@@ -312,3 +312,50 @@ describe('logs', () => {
     expect(text).toContain(USER);
   });
 });
+
+describe('failed AUTH feeds the rate limiter', () => {
+  test('a password guesser is banned after the limit; the next connection is refused', async () => {
+    const guard = await startGuard({
+      backendPort: backend.port,
+      rules: {
+        limits: {
+          enabled: true,
+          prefixV4: 24,
+          prefixV6: 64,
+          limits: [{ id: 'auth-failures-per-ip', event: 'auth-failure', key: 'ip', limit: 2, window: '15m', action: 'ban', ban: '1h', maxBan: '24h', exemptTrusted: true }],
+        },
+      },
+      config: { timeouts: { drain: '1s' }, listeners: [{ name: 'mx', address: '127.0.0.1', port: 0, kind: 'mx', plaintextAuthNetworks: ['127.0.0.0/8'] }] },
+    });
+    try {
+      const guesser = '127.0.0.77';
+      const d = await Dialog.connect(guard.port, { localAddress: guesser });
+      expect((await d.reply()).code).toBe(220);
+      expect((await d.cmd('EHLO guesser.test')).code).toBe(250);
+      const codes: number[] = [];
+      for (let i = 0; i < 5 && !d.closed; i++) {
+        const r = await d.cmd(`AUTH PLAIN ${plain(USER, `guess-${i}`)}`).catch(() => undefined);
+        if (!r) break;
+        codes.push(r.code);
+      }
+      await d.waitClosed();
+      expect(codes.slice(0, 2)).toEqual([535, 535]);
+      expect(codes.length).toBeLessThanOrEqual(4);
+      expect(codes.at(-1)).toBeGreaterThanOrEqual(400);
+      const again = await Dialog.connect(guard.port, { localAddress: guesser });
+      const r = await again.reply();
+      expect([421, 554]).toContain(r.code);
+      await again.waitClosed();
+      // A good password from elsewhere still works.
+      const ok = await Dialog.connect(guard.port, { localAddress: '127.0.0.78' });
+      expect((await ok.reply()).code).toBe(220);
+      expect((await ok.cmd('EHLO ok.test')).code).toBe(250);
+      expect((await ok.cmd(`AUTH PLAIN ${plain(USER, PASSWORD)}`)).code).toBe(235);
+      await ok.cmd('QUIT');
+      ok.close();
+      expect(guard.logText()).not.toContain('guess-1');
+    } finally {
+      await guard.stop();
+    }
+  });
+});
