@@ -70,6 +70,9 @@ export async function startRecordingBackend(opts: RecordingBackendOptions = {}):
     },
     ...opts.server,
   });
+  // smtp-server reports a client's reset (ECONNRESET when the tap drops a connection) as a server
+  // 'error' event; unhandled, that would crash the test process, not the guard.
+  smtp.on('error', () => undefined);
   await new Promise<void>((resolve) => smtp.listen(0, '127.0.0.1', () => resolve()));
   const smtpPort = (smtp.server.address() as net.AddressInfo).port;
 
