@@ -60,7 +60,9 @@ export class SmtpListener {
       const server = net.createServer({ pauseOnConnect: true }, (raw) => this.accept(raw));
       this.server = server;
     } else {
-      this.server = net.createServer({ pauseOnConnect: true }, (raw) => this.accept(raw));
+      // allowHalfOpen: a client may send its last commands and FIN at once; the session answers them
+      // all, then closes (it ends the socket itself).
+      this.server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (raw) => this.accept(raw));
     }
     this.server.maxConnections = config.maxConnections;
     this.server.on('drop', () => this.metrics.connections.inc({ listener: config.name, outcome: 'capacity' }));

@@ -90,6 +90,7 @@ export class SmtpSession {
   private releaseCapacity: (() => void) | undefined;
   private releaseConcurrency: (() => void) | undefined;
   private backendAbandoned = false;
+  private clientEnded = false;
   /** Pooled mode: the lent backend session's 'closed' listener, removed when it is returned. */
   private linkClosed: ((failure: BackendFailure) => void) | undefined;
   /** Pooled mode: this session holds its backend session for good (AUTH). */
@@ -274,6 +275,22 @@ export class SmtpSession {
       this.close('client_error');
     });
     socket.on('close', () => this.close(this.phase === 'closing' ? 'closed' : 'client_closed'));
+    socket.on('end', () => {
+      this.clientEnded = true;
+      this.closeIfClientDone();
+    });
+  }
+
+  /**
+   * The client half-closed after its last command (a scripted sender: everything, then FIN). Like
+   * Postfix, answer every command it sent before closing; a message cut short is never delivered.
+   */
+  private closeIfClientDone(): void {
+    if (!this.clientEnded || this.phase === 'closed' || this.phase === 'closing') return;
+    if (this.phase === 'data' || this.phase === 'discard') return this.close('client_closed');
+    if (this.phase !== 'command' && this.phase !== 'auth') return;
+    if (this.blocked || this.seq.pending > 0) return;
+    this.close('client_closed');
   }
 
   private onClientData(chunk: Buffer): void {
@@ -344,6 +361,7 @@ export class SmtpSession {
         else this.onCommandLine(ev.line);
       }
       this.flowControl();
+      this.closeIfClientDone();
     } catch (err) {
       this.internalError(err);
     }
@@ -592,6 +610,7 @@ export class SmtpSession {
       const early = this.reader.takeBuffered();
       if (early.length > 0) this.feedData(early);
       this.flowControlData();
+      this.closeIfClientDone();
     }, this.svc.timeouts.backendReplyMs);
   }
 
@@ -962,6 +981,7 @@ export class SmtpSession {
       const delay = Math.min(this.svc.timeouts.errorDelayMs * (this.errors - softErrorLimit), 30_000);
       if (delay > 0) this.delayUntil = Date.now() + delay;
     }
+    this.closeIfClientDone();
   }
 
   /** Write a reply at once, outside the sequence (closing paths only: replies still pending are moot). */

@@ -144,6 +144,17 @@ describe('backend with PIPELINING', () => {
     expect(backend.messages.length).toBe(msgsBefore);
   });
 
+  test('a client that sends its whole session and half-closes (FIN) gets every reply; a cut message is not delivered', async () => {
+    const session = 'EHLO script.test\r\nMAIL FROM:<s@elsewhere.test>\r\nRCPT TO:<script@example.com>\r\nDATA\r\n';
+    const run1 = await halfClosed(g.port, `${session}Subject: half-close\r\n\r\nx\r\n.\r\nQUIT\r\n`);
+    expect(run1.codes).toEqual([220, 250, 250, 250, 354, 250, 221]);
+    const before = backend.messages.length;
+    const run2 = await halfClosed(g.port, `${session}Subject: cut short\r\n\r\nno end`);
+    expect(run2.codes).toEqual([220, 250, 250, 250, 354]);
+    expect(backend.messages.length).toBe(before);
+    expect(backend.lines().some((l) => l.includes('cut short'))).toBe(true);
+  });
+
   test('swaks --pipeline exits 0 and its message arrives', async () => {
     const before = backend.messages.length;
     const { code, out } = await run('swaks', [
@@ -257,6 +268,25 @@ describe('a body sent before 354 that overflows the command buffer', () => {
     }
   });
 });
+
+/** Connect, wait for the greeting, send everything with FIN, collect reply codes until the guard closes. */
+function halfClosed(port: number, data: string): Promise<{ codes: number[] }> {
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      const s = net.connect({ port, host: '127.0.0.1', localAddress: STRANGER });
+      let text = '';
+      s.on('error', reject);
+      s.on('data', (c: Buffer) => {
+        const first = text === '';
+        text += c.toString('latin1');
+        if (first) s.end(data);
+      });
+      s.on('close', () => resolve({ codes: text.split('\r\n').filter((l) => /^\d{3} /.test(l)).map((l) => Number(l.slice(0, 3))) }));
+    }),
+    5000,
+    'half-closed session',
+  );
+}
 
 function run(cmd: string, args: string[], ms = 20_000): Promise<{ code: number | null; out: string }> {
   return withTimeout(
