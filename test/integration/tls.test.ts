@@ -240,6 +240,28 @@ describe('certificate reload', () => {
   });
 });
 
+describe('certificate reload on file change (no SIGHUP)', () => {
+  test('replacing the PEM files is picked up by new handshakes within a bounded wait', async () => {
+    const port = g.guard.address('smtps').port;
+    const served = async (): Promise<string | undefined> => {
+      const t = await TlsDialog.connect(port, STRANGER);
+      const fp = t.socket.getPeerX509Certificate()?.fingerprint256;
+      t.close();
+      return fp;
+    };
+    expect(await served()).toBe(fingerprint(certA));
+    writeCert(certB);
+    const deadline = Date.now() + 10_000;
+    let fp = await served();
+    // Each probe is a real handshake (an event), bounded in count and time; the watcher debounces.
+    for (let i = 0; i < 2000 && fp !== fingerprint(certB) && Date.now() < deadline; i++) fp = await served();
+    expect(fp).toBe(fingerprint(certB));
+    writeCert(certA);
+    await g.guard.reload();
+    expect(await served()).toBe(fingerprint(certA));
+  });
+});
+
 describe('backend leg STARTTLS (backend.tls: starttls)', () => {
   let backendCert: TestCertificate;
   let caDir: string;
