@@ -161,3 +161,26 @@ describe('verbs', () => {
     expect(lines.some((l) => l.toUpperCase().startsWith('TURN'))).toBe(false);
   });
 });
+
+describe('configurable', () => {
+  test('ehloAllow adds a keyword (ETRN) and vrfy: refuse answers 502', async () => {
+    const g2 = await startGuard({
+      backendPort: port,
+      config: { smtp: { ehloAllow: ['PIPELINING', 'SIZE', 'ETRN'], vrfy: 'refuse' }, timeouts: { command: '5m', data: '3m', session: '30m', drain: '500ms' } },
+    });
+    try {
+      const d = await Dialog.connect(g2.port, { localAddress: STRANGER });
+      expect((await d.reply()).code).toBe(220);
+      const r = await d.cmd('EHLO client.test');
+      const keywords = r.lines.slice(1).map((l) => l.split(' ')[0]);
+      expect(keywords).toContain('ETRN');
+      expect(keywords).not.toContain('8BITMIME');
+      expect(keywords).not.toContain('CHUNKING');
+      const v = await d.cmd('VRFY admin');
+      expect(v.code).toBe(502);
+      await d.cmd('QUIT');
+    } finally {
+      await g2.stop();
+    }
+  });
+});

@@ -116,6 +116,23 @@ describe('reject mode (default)', () => {
     },
   );
 
+  test('a vector split across TCP writes (one byte per write) is caught just the same', async () => {
+    const msgsBefore = backend.messages.length;
+    const connBefore = backend.connections.length;
+    const d = await openData(g.port);
+    const bytes = Buffer.from(`Subject: split\r\n\r\nfirst\r\n.\n${smuggledEnvelope('example.com', 'split')}`, 'latin1');
+    for (const b of bytes) {
+      if (d.closed) break;
+      await new Promise<void>((resolve) => d.socket.write(Buffer.from([b]), () => resolve()));
+    }
+    const r = await d.reply();
+    expect(r.code).toBe(554);
+    await d.waitClosed();
+    const seen = backend.connections.slice(connBefore).map((_c, k) => connText(backend, connBefore + k)).join('');
+    expect(seen).not.toContain('smuggled-split');
+    expect(backend.messages.length).toBe(msgsBefore);
+  });
+
   test('the smuggling attempt is logged with its kind', async () => {
     const d = await openData(g.port);
     d.send('Subject: logged\r\n\r\nhello\n.\nMAIL FROM:<x@example.com>\r\n\r\n.\r\n');
