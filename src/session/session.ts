@@ -574,7 +574,13 @@ export class SmtpSession {
       if (r.code < 300) {
         this.tx.accepted.push(rcpt);
         this.rcptAccepted++;
-      } else this.tx.refused++;
+        return;
+      }
+      this.tx.refused++;
+      // The backend itself does not know the mailbox (RFC 3463 X.1.1; Exchange says 5.1.10): harvest
+      // protection counts it like the guard's own 550 5.1.1. Not awaited: the loop is not blocked
+      // here (a barrier may hold it); a ban stops reading and closes after the pending replies.
+      if (r.code >= 500 && /^5\.1\.(1|10)\b/.test(r.enhanced ?? r.lines[0] ?? '')) void this.limit('unknown-recipient', {}, r).catch((err: unknown) => this.internalError(err));
     });
   }
 

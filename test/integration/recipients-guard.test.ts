@@ -185,6 +185,55 @@ describe('--recipients-file (config recipientsFile)', () => {
 });
 
 describe('directory-harvest protection', () => {
+  test('validation off: the backend\'s own 550 5.1.1 answers count too (a validating backend such as Exchange with recipient filtering)', async () => {
+    const known = new Set(['alice@example.com']);
+    const picky = await startRecordingBackend({
+      server: {
+        onRcptTo(address, _session, callback) {
+          if (known.has(address.address.toLowerCase())) return callback();
+          callback(Object.assign(new Error('5.1.1 User unknown'), { responseCode: 550 }));
+        },
+      },
+    });
+    try {
+      const s = await startGuard({
+        backendPort: picky.port,
+        rules: {
+          acceptedDomains: ['example.com'],
+          limits: {
+            enabled: true,
+            prefixV4: 24,
+            prefixV6: 64,
+            limits: [{ id: 'unknown-recipient-per-ip', event: 'unknown-recipient', key: 'ip', limit: 3, window: '10m', action: 'ban', ban: '1h' }],
+          },
+        },
+        config: { timeouts: { drain: '1s' } },
+      });
+      extra.push(s);
+      const d = await open(s.port, '127.0.0.33');
+      expect((await d.cmd('MAIL FROM:<h@outside.test>')).code).toBe(250);
+      const guesses = ['aaron', 'abby', 'adam'].map((n) => `${n}@example.com`);
+      expect(await rcpts(d, ['alice@example.com', ...guesses])).toEqual({
+        'alice@example.com': '250',
+        [guesses[0]!]: '550 5.1.1',
+        [guesses[1]!]: '550 5.1.1',
+        [guesses[2]!]: '550 5.1.1',
+      });
+      d.send('RCPT TO:<adele@example.com>\r\n');
+      const [refused, banned] = await d.replyN(2);
+      expect(refused!.code).toBe(550);
+      expect(banned!.code, banned!.text).toBe(421);
+      await d.waitClosed();
+      const before = picky.connections.length;
+      const next = await Dialog.connect(s.port, { localAddress: '127.0.0.33' });
+      expect((await next.reply()).code).toBe(554);
+      await next.waitClosed();
+      expect(picky.connections.length).toBe(before);
+    } finally {
+      await picky.close();
+    }
+  });
+
   test('unknown recipients from one /24 → the prefix is banned: every address in it gets 554 before the backend', async () => {
     const s = await startGuard({
       backendPort: backend.port,
