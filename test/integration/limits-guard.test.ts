@@ -115,12 +115,24 @@ describe('connection storms', () => {
     // Another address is not affected.
     const other = await greet(ATTACKER);
     other.close();
+    expect((await g!.guard.metrics.connections.get()).values.find((v) => v.labels.outcome === 'limited')?.value).toBe(1);
     // Freeing one slot admits the next connection.
     await a.cmd('QUIT');
     await a.waitClosed();
     const again = await connectReply(STRANGER);
     expect(again.code, again.text).toBe(220);
     again.d.close();
+    b.close();
+  });
+
+  test('concurrent connections per /24 prefix: a second address of the same network is refused too', async () => {
+    await guardWith([{ id: 'concurrent-per-prefix', event: 'concurrent', key: 'prefix', limit: 2, action: 'close' }]);
+    const a = await greet(STRANGER);
+    const b = await greet(ATTACKER);
+    const third = await connectReply('127.0.0.11');
+    expect(third.code, third.text).toBe(421);
+    await third.d.waitClosed();
+    a.close();
     b.close();
   });
 
@@ -286,10 +298,10 @@ describe('abuse → ban', () => {
     await expectBannedAtConnect(STRANGER);
   });
 
-  test('escalation: a repeat offender is banned twice as long', async () => {
-    await guardWith([{ id: 'relay-denied-per-ip', event: 'relay-denied', key: 'ip', limit: 1, window: '10m', action: 'ban', ban: '1m', maxBan: '1h' }]);
+  test('escalation: a repeat offender is banned twice as long, up to maxBan', async () => {
+    await guardWith([{ id: 'relay-denied-per-ip', event: 'relay-denied', key: 'ip', limit: 1, window: '10m', action: 'ban', ban: '1m', maxBan: '3m' }]);
     const durations: number[] = [];
-    for (let round = 0; round < 2; round++) {
+    for (let round = 0; round < 3; round++) {
       const d = await greet(STRANGER);
       expect((await d.cmd('MAIL FROM:<probe@sender.test>')).code).toBe(250);
       // Round 1: one denial is allowed, the second bans. Round 2: the rate is still spent, so the
@@ -309,6 +321,8 @@ describe('abuse → ban', () => {
     expect(durations[0]).toBeLessThanOrEqual(61_000);
     expect(durations[1]).toBeGreaterThanOrEqual(119_000);
     expect(durations[1]).toBeLessThanOrEqual(121_000);
+    expect(durations[2]).toBeGreaterThanOrEqual(179_000); // 4m, capped at maxBan 3m
+    expect(durations[2]).toBeLessThanOrEqual(181_000);
   });
 });
 
