@@ -1,13 +1,14 @@
 /**
- * npm run bench [-- --quick] [-- --reps N] [-- --profile] [-- --no-build]
+ * npm run bench [-- --quick] [-- --reps N] [-- --profile] [-- --no-build] [-- --only W,…] [-- --paths P,…]
  *
  * Backend: Postfix smtp-sink. Load: Postfix smtp-source. Paths, interleaved per repetition
- * (A B C D A B C D …): direct to the sink, a plain Node pipe proxy, relay-guard (dist/, limits off),
- * HAProxy in TCP mode. Reports medians of msgs/s, MB/s and the proxy's CPU time (utime+stime from
+ * (A B C D E A B C D E …): direct to the sink, a plain Node pipe proxy, relay-guard (dist/, limits
+ * off) with one backend connection per client ("guard"), relay-guard in pooled mode ("pooled",
+ * backend.pool minIdle 4, max 16), HAProxy in TCP mode. --paths picks among guard, pooled, haproxy. Reports medians of msgs/s, MB/s and the proxy's CPU time (utime+stime from
  * /proc/PID/stat) per 1000 messages, each as a ratio to the pipe measured in the same run; the
  * added latency per round trip of a lock-step session pinned to one CPU; RSS per idle session.
  * Writes bench/results/bench-<time>.json and .md. --profile: also profile the guard (node --cpu-prof)
- * under the 1 KB workload and print the hot spots.
+ * under the 1 KB workload (--profile-workload W, --profile-path guard|pooled) and print the hot spots.
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -29,6 +30,8 @@ const { values: opts } = parseArgs({
     'idle-sessions': { type: 'string' },
     only: { type: 'string' },
     'profile-workload': { type: 'string' },
+    'profile-path': { type: 'string' },
+    paths: { type: 'string' },
   },
   strict: true,
 });
@@ -60,8 +63,14 @@ const WORKLOADS: Workload[] = [
   { id: 'lockstep', label: 'lock-step single session pinned to CPU 0', sessions: 1, messages: Math.round(1000 * scale), size: 1024, rcpts: 1, persistent: true, pinned: true },
 ].filter((w) => !opts.only || opts.only.split(',').includes(w.id));
 
-type PathId = 'direct' | 'pipe' | 'guard' | 'haproxy';
-const PATH_IDS: PathId[] = ['direct', 'pipe', 'guard', 'haproxy'];
+type PathId = 'direct' | 'pipe' | 'guard' | 'pooled' | 'haproxy';
+/** direct and pipe are always measured (the ratios need them); --paths picks among the others. */
+const PATH_IDS: PathId[] = (['direct', 'pipe', 'guard', 'pooled', 'haproxy'] as const).filter(
+  (p) => p === 'direct' || p === 'pipe' || !opts.paths || opts.paths.split(',').includes(p),
+);
+const PROXY_IDS = PATH_IDS.filter((p): p is Exclude<PathId, 'direct'> => p !== 'direct');
+/** Pooled mode: a few warm backend sessions, fewer than the 20 parallel clients of one-per-conn. */
+const POOL = { minIdle: 4, max: 16 };
 
 interface Sample {
   ms: number;
@@ -122,7 +131,8 @@ function build(): void {
 
 async function profileGuard(sink: Running): Promise<{ file: string; top: HotSpot[] }> {
   const dir = mkdtempSync(path.join(tmpdir(), 'rg-prof-'));
-  const guard = await startGuardProcess({ backendPort: sink.port, nodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir] });
+  const pooled = opts['profile-path'] === 'pooled';
+  const guard = await startGuardProcess({ backendPort: sink.port, nodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir], ...(pooled ? { pool: POOL } : {}) });
   const w = WORKLOADS.find((x) => x.id === (opts['profile-workload'] ?? 'one-per-conn')) ?? WORKLOADS[0]!;
   for (let i = 0; i < 3; i++) await measure(w, guard, sink);
   await guard.stop(); // SIGTERM: the guard exits cleanly and node writes the profile
@@ -144,23 +154,27 @@ async function main(): Promise<void> {
   const started = Date.now();
   build();
   const sink = await startSink();
-  const paths: Record<PathId, Running> = {
+  const paths: Partial<Record<PathId, Running>> = {
     direct: { name: 'direct', port: sink.port, pid: undefined, child: undefined, stop: async () => undefined },
-    pipe: await startPipe(sink.port),
-    guard: await startGuardProcess({ backendPort: sink.port }),
-    haproxy: await startHaproxyTcp(sink.port),
   };
-  process.stderr.write(`bench: ${reps} repetitions${quick ? ' (quick)' : ''}; sink ${sink.port}, pipe ${paths.pipe.port}, guard ${paths.guard.port}, haproxy ${paths.haproxy.port}\n`);
+  for (const p of PROXY_IDS) {
+    if (p === 'pipe') paths.pipe = await startPipe(sink.port);
+    else if (p === 'guard') paths.guard = await startGuardProcess({ backendPort: sink.port });
+    else if (p === 'pooled') paths.pooled = await startGuardProcess({ backendPort: sink.port, pool: POOL });
+    else paths.haproxy = await startHaproxyTcp(sink.port);
+  }
+  const at = (p: PathId): Running => paths[p]!;
+  process.stderr.write(`bench: ${reps} repetitions${quick ? ' (quick)' : ''}; sink ${sink.port}, ${PROXY_IDS.map((p) => `${p} ${at(p).port}`).join(', ')}\n`);
 
   const samples = new Map<string, Sample[]>();
   const key = (w: string, p: PathId) => `${w}/${p}`;
   try {
     // Warm-up: JIT and connection caches, not measured.
-    for (const p of PATH_IDS) await measure({ ...WORKLOADS[0]!, messages: 200 }, paths[p], sink);
+    for (const p of PATH_IDS) await measure({ ...WORKLOADS[0]!, messages: 200 }, at(p), sink);
     for (let rep = 0; rep < reps; rep++) {
       for (const w of WORKLOADS) {
         for (const p of PATH_IDS) {
-          const s = await measure(w, paths[p], sink);
+          const s = await measure(w, at(p), sink);
           (samples.get(key(w.id, p)) ?? samples.set(key(w.id, p), []).get(key(w.id, p))!).push(s);
         }
       }
@@ -168,8 +182,8 @@ async function main(): Promise<void> {
     }
 
     const idle: Partial<Record<PathId, IdleResult>> = {};
-    for (const p of ['pipe', 'guard', 'haproxy'] as const) {
-      idle[p] = await idleRss(paths[p].port, paths[p].pid!, idleSessions);
+    for (const p of PROXY_IDS) {
+      idle[p] = await idleRss(at(p).port, at(p).pid!, idleSessions);
       process.stderr.write(`bench: idle ${p}: ${fmt(idle[p]!.bytesPerSession / 1024)} KiB/session\n`);
     }
 
@@ -213,7 +227,7 @@ async function main(): Promise<void> {
     writeFileSync(`${base}.md`, md);
     process.stderr.write(`bench: wrote ${base}.json and .md in ${Math.round((Date.now() - started) / 1000)} s\n`);
   } finally {
-    for (const p of ['pipe', 'guard', 'haproxy'] as const) await paths[p].stop();
+    for (const p of PROXY_IDS) await paths[p]?.stop();
     await sink.stop();
   }
 }
@@ -224,19 +238,44 @@ function verdict(ok: boolean | undefined): string {
 
 function renderMarkdown(rows: Row[], idle: Partial<Record<PathId, IdleResult>>, profile?: { file: string; top: HotSpot[] }): string {
   const out: string[] = [];
+  const row = (w: string, p: PathId): Row | undefined => rows.find((x) => x.workload === w && x.path === p);
+  const num = (x: number | undefined, digits = 2): string => (x === undefined ? '–' : fmt(x, digits));
+  const div = (a: number | undefined, b: number | undefined): number | undefined => (a === undefined || b === undefined || b === 0 ? undefined : a / b);
+  const guards = PATH_IDS.filter((p) => p === 'guard' || p === 'pooled');
+  const hasHaproxy = PATH_IDS.includes('haproxy');
   out.push(`## relay-guard bench (${new Date().toISOString()}, ${reps} repetitions${quick ? ', quick' : ''}, medians)`, '');
   out.push('### CPU per message, ratio to the plain Node pipe (lower is better)', '');
-  out.push('| workload | pipe CPU ms/1000 msgs | guard CPU ms/1000 msgs | guard ÷ pipe | target | haproxy ÷ pipe | guard ÷ haproxy |', '|---|---:|---:|---:|---|---:|---:|');
+  out.push(
+    `| workload | pipe CPU ms/1000 msgs | ${guards.map((g) => `${g} CPU ms/1000 msgs | ${g} ÷ pipe`).join(' | ')} | target | haproxy ÷ pipe |`,
+    `|---|---:|${guards.map(() => '---:|---:|').join('')}---|---:|`,
+  );
   for (const w of WORKLOADS) {
-    const r = (p: PathId) => rows.find((x) => x.workload === w.id && x.path === p)!;
-    const g = r('guard');
-    const h = r('haproxy');
     const perMiB = w.size >= 1024 * 1024;
-    const target = w.cpuTarget;
-    const ok = target === undefined || g.cpuRatioToPipe === undefined ? undefined : g.cpuRatioToPipe <= target;
+    const cpu = (r: Row | undefined) => (perMiB ? r?.cpuMsPerMiB : r?.cpuMsPer1000);
+    const cells = guards.map((g) => `${num(cpu(row(w.id, g)))} | **${num(row(w.id, g)?.cpuRatioToPipe)}**`);
+    const verdicts = guards.map((g) => {
+      const ratio = row(w.id, g)?.cpuRatioToPipe;
+      return w.cpuTarget === undefined || ratio === undefined ? '' : `${g} ${verdict(ratio <= w.cpuTarget)}`;
+    });
     out.push(
-      `| ${w.id}${perMiB ? ' (per MiB)' : ''} | ${fmt(perMiB ? r('pipe').cpuMsPerMiB! : r('pipe').cpuMsPer1000!)} | ${fmt(perMiB ? g.cpuMsPerMiB! : g.cpuMsPer1000!)} | **${fmt(g.cpuRatioToPipe!)}** | ${target ? `≤ ${target} ${verdict(ok)}` : ''} | ${fmt(h.cpuRatioToPipe!)} | ${fmt(g.cpuMsPer1000! / h.cpuMsPer1000!)} |`,
+      `| ${w.id}${perMiB ? ' (per MiB)' : ''} | ${num(cpu(row(w.id, 'pipe')))} | ${cells.join(' | ')} | ${w.cpuTarget ? `≤ ${w.cpuTarget} ${verdicts.filter(Boolean).join(', ')}` : ''} | ${num(row(w.id, 'haproxy')?.cpuRatioToPipe)} |`,
     );
+  }
+  const one = WORKLOADS.find((w) => w.id === 'one-per-conn');
+  if (one) {
+    out.push('', `### One-message connections (${one.label}): every path`, '');
+    out.push('| path | msgs/s | CPU ms per message | msgs/s ÷ haproxy | CPU ÷ haproxy |', '|---|---:|---:|---:|---:|');
+    const h = row(one.id, 'haproxy');
+    for (const p of PATH_IDS) {
+      const r = row(one.id, p);
+      if (!r) continue;
+      out.push(`| ${p} | ${fmt(r.msgsPerSec, 0)} | ${r.cpuMsPer1000 === undefined ? '–' : fmt(r.cpuMsPer1000 / 1000, 3)} | ${num(div(r.msgsPerSec, h?.msgsPerSec))} | ${num(div(r.cpuMsPer1000, h?.cpuMsPer1000))} |`);
+    }
+    const pooled = row(one.id, 'pooled');
+    if (pooled && h && hasHaproxy) {
+      const ratio = pooled.msgsPerSec / h.msgsPerSec;
+      out.push('', `Pooled ÷ HAProxy throughput on one-message connections: **${fmt(ratio)}** (target ≥ 1: ${verdict(ratio >= 1)})`);
+    }
   }
   out.push('', '### Throughput', '');
   out.push('| workload | path | msgs/s | MB/s | CPU ms/1000 msgs | CPU ÷ pipe | msgs/s ÷ pipe |', '|---|---|---:|---:|---:|---:|---:|');
@@ -245,16 +284,16 @@ function renderMarkdown(rows: Row[], idle: Partial<Record<PathId, IdleResult>>, 
   if (lock.length) {
     out.push('', '### Added latency per round trip (lock-step, one session, all processes on CPU 0)', '');
     out.push('| path | µs per round trip over direct | target |', '|---|---:|---|');
-    for (const r of lock) out.push(`| ${r.path} | ${fmt(r.addedLatencyUsPerRoundTrip!, 1)} | ${r.path === 'guard' ? `≤ 70 ${verdict(r.addedLatencyUsPerRoundTrip! <= 70)}` : ''} |`);
+    for (const r of lock) out.push(`| ${r.path} | ${fmt(r.addedLatencyUsPerRoundTrip!, 1)} | ${r.path === 'guard' || r.path === 'pooled' ? `≤ 70 ${verdict(r.addedLatencyUsPerRoundTrip! <= 70)}` : ''} |`);
   }
   out.push('', `### RSS per idle session (${idleSessions} greeted clients held open)`, '');
   out.push('| path | KiB per session | target |', '|---|---:|---|');
-  for (const p of ['pipe', 'guard', 'haproxy'] as const) {
+  for (const p of PROXY_IDS) {
     const i = idle[p];
-    if (i) out.push(`| ${p} | ${fmt(i.bytesPerSession / 1024)} | ${p === 'guard' ? `≤ 14 ${verdict(i.bytesPerSession / 1024 <= 14)}` : ''} |`);
+    if (i) out.push(`| ${p} | ${fmt(i.bytesPerSession / 1024)} | ${p === 'guard' || p === 'pooled' ? `≤ 14 ${verdict(i.bytesPerSession / 1024 <= 14)}` : ''} |`);
   }
   if (profile) {
-    out.push('', `### Guard CPU profile, ${opts['profile-workload'] ?? 'one-per-conn'} (${path.basename(profile.file)})`, '');
+    out.push('', `### ${opts['profile-path'] === 'pooled' ? 'Pooled guard' : 'Guard'} CPU profile, ${opts['profile-workload'] ?? 'one-per-conn'} (${path.basename(profile.file)})`, '');
     out.push('| self ms | share | function | where |', '|---:|---:|---|---|');
     for (const h of profile.top) out.push(`| ${fmt(h.selfMs, 0)} | ${(h.share * 100).toFixed(1)}% | ${h.fn} | ${h.where} |`);
   }

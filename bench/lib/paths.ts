@@ -56,9 +56,11 @@ export interface GuardProcessOptions {
   backendPort: number;
   /** Extra node flags (e.g. --cpu-prof). */
   nodeArgs?: string[];
+  /** Pooled mode (README "Pooled mode"): backend sessions lent per transaction. */
+  pool?: { minIdle: number; max: number };
 }
 
-/** relay-guard from dist/ with limits off and caps far above the load (limits must not interfere). */
+/** relay-guard from dist/ with limits off and caps far above the load (limits must not interfere); per-client or pooled. */
 export async function startGuardProcess(opts: GuardProcessOptions): Promise<Running> {
   const main = path.join(ROOT, 'dist', 'cli', 'main.js');
   if (!existsSync(main)) throw new Error(`${main} is missing: run "npm run build" first`);
@@ -72,7 +74,10 @@ export async function startGuardProcess(opts: GuardProcessOptions): Promise<Runn
   const config = {
     listeners: [{ name: 'mx', address: '127.0.0.1', port, starttls: false, maxConnections: 100_000 }],
     backends: [{ host: '127.0.0.1', port: opts.backendPort }],
-    backend: { maxConnections: 100_000 },
+    backend: {
+      maxConnections: 100_000,
+      ...(opts.pool ? { pool: { enabled: true, minIdle: opts.pool.minIdle, max: opts.pool.max, acquireTimeout: '30s', healthInterval: '30s' } } : {}),
+    },
     smtp: { maxTransactions: 10_000_000, maxRecipients: 1000, errorDelay: '0s' },
     rulesDir,
     log: { level: 'warn' },
@@ -89,7 +94,7 @@ export async function startGuardProcess(opts: GuardProcessOptions): Promise<Runn
     throw new Error(`${(err as Error).message}\n${child.stderr()}`);
   }
   return {
-    name: 'guard',
+    name: opts.pool ? 'pooled' : 'guard',
     port,
     pid: child.pid,
     child,
