@@ -44,6 +44,7 @@ const MAIL_PARAMS = new Set(['SIZE', 'BODY', 'RET', 'ENVID', 'SMTPUTF8']);
 const RCPT_PARAMS = new Set(['NOTIFY', 'ORCPT']);
 const RELAY_RULES = new Set(['relay-denied', 'routing-tricks', 'encapsulated-address']);
 const UNSUPPORTED_PARAM = reply(555, '5.5.4', 'Unsupported parameter');
+const AUTH_LINE_BYTES = 12288;
 
 export class SmtpSession {
   readonly id = randomBytes(6).toString('hex');
@@ -350,6 +351,8 @@ export class SmtpSession {
           }
           this.delayUntil = 0;
         }
+        // RFC 4954 §4: a SASL response line may be up to 12288 octets; commands keep the configured limit.
+        this.reader.setMaxLineBytes(this.phase === 'auth' ? AUTH_LINE_BYTES : this.svc.config.smtp.maxLineBytes);
         const ev = this.reader.next();
         if (!ev) break;
         if (ev.kind === 'error') {

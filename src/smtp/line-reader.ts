@@ -34,7 +34,7 @@ export const DEFAULT_MAX_LINE_BYTES = 512;
 export const DEFAULT_MAX_BUFFERED_BYTES = 64 * 1024;
 
 export class CommandLineReader {
-  private readonly maxLine: number;
+  private maxLine: number;
   private readonly maxBuffered: number;
   /** Buffered chunks; chunks[head] starts at byte `offset`. */
   private chunks: Buffer[] = [];
@@ -63,6 +63,14 @@ export class CommandLineReader {
   }
 
   /** Append a chunk. Keeps a reference to it (no copy). */
+  /**
+   * Change the line limit for the lines still to come (AUTH responses may be up to 12288 octets,
+   * RFC 4954 §4, while command lines keep RFC 5321's 512).
+   */
+  setMaxLineBytes(n: number): void {
+    if (n > 0) this.maxLine = Math.min(n, this.maxBuffered);
+  }
+
   push(chunk: Buffer): void {
     let data = chunk;
     if (this.discarding) {

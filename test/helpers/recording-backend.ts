@@ -81,6 +81,8 @@ export async function startRecordingBackend(opts: RecordingBackendOptions = {}):
   let maxSeen = 0;
   const tap = net.createServer((client) => {
     if (opts.maxConnections !== undefined && sockets.size >= opts.maxConnections) {
+      client.on('error', () => undefined);
+      client.resume(); // read what it sends, or close() would wait for it forever
       client.end('421 4.7.0 Too many connections from your host\r\n');
       return;
     }
