@@ -407,6 +407,20 @@ describe('actions and switches', () => {
     d.close();
   });
 
+  test('a client that leaves during a tarpit: the session ends cleanly, no internal error, no message', async () => {
+    await guardWith([{ id: 'messages-tarpit', event: 'message', key: 'ip', limit: 1, window: '1m', action: 'tarpit', tarpit: '300ms' }]);
+    const d = await greet(STRANGER);
+    expect(await sendMessage(d, 'gone@sender.test', 'gone-0')).toBe(250);
+    const messages = backend.messages.length;
+    const ended = Promise.all(g!.guard.services.registry.all().map((s) => s.ended));
+    d.send('MAIL FROM:<gone@sender.test>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n');
+    d.close();
+    await withTimeout(ended, 5_000, 'session end');
+    expect(g!.guard.services.registry.all()).toEqual([]);
+    expect(g!.logs.filter((l) => l.msg === 'internal error')).toEqual([]);
+    expect(backend.messages.length).toBe(messages);
+  });
+
   test('exemptTrusted: a client in the relay networks is not limited; a stranger is', async () => {
     await guardWith([{ id: 'messages-per-ip', event: 'message', key: 'ip', limit: 1, window: '1m', action: 'tempfail', exemptTrusted: true }], {
       relayNetworks: [`${TRUSTED}/32`],
