@@ -11,7 +11,7 @@ import type { RecipientValidator } from '../directory/recipient-validator.js';
 import type { BanList } from '../limits/bans.js';
 import type { RulesSnapshot } from '../policy/compile.js';
 import type { SessionContext } from '../policy/context.js';
-import { formatIp, parseIp, unmapIPv4 } from '../policy/ip-address.js';
+import { formatIp, parseIp, unmapIPv4 } from '../smtp/ip-address.js';
 import { evaluateRecipientLookup } from '../policy/recipient.js';
 import { evaluateRcpt } from '../policy/relay.js';
 import { evaluateMail } from '../policy/sender.js';

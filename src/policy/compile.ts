@@ -12,7 +12,7 @@ import {
 import { AcceptedDomains } from './accepted-domains.js';
 import { contentHash, deepFreeze } from './content-hash.js';
 import { canonicalDomain } from './domain-name.js';
-import { formatNetwork, parseNetwork, type IpNetwork } from './ip-address.js';
+import { formatNetwork, parseNetwork, type IpNetwork } from '../smtp/ip-address.js';
 import { NetworkSet } from './network-set.js';
 import type { PolicyRules, RuleMode, RuleReply, SenderRule } from './rule-types.js';
 import { compileSenderPattern, type SenderPattern } from './sender-pattern.js';

@@ -4,7 +4,7 @@
  * defensively, on recipient and sender domains at check time, so both sides compare equal.
  */
 import { domainToASCII } from 'node:url';
-import { formatIPv4, formatIPv6, parseIPv4, parseIPv6 } from './ip-address.js';
+import { formatIPv4, formatIPv6, parseIPv4, parseIPv6 } from '../smtp/ip-address.js';
 
 export type CanonicalDomain =
   | { readonly ok: true; readonly domain: string; readonly kind: 'name' | 'ipv4' | 'ipv6' }

@@ -22,7 +22,7 @@ import type { Metrics } from '../observability/metrics.js';
 import { compileRules, type RawRules, type RuleError, type RulesSnapshot } from '../policy/compile.js';
 import { contentHash, deepFreeze, stableStringify } from '../policy/content-hash.js';
 import { canonicalDomain } from '../policy/domain-name.js';
-import { formatNetwork, parseNetwork } from '../policy/ip-address.js';
+import { formatNetwork, parseNetwork } from '../smtp/ip-address.js';
 import { writeFileAtomic } from './atomic-write.js';
 import { AuditLog, type AuditEntry, type AuditOperation } from './audit-log.js';
 import { RulesHistory, type Version } from './history.js';

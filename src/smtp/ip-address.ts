@@ -1,5 +1,6 @@
 /**
- * IP addresses and CIDR networks as bigints, for policy matching. Pure: no node:net.
+ * IP addresses and CIDR networks as bigints: the one parser/formatter of the project (codec, policy,
+ * limits, PROXY headers). Pure: no node:net.
  * Parsing is strict (fail closed): no leading zeros in IPv4 octets, no zone ids.
  */
 

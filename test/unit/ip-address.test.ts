@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, test } from 'vitest';
-import { formatIPv6, parseIPv6, parseIp, parseNetwork } from '../../src/policy/ip-address.js';
+import { formatIPv6, parseIPv6, parseIp, parseNetwork } from '../../src/smtp/ip-address.js';
 
 describe('ip-address', () => {
   test.each([
