@@ -45,6 +45,11 @@ const RCPT_PARAMS = new Set(['NOTIFY', 'ORCPT']);
 const RELAY_RULES = new Set(['relay-denied', 'routing-tricks', 'encapsulated-address']);
 const UNSUPPORTED_PARAM = reply(555, '5.5.4', 'Unsupported parameter');
 const AUTH_LINE_BYTES = 12288;
+const NON_ASCII_ADDRESS = reply(553, '5.6.7', 'Non-ASCII address requires SMTPUTF8');
+
+function isAscii(s: string): boolean {
+  return !/[^\x00-\x7f]/.test(s);
+}
 
 export class SmtpSession {
   readonly id = randomBytes(6).toString('hex');
@@ -519,6 +524,9 @@ export class SmtpSession {
       kept.push(p);
     }
     const sender = path.kind === 'null' ? '' : mailboxAddress(path.mailbox);
+    const smtputf8 = kept.some((p) => p.keyword === 'SMTPUTF8');
+    // RFC 6531 §3.4: a non-ASCII address needs SMTPUTF8 on MAIL; a legacy backend would misread it.
+    if (!smtputf8 && !isAscii(sender)) return this.localReply(NON_ASCII_ADDRESS);
     const verdict: MailVerdict = evaluateMail(this.context(path), path, this.rules());
     this.countMailVerdict(verdict);
     if (verdict.action !== 'accept') {
@@ -532,6 +540,7 @@ export class SmtpSession {
     this.tx.mailSent = true;
     this.tx.mailFrom = path;
     this.tx.sender = sender;
+    this.tx.smtputf8 = smtputf8;
     this.forward({ verb: 'MAIL', path, params: kept }, (r) => {
       if (r.code >= 300) {
         this.tx.reset();
@@ -548,6 +557,10 @@ export class SmtpSession {
     }
     for (const p of params) if (!RCPT_PARAMS.has(p.keyword)) return this.localReply(UNSUPPORTED_PARAM);
     const rcpt = path.kind === 'postmaster' ? 'postmaster' : mailboxAddress(path.mailbox);
+    if (!this.tx.smtputf8 && !isAscii(rcpt)) {
+      this.tx.refused++;
+      return this.localReply(NON_ASCII_ADDRESS);
+    }
     const rules = this.rules();
     const ctx = this.context(this.tx.mailFrom);
     let verdict: RcptVerdict = evaluateRcpt(ctx, path, rules);

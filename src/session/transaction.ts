@@ -14,6 +14,8 @@ export class Transaction {
   /** Recipients refused by the guard or the backend. */
   refused = 0;
   declaredSize = 0;
+  /** MAIL carried SMTPUTF8 (RFC 6531): non-ASCII addresses allowed in this transaction. */
+  smtputf8 = false;
 
   reset(): void {
     this.mailSent = false;
@@ -23,5 +25,6 @@ export class Transaction {
     this.accepted.length = 0;
     this.refused = 0;
     this.declaredSize = 0;
+    this.smtputf8 = false;
   }
 }

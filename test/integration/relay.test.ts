@@ -204,3 +204,19 @@ describe('trusted and never-relay networks', () => {
     expect(backend.lines().some((l) => l.includes('@relay.test:'))).toBe(false);
   });
 });
+
+describe('internationalised addresses (RFC 6531)', () => {
+  test('a non-ASCII local part needs SMTPUTF8; an IDN domain is forwarded as A-labels', async () => {
+    const d = await Dialog.connect(g.port, { localAddress: STRANGER });
+    await d.reply();
+    await d.cmd('EHLO client.test');
+    expect((await d.cmd('MAIL FROM:<jörg@elsewhere.test>')).code).toBe(553);
+    expect((await d.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+    expect((await d.cmd('RCPT TO:<jörg@example.com>')).code).toBe(553);
+    expect((await d.cmd('RSET')).code).toBe(250);
+    expect((await d.cmd('MAIL FROM:<jörg@bücher.example> SMTPUTF8')).code).toBe(250);
+    expect((await d.cmd('RCPT TO:<jörg@example.com>')).code).toBe(250);
+    await d.cmd('QUIT');
+    expect(backend.lines()).toContain('MAIL FROM:<jörg@xn--bcher-kva.example> SMTPUTF8'.replace('ö', '\xc3\xb6'));
+  });
+});
