@@ -1,7 +1,7 @@
 /**
  * SmtpSession: the state machine of one client connection and its backend connection.
  * It asks and executes; it never decides: replies to refusals come from the policy engine,
- * the limiter and the codec. Flow (docs in README "How a session flows"):
+ * the limiter and the codec. Flow (README "Protocol hardening" says what each step guarantees):
  *   admission (bans, limits, capacity) → backend connect + greeting → command loop
  *   (PIPELINING order kept by ReplySequencer; DATA, AUTH, STARTTLS are barriers) →
  *   DATA streamed through EndOfDataScanner → backend verdict relayed → close.
@@ -566,7 +566,9 @@ export class SmtpSession {
     let verdict: RcptVerdict = evaluateRcpt(ctx, path, rules);
     let lookupSource: string | undefined;
     const validator = this.svc.validator;
-    if (verdict.action === 'accept' && verdict.ruleId === 'accepted-domains' && path.kind === 'mailbox' && validator && validator.mode(path.mailbox.domain) !== 'off') {
+    // postmaster@<our domain> must always be accepted (RFC 5321 §4.5.1), listed or not.
+    const validate = path.kind === 'mailbox' && path.mailbox.localPart.toLowerCase() !== 'postmaster';
+    if (verdict.action === 'accept' && verdict.ruleId === 'accepted-domains' && path.kind === 'mailbox' && validate && validator && validator.mode(path.mailbox.domain) !== 'off') {
       const res = await validator.lookup(rcpt, path.mailbox.domain);
       lookupSource = res.source;
       verdict = evaluateRecipientLookup(res.result, rules);

@@ -113,6 +113,18 @@ describe('list mode per domain', () => {
     d.close();
   });
 
+  test('postmaster at a validated domain is accepted though not listed (RFC 5321 §4.5.1)', async () => {
+    const d = await open(g.port);
+    expect((await d.cmd('MAIL FROM:<sender@outside.test>')).code).toBe(250);
+    expect(await rcpts(d, ['postmaster@example.com', 'PostMaster@example.com', 'postmaster-not@example.com'])).toEqual({
+      'postmaster@example.com': '250',
+      'PostMaster@example.com': '250',
+      'postmaster-not@example.com': '550 5.1.1',
+    });
+    await d.cmd('QUIT');
+    d.close();
+  });
+
   test('catch-all @domain accepts any local part; a domain in mode off is not validated; relay is still 5.7.1', async () => {
     const d = await open(g.port);
     expect((await d.cmd('MAIL FROM:<sender@outside.test>')).code).toBe(250);
