@@ -1,7 +1,8 @@
 /**
  * IP addresses and CIDR networks as bigints: the one parser/formatter of the project (codec, policy,
  * limits, PROXY headers). Pure: no node:net.
- * Parsing is strict (fail closed): no leading zeros in IPv4 octets, no zone ids.
+ * Parsing is strict (fail closed): no leading zeros in IPv4 octets, no zone ids (parseHostAddress
+ * alone drops brackets and zone ids, for addresses that come from sockets).
  */
 
 export type IpFamily = 4 | 6;
@@ -99,8 +100,17 @@ export function formatIPv4(v: bigint): string {
   return [24n, 16n, 8n, 0n].map((s) => String((v >> s) & 0xffn)).join('.');
 }
 
-/** RFC 5952 canonical text: lower case, longest run (≥ 2) of zero groups compressed, first on ties. */
-export function formatIPv6(v: bigint): string {
+export interface FormatIPv6Options {
+  /**
+   * Write an IPv4-mapped address (::ffff:0:0/96) as ::ffff:a.b.c.d, as RFC 5952 §5 recommends.
+   * Default false: all hex ("::ffff:c000:201"), the form policy has always written.
+   */
+  readonly mappedAsDottedQuad?: boolean;
+}
+
+/** RFC 5952 §4 canonical text: lower case, longest run (≥ 2) of zero groups compressed, first on ties. */
+export function formatIPv6(v: bigint, options: FormatIPv6Options = {}): string {
+  if (options.mappedAsDottedQuad && v >> 32n === 0xffffn) return `::ffff:${formatIPv4(v & 0xffffffffn)}`;
   const groups: number[] = [];
   for (let i = 7; i >= 0; i--) groups.push(Number((v >> BigInt(i * 16)) & 0xffffn));
   let bestStart = -1;
@@ -117,8 +127,55 @@ export function formatIPv6(v: bigint): string {
   return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLen).join(':')}`;
 }
 
-export function formatIp(a: IpAddress): string {
-  return a.family === 4 ? formatIPv4(a.value) : formatIPv6(a.value);
+export function formatIp(a: IpAddress, options: FormatIPv6Options = {}): string {
+  return a.family === 4 ? formatIPv4(a.value) : formatIPv6(a.value, options);
+}
+
+/**
+ * An address as sockets and people write a host: an IPv6 address may come in [brackets] and with a
+ * %zone id (RFC 4007 §11), both dropped; an IPv4-mapped address comes back as the IPv4 address it
+ * carries, so "::ffff:192.0.2.1" and "192.0.2.1" are one host. Limits and bans key on this.
+ */
+export function parseHostAddress(s: string): IpAddress | undefined {
+  if (!s.includes(':')) {
+    const v4 = parseIPv4(s);
+    return v4 === undefined ? undefined : { family: 4, value: v4 };
+  }
+  let t = s.startsWith('[') && s.endsWith(']') ? s.slice(1, -1) : s;
+  const zone = t.indexOf('%');
+  if (zone >= 0) t = t.slice(0, zone);
+  const v6 = parseIPv6(t);
+  return v6 === undefined ? undefined : unmapIPv4({ family: 6, value: v6 });
+}
+
+/** Network-order bytes (4 for IPv4, 16 for IPv6, as in a PROXY v2 header) → address. */
+export function ipFromBytes(b: Uint8Array): IpAddress | undefined {
+  if (b.length !== 4 && b.length !== 16) return undefined;
+  let v = 0n;
+  for (const byte of b) v = (v << 8n) | BigInt(byte);
+  return { family: b.length === 4 ? 4 : 6, value: v };
+}
+
+/** Address → network-order bytes (4 or 16). */
+export function ipToBytes(a: IpAddress): Uint8Array {
+  const out = new Uint8Array(bitsOf(a.family) / 8);
+  let v = a.value;
+  for (let i = out.length - 1; i >= 0; i--) {
+    out[i] = Number(v & 0xffn);
+    v >>= 8n;
+  }
+  return out;
+}
+
+/** Keep the first `prefix` bits (clamped to 0..32 or 0..128, fractions dropped), zero the rest. */
+export function maskIp(a: IpAddress, prefix: number): IpAddress {
+  const p = Math.max(0, Math.min(bitsOf(a.family), Math.floor(prefix)));
+  return { family: a.family, value: a.value & maskOf(a.family, p) };
+}
+
+/** True when `a` lies inside `n` (same family only; unmap first if a mapped address should match IPv4). */
+export function ipInNetwork(a: IpAddress, n: IpNetwork): boolean {
+  return a.family === n.family && (a.value & maskOf(n.family, n.prefix)) === n.network;
 }
 
 export type ParsedNetwork = { ok: true; network: IpNetwork } | { ok: false; reason: string };
