@@ -1,8 +1,9 @@
 /**
  * Mailbox helpers: domain normalisation (names, IDN, address literals) and detection of
- * sender-specified routing ("routing tricks"). Pure: node:url's domainToASCII is the only import.
+ * sender-specified routing ("routing tricks"). Pure: node:url's domainToASCII is the only Node import.
  */
 import { domainToASCII } from 'node:url';
+import { formatIPv6, parseIPv6 } from './ip-address.js';
 import type { ForwardPath, ReversePath, RoutingTrick } from './path.js';
 
 export type NormalizedDomain =
@@ -88,68 +89,8 @@ function normalizeAddressLiteral(raw: string): NormalizedDomain {
  * "::", IPv4-mapped addresses as ::ffff:a.b.c.d (RFC 5952 §5). Returns undefined when invalid.
  */
 export function canonicalIpv6(text: string): string | undefined {
-  if (text.length === 0 || text.length > 45) return undefined;
-  const halves = text.split('::');
-  if (halves.length > 2) return undefined;
-  const parseSide = (side: string, allowV4: boolean): number[] | undefined => {
-    if (side === '') return [];
-    const parts = side.split(':');
-    const out: number[] = [];
-    for (let i = 0; i < parts.length; i++) {
-      const part = parts[i] ?? '';
-      if (allowV4 && i === parts.length - 1 && part.includes('.')) {
-        if (!IPV4.test(part)) return undefined;
-        const o = part.split('.').map(Number);
-        out.push(((o[0] ?? 0) << 8) | (o[1] ?? 0), ((o[2] ?? 0) << 8) | (o[3] ?? 0));
-      } else {
-        if (!/^[0-9A-Fa-f]{1,4}$/.test(part)) return undefined;
-        out.push(parseInt(part, 16));
-      }
-    }
-    return out;
-  };
-  let groups: number[];
-  if (halves.length === 1) {
-    const all = parseSide(text, true);
-    if (all === undefined || all.length !== 8) return undefined;
-    groups = all;
-  } else {
-    const head = parseSide(halves[0] ?? '', false);
-    const tail = parseSide(halves[1] ?? '', true);
-    if (head === undefined || tail === undefined) return undefined;
-    // "::" stands for at least one zero group (RFC 4291 §2.2).
-    if (head.length + tail.length > 7) return undefined;
-    groups = [...head, ...new Array<number>(8 - head.length - tail.length).fill(0), ...tail];
-  }
-  return formatIpv6(groups);
-}
-
-function formatIpv6(groups: readonly number[]): string {
-  const isMapped = groups.slice(0, 5).every((g) => g === 0) && groups[5] === 0xffff;
-  if (isMapped) {
-    const hi = groups[6] ?? 0;
-    const lo = groups[7] ?? 0;
-    return `::ffff:${hi >> 8}.${hi & 0xff}.${lo >> 8}.${lo & 0xff}`;
-  }
-  // Longest run of zero groups, first one on a tie, only if ≥ 2 long (RFC 5952 §4.2).
-  let bestStart = -1;
-  let bestLen = 0;
-  for (let i = 0; i < 8; ) {
-    if (groups[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen) {
-      bestStart = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hex = groups.map((g) => g.toString(16));
-  if (bestLen < 2) return hex.join(':');
-  return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLen).join(':')}`;
+  const v = parseIPv6(text);
+  return v === undefined ? undefined : formatIPv6(v, { mappedAsDottedQuad: true });
 }
 
 /** Exchange encapsulated address (IMCEA<type>-...): Exchange decodes and routes these itself. */
