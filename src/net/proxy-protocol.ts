@@ -6,6 +6,7 @@
  * of a connection to parseProxyHeader() until it answers something other than 'need-more'; the
  * answer never needs more than the v1 or v2 maximum length below.
  */
+import { formatIp, ipFromBytes, ipToBytes, parseIPv4, parseIPv6 } from '../smtp/ip-address.js';
 
 export interface ProxyInfo {
   /**
@@ -273,90 +274,18 @@ function requirePort(port: number): number {
 
 // ── addresses ───────────────────────────────────────────────────────────────────────────────────
 
-/** Strict text → bytes: dotted quad (no leading zeros) for tcp4, RFC 4291 §2.2 text for tcp6. */
+/**
+ * Strict text → bytes: dotted quad (no leading zeros) for tcp4, RFC 4291 §2.2 text for tcp6
+ * (an IPv4-mapped address stays a tcp6 address).
+ */
 function parseAddressText(s: string, family: 'tcp4' | 'tcp6'): Uint8Array | undefined {
-  return family === 'tcp4' ? parseV4Text(s) : parseV6Text(s);
-}
-
-function parseV4Text(s: string): Uint8Array | undefined {
-  const parts = s.split('.');
-  if (parts.length !== 4) return undefined;
-  const out = new Uint8Array(4);
-  for (let i = 0; i < 4; i++) {
-    const p = parts[i] ?? '';
-    if (!/^(0|[1-9][0-9]{0,2})$/.test(p)) return undefined;
-    const n = Number(p);
-    if (n > 255) return undefined;
-    out[i] = n;
-  }
-  return out;
-}
-
-function parseV6Text(s: string): Uint8Array | undefined {
-  if (s.length < 2 || s.length > 45) return undefined;
-  const halves = s.split('::');
-  if (halves.length > 2) return undefined;
-  const head = halves[0] === '' ? [] : (halves[0] ?? '').split(':');
-  const tail = halves.length === 2 ? (halves[1] === '' ? [] : (halves[1] ?? '').split(':')) : [];
-  // A trailing dotted quad stands for the last two words (RFC 4291 §2.2, form 3).
-  let v4: Uint8Array | undefined;
-  const lastList = halves.length === 2 ? tail : head;
-  const last = lastList[lastList.length - 1];
-  if (last !== undefined && last.includes('.')) {
-    v4 = parseV4Text(last);
-    if (!v4) return undefined;
-    lastList.pop();
-  }
-  const toWords = (groups: string[]): number[] | undefined => {
-    const ws: number[] = [];
-    for (const g of groups) {
-      if (!/^[0-9a-fA-F]{1,4}$/.test(g)) return undefined;
-      ws.push(parseInt(g, 16));
-    }
-    return ws;
-  };
-  const headWords = toWords(head);
-  const tailWords = toWords(tail);
-  if (!headWords || !tailWords) return undefined;
-  const need = v4 ? 6 : 8;
-  const given = headWords.length + tailWords.length;
-  // "::" stands for at least one zero word; without it every word must be written.
-  if (halves.length === 2 ? given > need - 1 : given !== need) return undefined;
-  const words = [...headWords, ...new Array<number>(need - given).fill(0), ...tailWords];
-  const out = new Uint8Array(16);
-  words.forEach((w, i) => {
-    out[i * 2] = w >> 8;
-    out[i * 2 + 1] = w & 0xff;
-  });
-  if (v4) out.set(v4, 12);
-  return out;
+  const v = family === 'tcp4' ? parseIPv4(s) : parseIPv6(s);
+  return v === undefined ? undefined : ipToBytes({ family: family === 'tcp4' ? 4 : 6, value: v });
 }
 
 /** Bytes → canonical text: dotted quad, or RFC 5952 IPv6 (§5: IPv4-mapped as ::ffff:a.b.c.d). */
 function formatAddressBytes(b: Uint8Array): string {
-  if (b.length === 4) return `${b[0]}.${b[1]}.${b[2]}.${b[3]}`;
-  const words: number[] = [];
-  for (let i = 0; i < 8; i++) words.push(((b[i * 2] ?? 0) << 8) | (b[i * 2 + 1] ?? 0));
-  if (words.slice(0, 5).every((w) => w === 0) && words[5] === 0xffff) {
-    return `::ffff:${b[12]}.${b[13]}.${b[14]}.${b[15]}`;
-  }
-  // RFC 5952 §4.2: compress the longest run of two or more zero words (the first on a tie).
-  let bestStart = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8; ) {
-    if (words[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && words[j] === 0) j++;
-    if (j - i > bestLen) {
-      bestStart = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hex = (ws: number[]): string => ws.map((w) => w.toString(16)).join(':');
-  if (bestStart < 0) return hex(words);
-  return `${hex(words.slice(0, bestStart))}::${hex(words.slice(bestStart + bestLen))}`;
+  const a = ipFromBytes(b);
+  if (!a) throw new RangeError(`an IP address is 4 or 16 bytes, not ${b.length}`);
+  return formatIp(a, { mappedAsDottedQuad: true });
 }
