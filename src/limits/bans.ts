@@ -10,7 +10,7 @@ import IPCIDR from 'ip-cidr';
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import type { Clock } from '../clock.js';
 import type { Metrics } from '../observability/metrics.js';
-import { formatIpAddress, ipInNetwork, maskIpAddress, parseIpAddress, type IpAddress } from './ip-address.js';
+import { formatIp, ipInNetwork, maskIp, parseHostAddress, type IpNetwork } from '../smtp/ip-address.js';
 
 export type BanSource = 'manual' | 'automatic';
 
@@ -58,35 +58,35 @@ export interface BanListOptions {
 interface Entry {
   ban: Ban;
   expiresAtMs: number; // Infinity when permanent
-  network?: { address: IpAddress; prefixLen: number };
+  network?: IpNetwork;
 }
 
 const MAX_REASON_CHARS = 200;
 const PRUNE_INTERVAL_MS = 60_000;
 
 /** Canonical form of a ban target, or a BanError. "192.0.2.9/24" becomes "192.0.2.0/24"; a /32 is a host. */
-export function normalizeBanTarget(target: string): { target: string; network?: { address: IpAddress; prefixLen: number } } {
+export function normalizeBanTarget(target: string): { target: string; network?: IpNetwork } {
   const t = typeof target === 'string' ? target.trim() : '';
   const bad = (): BanError => new BanError('RG_ERR_BANS_BAD_TARGET', `bad ban target ${JSON.stringify(String(target).slice(0, 64))}: want an IP address or a CIDR network`);
   if (t.length === 0 || t.length > 64) throw bad();
   const slash = t.indexOf('/');
   if (slash < 0) {
-    const a = parseIpAddress(t);
+    const a = parseHostAddress(t);
     if (!a) throw bad();
-    return { target: formatIpAddress(a) };
+    return { target: formatIp(a) };
   }
   const lenText = t.slice(slash + 1);
   if (!/^[0-9]{1,3}$/.test(lenText) || !IPCIDR.isValidCIDR(t)) throw bad();
-  const raw = parseIpAddress(t.slice(0, slash));
+  const raw = parseHostAddress(t.slice(0, slash));
   if (!raw) throw bad();
   let prefixLen = Number(lenText);
   // ::ffff:192.0.2.0/120 is the IPv4 network 192.0.2.0/24.
   if (raw.family === 4 && t.slice(0, slash).includes(':')) prefixLen -= 96;
   const bits = raw.family === 4 ? 32 : 128;
   if (prefixLen < 0 || prefixLen > bits) throw bad();
-  if (prefixLen === bits) return { target: formatIpAddress(raw) };
-  const address = maskIpAddress(raw, prefixLen);
-  return { target: `${formatIpAddress(address)}/${prefixLen}`, network: { address, prefixLen } };
+  if (prefixLen === bits) return { target: formatIp(raw) };
+  const address = maskIp(raw, prefixLen);
+  return { target: `${formatIp(address)}/${prefixLen}`, network: { family: address.family, prefix: prefixLen, network: address.value } };
 }
 
 export class BanList {
@@ -109,18 +109,18 @@ export class BanList {
 
   /** The ban that covers `ip`, if any. Malformed input is never banned (the session refuses it elsewhere). */
   check(ip: string): Ban | undefined {
-    const a = parseIpAddress(ip);
+    const a = parseHostAddress(ip);
     if (!a) return undefined;
     const now = this.clock.now();
     this.maybePrune(now);
-    const key = formatIpAddress(a);
+    const key = formatIp(a);
     const hit = this.exact.get(key);
     if (hit) {
       if (hit.expiresAtMs > now) return hit.ban;
       this.delete(key);
     }
     for (const [k, e] of this.networks) {
-      if (!e.network || !ipInNetwork(a, e.network.address, e.network.prefixLen)) continue;
+      if (!e.network || !ipInNetwork(a, e.network)) continue;
       if (e.expiresAtMs > now) return e.ban;
       this.delete(k);
     }

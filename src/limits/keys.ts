@@ -2,7 +2,7 @@
  * Keys under which limits count: the client address, its network prefix, the authenticated user
  * or the envelope sender. Pure.
  */
-import { formatIpAddress, maskIpAddress, parseIpAddress } from './ip-address.js';
+import { formatIp, maskIp, parseHostAddress } from '../smtp/ip-address.js';
 import type { LimitKeyKind } from './schema.js';
 
 /** Longest user or sender kept in a key; longer values are truncated (RFC 5321 §4.5.3.1.3 paths are ≤ 256). */
@@ -20,14 +20,14 @@ const MAX_VALUE_CHARS = 320;
 export function limiterKey(kind: LimitKeyKind, value: string, prefixV4: number, prefixV6: number): string {
   switch (kind) {
     case 'ip': {
-      const a = parseIpAddress(value);
-      return `ip:${a ? formatIpAddress(a) : cap(value)}`;
+      const a = parseHostAddress(value);
+      return `ip:${a ? formatIp(a) : cap(value)}`;
     }
     case 'prefix': {
-      const a = parseIpAddress(value);
+      const a = parseHostAddress(value);
       if (!a) return `prefix:${cap(value)}`;
       const len = a.family === 4 ? prefixV4 : prefixV6;
-      return `prefix:${formatIpAddress(maskIpAddress(a, len))}/${len}`;
+      return `prefix:${formatIp(maskIp(a, len))}/${len}`;
     }
     case 'user':
       return `user:${cap(value.trim().toLowerCase())}`;
