@@ -109,18 +109,18 @@ export class EndOfDataScanner {
    * nothing: use discardUntilEnd() instead.
    */
   push(chunk: Buffer): ScanStep {
-    const forward: Buffer[] = [];
     switch (this.state) {
       case S.End:
-        return { forward, size: this.size, status: 'end', rest: chunk };
+        return { forward: [], size: this.size, status: 'end', rest: chunk };
       case S.Smuggling:
-        return { forward, size: this.size, status: 'smuggling', smuggle: this.smuggle };
+        return { forward: [], size: this.size, status: 'smuggling', smuggle: this.smuggle };
       case S.TooLarge:
-        return { forward, size: this.size, status: 'too_large' };
+        return { forward: [], size: this.size, status: 'too_large' };
       default:
         break;
     }
 
+    const forward: Buffer[] = [];
     const n = chunk.length;
     const max = this.maxBytes;
     const normalize = this.normalize;
@@ -135,62 +135,66 @@ export class EndOfDataScanner {
     let nextCr = -1;
     let nextLf = -1;
     const nulAt = chunk.indexOf(NUL);
-    let nextNul = nulAt < 0 ? n : nulAt;
-
-    /** Held bytes were decided forwardable: the carried part goes out first (the rest is in the segment). */
-    const releaseCarry = (): void => {
-      if (this.carry) {
-        forward.push(this.carry);
-        this.carry = undefined;
-      }
-    };
-    /** Forward the carried bytes (if any) then chunk[segStart, end). */
-    const flush = (end: number): void => {
-      releaseCarry();
-      if (end > segStart) forward.push(chunk.subarray(segStart, end));
-      segStart = end;
-    };
-    /** Stop before the held-back bytes (dropped) or at `at` when nothing is held. */
-    const dropHeldEnd = (at: number): number => (isHolding(state) ? (this.carry ? 0 : heldStart) : at);
-
-    const stopSmuggling = (kind: SmuggleKind, at: number): ScanStep => {
-      const end = dropHeldEnd(at);
-      this.carry = undefined;
-      if (end > segStart) forward.push(chunk.subarray(segStart, end));
-      this.state = S.Smuggling;
-      this.smuggle = kind;
-      this.size = size;
-      this.seen += n;
-      return { forward, size, status: 'smuggling', smuggle: kind };
-    };
-    /** The byte at `at` (last byte of what was being counted) overflows; resume discarding after it. */
-    const stopTooLarge = (end: number, resumeAt: number, discardState: D): ScanStep => {
-      this.carry = undefined;
-      if (end > segStart) forward.push(chunk.subarray(segStart, end));
-      this.state = S.TooLarge;
-      this.size = size;
-      this.discard = discardState;
-      this.overflowRest = chunk.subarray(resumeAt);
-      this.seen += resumeAt;
-      return { forward, size, status: 'too_large' };
-    };
+    const nextNul = nulAt < 0 ? n : nulAt;
 
     while (i < n) {
       const b = chunk[i] as number;
       switch (state) {
+        case S.LineStart: {
+          if (b !== DOT && b !== CR && b !== LF && b !== NUL) {
+            // Fast path, the common case: a run of whole ordinary lines — the line's first CR is the
+            // one right before its LF, no NUL, within maxBytes, next line not starting with a byte
+            // the state machine must see. Two native scans per line; anything else falls through
+            // to the byte-level states below, which decide it exactly as before.
+            let p = i;
+            for (;;) {
+              const lf = chunk.indexOf(LF, p); // > p: chunk[p] is not LF
+              if (lf < 0 || lf > nextNul) break;
+              if (chunk.indexOf(CR, p) !== lf - 1) break;
+              const len = lf + 1 - p;
+              if (size + len > max) break;
+              size += len;
+              p = lf + 1;
+              if (p >= n) break;
+              const c = chunk[p] as number;
+              if (c === DOT || c === CR || c === LF || c === NUL) break;
+            }
+            if (p > i) {
+              i = p;
+              continue;
+            }
+            state = S.Text;
+          } else if (b === DOT) {
+            state = S.Dot;
+            heldStart = i;
+            i++;
+          } else if (b === CR) {
+            state = S.Cr;
+            heldStart = i;
+            i++;
+          } else if (b === LF) {
+            if (!normalize) return this.stopSmuggling(forward, chunk, segStart, heldStart, state, size, 'bare_lf', i);
+            if (size + 2 > max) return this.stopTooLarge(forward, chunk, segStart, size, i, i + 1, D.LineStart);
+            size += 2;
+            segStart = this.flush(forward, chunk, segStart, i);
+            forward.push(CRLF_BUF);
+            segStart = i + 1;
+            i++;
+          } else {
+            return this.stopSmuggling(forward, chunk, segStart, heldStart, state, size, 'nul', i);
+          }
+          break;
+        }
         case S.Text: {
-          // Fast path: skip plain bytes up to the next CR / LF / NUL.
+          // Skip plain bytes up to the next CR / LF / NUL.
           if (nextCr < i) nextCr = indexOrEnd(chunk, CR, i);
           if (nextLf < i) nextLf = indexOrEnd(chunk, LF, i);
-          if (nextNul < i) nextNul = n;
           const j = Math.min(nextCr, nextLf, nextNul);
           const len = j - i;
           if (len > 0) {
             if (size + len > max) {
-              const fit = max - size;
-              size = max;
-              const at = i + fit;
-              return stopTooLarge(at, at + 1, D.Text);
+              const at = i + (max - size);
+              return this.stopTooLarge(forward, chunk, segStart, max, at, at + 1, D.Text);
             }
             size += len;
             i = j;
@@ -199,7 +203,7 @@ export class EndOfDataScanner {
           if (b === CR) {
             if (chunk[i + 1] === LF) {
               // Common case inline: CR LF inside this chunk ends the line.
-              if (size + 2 > max) return stopTooLarge(i, i + 2, D.LineStart);
+              if (size + 2 > max) return this.stopTooLarge(forward, chunk, segStart, size, i, i + 2, D.LineStart);
               size += 2;
               state = S.LineStart;
               i += 2;
@@ -209,48 +213,24 @@ export class EndOfDataScanner {
             heldStart = i;
             i++;
           } else if (b === LF) {
-            if (!normalize) return stopSmuggling('bare_lf', i);
-            if (size + 2 > max) return stopTooLarge(i, i + 1, D.LineStart);
+            if (!normalize) return this.stopSmuggling(forward, chunk, segStart, heldStart, state, size, 'bare_lf', i);
+            if (size + 2 > max) return this.stopTooLarge(forward, chunk, segStart, size, i, i + 1, D.LineStart);
             size += 2;
-            flush(i);
+            segStart = this.flush(forward, chunk, segStart, i);
             forward.push(CRLF_BUF);
             segStart = i + 1;
             state = S.LineStart;
             i++;
           } else {
-            return stopSmuggling('nul', i);
-          }
-          break;
-        }
-        case S.LineStart: {
-          if (b === DOT) {
-            state = S.Dot;
-            heldStart = i;
-            i++;
-          } else if (b === CR) {
-            state = S.Cr;
-            heldStart = i;
-            i++;
-          } else if (b === LF) {
-            if (!normalize) return stopSmuggling('bare_lf', i);
-            if (size + 2 > max) return stopTooLarge(i, i + 1, D.LineStart);
-            size += 2;
-            flush(i);
-            forward.push(CRLF_BUF);
-            segStart = i + 1;
-            i++;
-          } else if (b === NUL) {
-            return stopSmuggling('nul', i);
-          } else {
-            state = S.Text;
+            return this.stopSmuggling(forward, chunk, segStart, heldStart, state, size, 'nul', i);
           }
           break;
         }
         case S.Cr: {
-          if (b !== LF) return stopSmuggling('bare_cr', i);
-          if (size + 2 > max) return stopTooLarge(dropHeldEnd(i), i + 1, D.LineStart);
+          if (b !== LF) return this.stopSmuggling(forward, chunk, segStart, heldStart, state, size, 'bare_cr', i);
+          if (size + 2 > max) return this.stopTooLarge(forward, chunk, segStart, size, this.carry ? 0 : heldStart, i + 1, D.LineStart);
           size += 2;
-          releaseCarry();
+          this.releaseCarry(forward);
           state = S.LineStart;
           i++;
           break;
@@ -260,23 +240,23 @@ export class EndOfDataScanner {
             state = S.DotCr;
             i++;
           } else if (b === LF) {
-            if (!normalize) return stopSmuggling('bare_lf', i);
+            if (!normalize) return this.stopSmuggling(forward, chunk, segStart, heldStart, state, size, 'bare_lf', i);
             // ".\n" after a line end: the terminator, rewritten to ".\r\n".
-            flush(i);
+            this.flush(forward, chunk, segStart, i);
             forward.push(CRLF_BUF);
             return this.finish(forward, size, chunk, i + 1);
           } else if (b === NUL) {
-            return stopSmuggling('nul', i);
+            return this.stopSmuggling(forward, chunk, segStart, heldStart, state, size, 'nul', i);
           } else {
             // Dot-stuffed line: the held "." is forwarded as is and not counted (RFC 1870 §3).
-            releaseCarry();
+            this.releaseCarry(forward);
             state = S.Text;
           }
           break;
         }
         case S.DotCr: {
-          if (b !== LF) return stopSmuggling('bare_cr', i);
-          flush(i + 1);
+          if (b !== LF) return this.stopSmuggling(forward, chunk, segStart, heldStart, state, size, 'bare_cr', i);
+          this.flush(forward, chunk, segStart, i + 1);
           return this.finish(forward, size, chunk, i + 1);
         }
         default:
@@ -291,12 +271,51 @@ export class EndOfDataScanner {
       if (end > segStart) forward.push(chunk.subarray(segStart, end));
       this.carry = heldBytes(state);
     } else {
-      flush(n);
+      this.flush(forward, chunk, segStart, n);
     }
     this.state = state;
     this.size = size;
     this.seen += n;
     return { forward, size, status: 'more' };
+  }
+
+  /** Held bytes were decided forwardable: the carried part goes out first (the rest is in the segment). */
+  private releaseCarry(forward: Buffer[]): void {
+    if (this.carry) {
+      forward.push(this.carry);
+      this.carry = undefined;
+    }
+  }
+
+  /** Forward the carried bytes (if any) then chunk[segStart, end); returns the new segment start. */
+  private flush(forward: Buffer[], chunk: Buffer, segStart: number, end: number): number {
+    this.releaseCarry(forward);
+    if (end > segStart) forward.push(chunk.subarray(segStart, end));
+    return end;
+  }
+
+  /** Stop at `at`, or before the held-back bytes (dropped) when holding; forward nothing after. */
+  private stopSmuggling(forward: Buffer[], chunk: Buffer, segStart: number, heldStart: number, state: S, size: number, kind: SmuggleKind, at: number): ScanStep {
+    const end = isHolding(state) ? (this.carry ? 0 : heldStart) : at;
+    this.carry = undefined;
+    if (end > segStart) forward.push(chunk.subarray(segStart, end));
+    this.state = S.Smuggling;
+    this.smuggle = kind;
+    this.size = size;
+    this.seen += chunk.length;
+    return { forward, size, status: 'smuggling', smuggle: kind };
+  }
+
+  /** The byte before `resumeAt` overflows: forward up to `end`, resume discarding at `resumeAt`. */
+  private stopTooLarge(forward: Buffer[], chunk: Buffer, segStart: number, size: number, end: number, resumeAt: number, discardState: D): ScanStep {
+    this.carry = undefined;
+    if (end > segStart) forward.push(chunk.subarray(segStart, end));
+    this.state = S.TooLarge;
+    this.size = size;
+    this.discard = discardState;
+    this.overflowRest = chunk.subarray(resumeAt);
+    this.seen += resumeAt;
+    return { forward, size, status: 'too_large' };
   }
 
   /**
