@@ -56,13 +56,15 @@ export interface GuardProcessOptions {
   backendPort: number;
   /** Extra node flags (e.g. --cpu-prof). */
   nodeArgs?: string[];
+  /** Another build's cli/main.js (A/B comparisons); default dist/cli/main.js. */
+  main?: string;
   /** Pooled mode (README "Pooled mode"): backend sessions lent per transaction. */
   pool?: { minIdle: number; max: number };
 }
 
 /** relay-guard from dist/ with limits off and caps far above the load (limits must not interfere); per-client or pooled. */
 export async function startGuardProcess(opts: GuardProcessOptions): Promise<Running> {
-  const main = path.join(ROOT, 'dist', 'cli', 'main.js');
+  const main = opts.main ?? path.join(ROOT, 'dist', 'cli', 'main.js');
   if (!existsSync(main)) throw new Error(`${main} is missing: run "npm run build" first`);
   const dir = mkdtempSync(path.join(tmpdir(), 'rg-bench-guard-'));
   const rulesDir = path.join(dir, 'rules');

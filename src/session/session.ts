@@ -44,6 +44,20 @@ const MAIL_PARAMS = new Set(['SIZE', 'BODY', 'RET', 'ENVID', 'SMTPUTF8']);
 const RCPT_PARAMS = new Set(['NOTIFY', 'ORCPT']);
 const RELAY_RULES = new Set(['relay-denied', 'routing-tricks', 'encapsulated-address']);
 const UNSUPPORTED_PARAM = reply(555, '5.5.4', 'Unsupported parameter');
+
+/** Session ids: 48 random bits each, drawn from a block fetched 512 ids at a time (one CSPRNG call per block). */
+const ID_BYTES = 6;
+let idBlock = Buffer.alloc(0);
+let idPos = 0;
+function newSessionId(): string {
+  if (idPos + ID_BYTES > idBlock.length) {
+    idBlock = randomBytes(ID_BYTES * 512);
+    idPos = 0;
+  }
+  const id = idBlock.toString('hex', idPos, idPos + ID_BYTES);
+  idPos += ID_BYTES;
+  return id;
+}
 const AUTH_LINE_BYTES = 12288;
 const NON_ASCII_ADDRESS = reply(553, '5.6.7', 'Non-ASCII address requires SMTPUTF8');
 
@@ -52,7 +66,7 @@ function isAscii(s: string): boolean {
 }
 
 export class SmtpSession {
-  readonly id = randomBytes(6).toString('hex');
+  readonly id = newSessionId();
   readonly ended: Promise<void>;
   private resolveEnded!: () => void;
   private phase: Phase = 'admission';
@@ -62,7 +76,8 @@ export class SmtpSession {
   private readonly seq: ReplySequencer;
   private readonly tx = new Transaction();
   private scanner: EndOfDataScanner | undefined;
-  private readonly log: Logger;
+  /** The session's child logger, made on first use (pino child() serialises its bindings). */
+  private logger: Logger | undefined;
   private readonly startedAt = Date.now();
 
   // Session facts (policy context).
@@ -114,10 +129,18 @@ export class SmtpSession {
     this.clientPort = opts.clientPort;
     this.tlsActive = opts.tls;
     this.ended = new Promise((r) => (this.resolveEnded = r));
-    this.log = svc.log.child({ sessionId: this.id, clientIp: this.clientIp, listener: listener.config.name });
     this.reader = new CommandLineReader({ maxLineBytes: svc.config.smtp.maxLineBytes });
     this.seq = new ReplySequencer((wire, replies) => this.writeReplies(wire, replies));
     this.attachClient(socket);
+  }
+
+  private get log(): Logger {
+    return (this.logger ??= this.svc.log.child({ sessionId: this.id, clientIp: this.clientIp, listener: this.listener.config.name }));
+  }
+
+  /** Info lines on the per-message path are built only when info is logged. */
+  private get infoOn(): boolean {
+    return this.svc.log.isLevelEnabled('info');
   }
 
   // ───────────────────────────── lifecycle ─────────────────────────────
@@ -211,7 +234,7 @@ export class SmtpSession {
     }
     this.backendAbandoned = false;
     this.attachLink(link);
-    this.log.info({ backendPort: link.socket.localPort }, 'pool: backend session lent');
+    if (this.infoOn) this.log.info({ backendPort: link.socket.localPort }, 'pool: backend session lent');
     return link;
   }
 
@@ -939,7 +962,7 @@ export class SmtpSession {
         this.svc.metrics.messages.inc({ outcome: 'delivered' });
         this.svc.metrics.messageBytes.inc(size);
         this.svc.metrics.messageSize.observe(size);
-        this.log.info({ mailFrom: cap(this.tx.sender), rcpts, size, backendReply: cap(replyText(r), 200) }, 'message accepted');
+        if (this.infoOn) this.log.info({ mailFrom: cap(this.tx.sender), rcpts, size, backendReply: cap(replyText(r), 200) }, 'message accepted');
       } else {
         this.svc.metrics.messages.inc({ outcome: 'rejected_by_backend' });
       }
@@ -1241,21 +1264,23 @@ export class SmtpSession {
     this.releaseConcurrency?.();
     this.svc.registry.remove(this.id);
     this.svc.metrics.sessionsActive.dec({ listener: this.listener.config.name });
-    this.log.info(
-      {
-        helo: cap(this.helo),
-        authUser: cap(this.authUser),
-        tls: this.tlsActive,
-        messages: this.messages,
-        rcptAccepted: this.rcptAccepted,
-        rcptRefused: this.rcptRefused,
-        bytesIn: this.bytesIn,
-        bytesOut: this.bytesOut,
-        durationMs: Date.now() - this.startedAt,
-        outcome: this.outcome === 'closed' ? reason : this.outcome,
-      },
-      'session closed',
-    );
+    if (this.infoOn) {
+      this.log.info(
+        {
+          helo: cap(this.helo),
+          authUser: cap(this.authUser),
+          tls: this.tlsActive,
+          messages: this.messages,
+          rcptAccepted: this.rcptAccepted,
+          rcptRefused: this.rcptRefused,
+          bytesIn: this.bytesIn,
+          bytesOut: this.bytesOut,
+          durationMs: Date.now() - this.startedAt,
+          outcome: this.outcome === 'closed' ? reason : this.outcome,
+        },
+        'session closed',
+      );
+    }
     this.resolveEnded();
   }
 }
