@@ -1,5 +1,6 @@
 /**
  * Raw-socket SMTP dialog for byte-exact tests: send bytes, read whole replies (multi-line aware).
+ * Works over any socket, plain or TLS (tls-dialog.ts wraps a TLSSocket in the same class).
  */
 import net from 'node:net';
 import { withTimeout } from './with-timeout.js';
@@ -10,14 +11,14 @@ export interface ParsedReply {
   text: string;
 }
 
-export class Dialog {
+export class Dialog<S extends net.Socket = net.Socket> {
   private buf = '';
   private readonly replies: ParsedReply[] = [];
   private waiters: Array<() => void> = [];
   closed = false;
-  readonly socket: net.Socket;
+  readonly socket: S;
 
-  private constructor(socket: net.Socket) {
+  private constructor(socket: S) {
     this.socket = socket;
     socket.on('data', (c: Buffer) => {
       this.buf += c.toString('latin1');
@@ -28,6 +29,11 @@ export class Dialog {
       this.wake();
     });
     socket.on('error', () => undefined);
+  }
+
+  /** Read replies from an already connected socket (e.g. a TLSSocket after its handshake started). */
+  static wrap<T extends net.Socket>(socket: T): Dialog<T> {
+    return new Dialog(socket);
   }
 
   static connect(port: number, opts: { localAddress?: string; host?: string } = {}): Promise<Dialog> {
