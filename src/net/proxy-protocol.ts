@@ -170,31 +170,19 @@ function parseV2(buf: Buffer): ProxyParse {
   let header: ProxyInfo;
   let addrLen: number;
   switch (famProto) {
-    case 0x11: {
-      // TCP over IPv4: 4 + 4 + 2 + 2 bytes.
-      addrLen = 12;
-      if (len < addrLen) return invalid('v2: address block too short');
-      header = {
-        command: 'proxy',
-        family: 'tcp4',
-        sourceAddress: formatAddressBytes(body.subarray(0, 4)),
-        destAddress: formatAddressBytes(body.subarray(4, 8)),
-        sourcePort: body.readUInt16BE(8),
-        destPort: body.readUInt16BE(10),
-      };
-      break;
-    }
+    case 0x11:
     case 0x21: {
-      // TCP over IPv6: 16 + 16 + 2 + 2 bytes.
-      addrLen = 36;
+      // TCP over IPv4 (4 + 4 + 2 + 2 bytes) or IPv6 (16 + 16 + 2 + 2 bytes).
+      const n = famProto === 0x11 ? 4 : 16;
+      addrLen = 2 * n + 4;
       if (len < addrLen) return invalid('v2: address block too short');
       header = {
         command: 'proxy',
-        family: 'tcp6',
-        sourceAddress: formatAddressBytes(body.subarray(0, 16)),
-        destAddress: formatAddressBytes(body.subarray(16, 32)),
-        sourcePort: body.readUInt16BE(32),
-        destPort: body.readUInt16BE(34),
+        family: famProto === 0x11 ? 'tcp4' : 'tcp6',
+        sourceAddress: formatAddressBytes(body.subarray(0, n)),
+        destAddress: formatAddressBytes(body.subarray(n, 2 * n)),
+        sourcePort: body.readUInt16BE(2 * n),
+        destPort: body.readUInt16BE(2 * n + 2),
       };
       break;
     }
