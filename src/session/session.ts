@@ -158,7 +158,7 @@ export class SmtpSession {
         this.log.info({ ban: { target: ban.target, reason: ban.reason } }, 'banned client refused');
         return this.refuseConnection(R.BANNED, 'banned');
       }
-      if (svc.limiter) {
+      if (svc.limiter && !(this.noLimitFor('concurrent') && this.noLimitFor('connection'))) {
         const subject = this.limitSubject();
         const conc = svc.limiter.acquireConnection(subject);
         if (!conc.allowed) return this.refuseConnection(conc.decision.action === 'allow' ? R.CAPACITY : conc.decision.reply, 'limited');
@@ -1134,9 +1134,20 @@ export class SmtpSession {
    * Ask the limiter about an event. Returns true when the limiter answered the command
    * (tempfail, close or ban); a tarpit delays and returns false.
    */
+  /**
+   * No limit counts this event (limits off, or no enabled rule for it): the limiter would allow
+   * without counting anything, so the session skips building the subject and asking.
+   */
+  private noLimitFor(event: LimitEvent | 'concurrent'): boolean {
+    const limits = this.rules().raw.limits;
+    if (!limits.enabled) return true;
+    for (const rule of limits.limits) if (rule.event === event && rule.enabled !== false) return false;
+    return true;
+  }
+
   private async limit(event: LimitEvent, extra: { sender?: string }, refusal?: Reply): Promise<boolean> {
     const limiter = this.svc.limiter;
-    if (!limiter) return false;
+    if (!limiter || this.noLimitFor(event)) return false;
     let d: LimitDecision;
     try {
       d = await limiter.check(event, this.limitSubject(extra));
