@@ -76,7 +76,7 @@ describe('relay-guard process', () => {
     friend.close();
     proc.kill('SIGTERM');
     expect(await withTimeout(exitOf(proc), 15_000, 'exit')).toBe(0);
-  });
+  }, 90_000); // a process started through tsx: slow on a loaded 2-core machine
 
   test('SIGHUP reloads the rules without dropping a session; SIGTERM gives idle sessions 421 4.3.2 and exits 0', async () => {
     backend = await startRecordingBackend();

@@ -90,18 +90,18 @@ describe('command line', () => {
 
   test('relay-guard --check-config exits 2 on a bad file and names the key; 0 on a good one', () => {
     const bad = file('bad.yaml', 'smtp:\n  maxLineByte: 600\n');
-    const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', '--check-config', bad], { encoding: 'utf8', timeout: 30_000 });
+    const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', '--check-config', bad], { encoding: 'utf8', timeout: 60_000 });
     expect(r.status).toBe(2);
     expect(r.stderr).toContain('smtp.maxLineByte');
     expect(r.stderr).toContain('bad.yaml:2');
-    const good = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', '--check-config', 'relay-guard.example.yaml'], { encoding: 'utf8', timeout: 30_000 });
+    const good = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', '--check-config', 'relay-guard.example.yaml'], { encoding: 'utf8', timeout: 60_000 });
     expect(good.status).toBe(0);
-  });
+  }, 90_000); // two processes started through tsx: slow on a loaded 2-core machine
 
   test('relay-guard --config with a bad file exits 2', () => {
     const bad = file('bad2.yaml', 'backends: nope\n');
-    const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', '--config', bad], { encoding: 'utf8', timeout: 30_000 });
+    const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', '--config', bad], { encoding: 'utf8', timeout: 60_000 });
     expect(r.status).toBe(2);
     expect(r.stderr).toContain('backends');
-  });
+  }, 60_000);
 });
