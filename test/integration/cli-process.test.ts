@@ -109,5 +109,5 @@ describe('relay-guard process', () => {
     expect(bye.code).toBe(421);
     expect(bye.text).toContain('4.3.2');
     expect(await withTimeout(exitOf(proc), 15_000, 'exit')).toBe(0);
-  });
+  }, 90_000);
 });
