@@ -300,7 +300,8 @@ export class SmtpSession {
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onClientData(chunk));
     socket.on('error', (err: NodeJS.ErrnoException) => {
-      this.log.debug({ err: { code: err.code, message: err.message } }, 'client socket error');
+      // Clients that reset after QUIT are common: no child logger for a line nobody reads.
+      if (this.svc.log.isLevelEnabled('debug')) this.log.debug({ err: { code: err.code, message: err.message } }, 'client socket error');
       this.close('client_error');
     });
     socket.on('close', () => this.close(this.phase === 'closing' ? 'closed' : 'client_closed'));
