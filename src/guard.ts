@@ -25,7 +25,7 @@ import { RecipientValidator } from './directory/recipient-validator.js';
 import { TlsContextManager } from './net/tls-context.js';
 import { SmtpListener, compileNetworks, type AcceptedConnection } from './net/listeners.js';
 import { BackendCapacity } from './session/backend-capacity.js';
-import { BackendLink } from './session/backend-link.js';
+import { BackendLink, type BackendLinkOptions } from './session/backend-link.js';
 import { startBackendTls } from './session/backend-tls.js';
 import { formatProxyPreamble, sendXclient, type ClientEndpoint } from './session/xclient.js';
 import { SessionRegistry } from './session/session-registry.js';
@@ -141,6 +141,13 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
   // Backend leg STARTTLS (issue 4): CA read once at start; a missing file fails loudly.
   const backendCa = config.backend.tlsCaFile ? readFileSync(path.resolve(config.backend.tlsCaFile)) : undefined;
   const backendLog = log.child({ component: 'backend' });
+  const linkOptions: BackendLinkOptions = {
+    connectTimeoutMs: timeouts.backendConnectMs,
+    greetingTimeoutMs: timeouts.backendGreetingMs,
+    replyTimeoutMs: timeouts.backendReplyMs,
+    ...(config.backend.sourceAddress ? { sourceAddress: config.backend.sourceAddress } : {}),
+    onReplyTime: (verb: string, s: number) => metrics.backendReplyDuration.observe({ verb: verb === 'DATA-END' ? 'DATA_END' : verb }, s),
+  };
   /**
    * The backend provider. With outbound PROXY or XCLIENT configured each client gets its own (it
    * carries the client's address); the session never knows which steps ran.
@@ -180,14 +187,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
   const backends = backendProviderFor();
   /** Connect to the first backend that answers, and keep the backend metrics. */
   async function connectBackend(preamble?: Buffer) {
-    const r = await BackendLink.connect(targets, {
-      ...(preamble ? { preamble } : {}),
-      connectTimeoutMs: timeouts.backendConnectMs,
-      greetingTimeoutMs: timeouts.backendGreetingMs,
-      replyTimeoutMs: timeouts.backendReplyMs,
-      ...(config.backend.sourceAddress ? { sourceAddress: config.backend.sourceAddress } : {}),
-      onReplyTime: (verb, s) => metrics.backendReplyDuration.observe({ verb: verb === 'DATA-END' ? 'DATA_END' : verb }, s),
-    });
+    const r = await BackendLink.connect(targets, preamble ? { ...linkOptions, preamble } : linkOptions);
     if (r.ok) {
       metrics.backendConnectDuration.observe(r.connectSeconds);
       const name = r.link.target.name ?? '';
@@ -203,13 +203,6 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
     return r;
   }
 
-  const linkOptions = {
-    connectTimeoutMs: timeouts.backendConnectMs,
-    greetingTimeoutMs: timeouts.backendGreetingMs,
-    replyTimeoutMs: timeouts.backendReplyMs,
-    ...(config.backend.sourceAddress ? { sourceAddress: config.backend.sourceAddress } : {}),
-    onReplyTime: (verb: string, s: number) => metrics.backendReplyDuration.observe({ verb: verb === 'DATA-END' ? 'DATA_END' : verb }, s),
-  };
   const pool = config.backend.pool.enabled
     ? new BackendPool({
         targets,
