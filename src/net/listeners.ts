@@ -44,7 +44,6 @@ const PROXY_REFUSED = '421 4.7.0 PROXY protocol header refused\r\n';
 export class SmtpListener {
   readonly server: net.Server;
   private readonly proxyNetworks: NetworkSet;
-  private readonly open = new Set<net.Socket>();
 
   constructor(
     readonly config: ListenerConfig,
@@ -54,16 +53,11 @@ export class SmtpListener {
     private readonly log: Logger,
   ) {
     this.proxyNetworks = compileNetworks(config.proxyNetworks, `listener ${config.name} proxyNetworks`);
-    if (config.kind === 'smtps') {
-      if (!tlsManager) throw new Error(`listener ${config.name}: smtps needs TLS`);
-      // Implicit TLS (RFC 8314 §3): the PROXY header, if any, comes before the handshake.
-      const server = net.createServer({ pauseOnConnect: true }, (raw) => this.accept(raw));
-      this.server = server;
-    } else {
-      // allowHalfOpen: a client may send its last commands and FIN at once; the session answers them
-      // all, then closes (it ends the socket itself).
-      this.server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (raw) => this.accept(raw));
-    }
+    if (config.kind === 'smtps' && !tlsManager) throw new Error(`listener ${config.name}: smtps needs TLS`);
+    // smtps: implicit TLS (RFC 8314 §3) is set up on the accepted socket, after any PROXY header.
+    // Plain listeners allow half-open sockets: a client may send its last commands and FIN at once;
+    // the session answers them all, then closes (it ends the socket itself).
+    this.server = net.createServer({ pauseOnConnect: true, allowHalfOpen: config.kind !== 'smtps' }, (raw) => this.accept(raw));
     this.server.maxConnections = config.maxConnections;
     this.server.on('drop', () => this.metrics.connections.inc({ listener: config.name, outcome: 'capacity' }));
   }
@@ -93,8 +87,6 @@ export class SmtpListener {
 
   private accept(raw: net.Socket): void {
     raw.on('error', () => raw.destroy());
-    this.open.add(raw);
-    raw.once('close', () => this.open.delete(raw));
     const peerIp = canonicalClientIp(raw.remoteAddress);
     const peerPort = raw.remotePort ?? 0;
     const mode = this.config.proxyProtocol;
