@@ -103,6 +103,19 @@ export class Dialog<S extends net.Socket = net.Socket> {
     return this.reply(ms);
   }
 
+  /** Read replies until the connection closes (bounded: at most `max` replies, `perReplyMs` each). */
+  async repliesUntilClose(max = 40, perReplyMs = 3000): Promise<ParsedReply[]> {
+    const out: ParsedReply[] = [];
+    for (let i = 0; i < max; i++) {
+      try {
+        out.push(await this.reply(perReplyMs));
+      } catch {
+        break;
+      }
+    }
+    return out;
+  }
+
   waitClosed(ms = 5000): Promise<void> {
     return withTimeout(
       new Promise<void>((resolve) => {

@@ -10,11 +10,12 @@ import { once } from 'node:events';
 import { EventEmitter } from 'node:events';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
-import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
+import { freePort } from './free-port.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const DASHBOARDS_DIR = join(REPO_ROOT, 'dashboards');
@@ -209,17 +210,6 @@ export interface StartPrometheusOptions {
   /** Rule files copied into the config's `rule_files`. */
   ruleFiles?: string[];
   timeoutMs?: number;
-}
-
-/** A port that was free a moment ago (Prometheus cannot report a port-0 bind back to us). */
-async function freePort(): Promise<number> {
-  const srv = createNetServer();
-  srv.listen(0, '127.0.0.1');
-  await once(srv, 'listening');
-  const { port } = srv.address() as AddressInfo;
-  srv.close();
-  await once(srv, 'close');
-  return port;
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {

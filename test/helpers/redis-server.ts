@@ -3,7 +3,10 @@
  * Fails with a clear message when redis-server is not installed (CI installs it; see TESTING.md).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
+import { freePort } from './free-port.js';
+
+export { freePort };
 
 export interface RedisServer {
   readonly port: number;
@@ -15,19 +18,6 @@ export interface RedisServer {
 }
 
 const READY_TIMEOUT_MS = 10_000;
-
-/** A port that was free a moment ago (redis-server refuses --port 0). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 function assertInstalled(): void {
   const r = spawnSync('redis-server', ['--version'], { encoding: 'utf8' });

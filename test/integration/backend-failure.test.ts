@@ -8,8 +8,9 @@ import net from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
 import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
-import { Dialog, type ParsedReply } from '../helpers/dialog.js';
+import { Dialog } from '../helpers/dialog.js';
 import { until, withTimeout } from '../helpers/with-timeout.js';
+import { freePort } from '../helpers/free-port.js';
 
 const STRANGER = '127.0.0.9';
 
@@ -40,27 +41,6 @@ async function connect(port: number): Promise<Dialog> {
   return d;
 }
 
-/** A port nothing listens on (bound, then released). */
-async function deadPort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
-
-async function repliesUntilClose(d: Dialog, max = 10): Promise<ParsedReply[]> {
-  const out: ParsedReply[] = [];
-  for (let i = 0; i < max; i++) {
-    try {
-      out.push(await d.reply(3000));
-    } catch {
-      break;
-    }
-  }
-  return out;
-}
-
 describe('no mail lost', () => {
   test('backend killed in the middle of DATA: the client gets 4xx, never 250', async () => {
     const g = await guard();
@@ -75,7 +55,7 @@ describe('no mail lost', () => {
     await until(() => backend.lines().includes('first half'), 3000, 'body reached the backend');
     backend.killConnections();
     d.send('second half\r\n.\r\n');
-    const r = await repliesUntilClose(d);
+    const r = await d.repliesUntilClose(10);
     expect(r.length).toBeGreaterThanOrEqual(1);
     expect(r[0]!.code === 451 || r[0]!.code === 421, JSON.stringify(r)).toBe(true);
     expect(r.some((x) => x.code >= 200 && x.code < 300)).toBe(false);
@@ -93,7 +73,7 @@ describe('no mail lost', () => {
       expect((await d.cmd('RCPT TO:<user@example.com>')).code).toBe(250);
       expect((await d.cmd('DATA')).code).toBe(354);
       d.send('Subject: x\r\n\r\ny\r\n.\r\n');
-      const r = await repliesUntilClose(d);
+      const r = await d.repliesUntilClose(10);
       expect(r[0]!.code).toBeGreaterThanOrEqual(400);
       expect(r[0]!.code).toBeLessThan(500);
       expect(r.some((x) => x.code < 300)).toBe(false);
@@ -123,7 +103,7 @@ describe('no mail lost', () => {
     expect((await d.cmd('RCPT TO:<user@example.com>')).code).toBe(250);
     backend.killConnections();
     d.send('DATA\r\nSubject: x\r\n\r\ny\r\n.\r\n');
-    const r = await repliesUntilClose(d);
+    const r = await d.repliesUntilClose(10);
     expect(r.length).toBeGreaterThanOrEqual(1);
     expect(r[0]!.code).toBeGreaterThanOrEqual(400);
     expect(r[0]!.code).toBeLessThan(500);
@@ -132,7 +112,7 @@ describe('no mail lost', () => {
   });
 
   test('backend unreachable at connect: 421 4.3.0 and close', async () => {
-    const g = await guard({}, await deadPort());
+    const g = await guard({}, await freePort());
     const d = await connect(g.port);
     const r = await d.reply();
     expect(r.code).toBe(421);
@@ -141,7 +121,7 @@ describe('no mail lost', () => {
   });
 
   test('first backend down, second up: the second one takes the mail', async () => {
-    const down = await deadPort();
+    const down = await freePort();
     const g = await guard({ backends: [{ host: '127.0.0.1', port: down }, { host: '127.0.0.1', port: backend.port }] });
     const before = backend.messages.length;
     const d = await connect(g.port);

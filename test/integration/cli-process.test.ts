@@ -7,10 +7,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, cpSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import net from 'node:net';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
 import { Dialog } from '../helpers/dialog.js';
 import { withTimeout } from '../helpers/with-timeout.js';
+import { freePort } from '../helpers/free-port.js';
 
 let child: ChildProcess | undefined;
 let backend: RecordingBackend | undefined;
@@ -21,15 +21,6 @@ afterEach(async () => {
   await backend?.close();
   backend = undefined;
 });
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 /** Start the CLI and resolve once it logs that the mx listener is up. */
 async function startCli(args: string[]): Promise<{ proc: ChildProcess; output: () => string }> {

@@ -9,7 +9,7 @@ import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
 import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
-import { Dialog, type ParsedReply } from '../helpers/dialog.js';
+import { Dialog } from '../helpers/dialog.js';
 import { until, withTimeout } from '../helpers/with-timeout.js';
 
 const STRANGER = '127.0.0.9';
@@ -31,19 +31,6 @@ async function greeted(port: number): Promise<Dialog> {
   expect((await d.reply()).code).toBe(220);
   expect((await d.cmd('EHLO client.test')).code).toBe(250);
   return d;
-}
-
-/** Read replies until the connection closes (bounded by count and time). */
-async function repliesUntilClose(d: Dialog, max = 40): Promise<ParsedReply[]> {
-  const out: ParsedReply[] = [];
-  for (let i = 0; i < max; i++) {
-    try {
-      out.push(await d.reply(3000));
-    } catch {
-      break;
-    }
-  }
-  return out;
 }
 
 const BATCH =
@@ -111,7 +98,7 @@ describe('backend with PIPELINING', () => {
         '.\r\n' +
         'QUIT\r\n',
     );
-    const r = await repliesUntilClose(d);
+    const r = await d.repliesUntilClose(40);
     expect(r.slice(0, 3).map((x) => x.code)).toEqual([250, 550, 554]);
     expect(r[2]!.text).toContain('5.5.1');
     // "Subject: …" is an unknown verb, the RCPT is a command again (503: the DATA ended the attempt
@@ -136,7 +123,7 @@ describe('backend with PIPELINING', () => {
         '.\r\n' +
         'QUIT\r\n',
     );
-    const r = await repliesUntilClose(d);
+    const r = await d.repliesUntilClose(40);
     expect(r.slice(0, 2).map((x) => x.code)).toEqual([250, 550]);
     expect(r[2]!.code).toBeGreaterThanOrEqual(500);
     expect(r.every((x) => x.code !== 354)).toBe(true);
@@ -196,7 +183,7 @@ describe('backend without PIPELINING', () => {
     const d = await greeted(g.port);
     const linesBefore = backend.lines().length;
     d.send('MAIL FROM:<sender@elsewhere.test>\r\nRCPT TO:<unknown-b@example.com>\r\nRCPT TO:<victim@elsewhere.test>\r\nDATA\r\nSubject: lockstep-refused-marker\r\n.\r\nQUIT\r\n');
-    const r = await repliesUntilClose(d);
+    const r = await d.repliesUntilClose(40);
     expect(r.slice(0, 3).map((x) => x.code)).toEqual([250, 550, 550]);
     expect(r[3]!.code).toBeGreaterThanOrEqual(500);
     expect(r.every((x) => x.code !== 354)).toBe(true);
@@ -253,7 +240,7 @@ describe('a body sent before 354 that overflows the command buffer', () => {
       await until(() => sawData, 3000, 'DATA at the backend');
       await new Promise<void>((r) => d.socket.write(wire.slice(3000), () => r()));
       release!();
-      const r = await repliesUntilClose(d, 5);
+      const r = await d.repliesUntilClose(5);
       const codes = r.map((x) => x.code);
       if (codes.includes(250)) {
         expect(codes).toEqual([354, 250, ...codes.slice(2)]);

@@ -8,7 +8,7 @@ import net from 'node:net';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
 import { startGuard } from '../helpers/start-guard.js';
-import { Dialog, type ParsedReply } from '../helpers/dialog.js';
+import { Dialog } from '../helpers/dialog.js';
 import { withTimeout } from '../helpers/with-timeout.js';
 
 const STRANGER = '127.0.0.9';
@@ -51,18 +51,6 @@ function refused(port: number): Promise<boolean> {
   );
 }
 
-async function repliesUntilClose(d: Dialog, max = 5): Promise<ParsedReply[]> {
-  const out: ParsedReply[] = [];
-  for (let i = 0; i < max; i++) {
-    try {
-      out.push(await d.reply(3000));
-    } catch {
-      break;
-    }
-  }
-  return out;
-}
-
 test('idle session: 421 4.3.2 at once; session in DATA: finishes (250) within the drain timeout, then closed', async () => {
   const g = await startGuard({ backendPort: backend.port, config: { timeouts: { command: '5m', data: '3m', session: '30m', drain: '5s' } } });
   const before = backend.messages.length;
@@ -80,7 +68,7 @@ test('idle session: 421 4.3.2 at once; session in DATA: finishes (250) within th
   expect(await refused(g.port)).toBe(true);
   // The transaction in progress completes.
   busy.send('second half\r\n.\r\n');
-  const r = await repliesUntilClose(busy);
+  const r = await busy.repliesUntilClose(5);
   expect(r[0]?.code, JSON.stringify(r)).toBe(250);
   expect(r.slice(1).every((x) => x.code === 421)).toBe(true);
   await busy.waitClosed();
@@ -99,7 +87,7 @@ test('a session still in DATA past a short drain timeout is closed, its message 
   slow.send('Subject: never finished\r\n\r\npartial\r\n');
   const started = Date.now();
   await withTimeout(g.stop(), 4000, 'guard.close()');
-  const r = await repliesUntilClose(slow);
+  const r = await slow.repliesUntilClose(5);
   expect(r.map((x) => x.code)).toEqual([421]);
   await slow.waitClosed();
   expect(Date.now() - started).toBeGreaterThanOrEqual(250);

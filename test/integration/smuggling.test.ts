@@ -9,7 +9,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
 import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
-import { Dialog, type ParsedReply } from '../helpers/dialog.js';
+import { Dialog } from '../helpers/dialog.js';
 import { withTimeout } from '../helpers/with-timeout.js';
 
 const STRANGER = '127.0.0.9';
@@ -54,18 +54,6 @@ async function openData(port: number, rcpt = 'user@example.com'): Promise<Dialog
   return d;
 }
 
-async function repliesUntilClose(d: Dialog, max = 30): Promise<ParsedReply[]> {
-  const out: ParsedReply[] = [];
-  for (let i = 0; i < max; i++) {
-    try {
-      out.push(await d.reply(3000));
-    } catch {
-      break;
-    }
-  }
-  return out;
-}
-
 /** Bytes the backend received on one connection, as text. */
 function connText(backend: RecordingBackend, i: number): string {
   return Buffer.concat(backend.connections[i] ?? []).toString('latin1');
@@ -93,7 +81,7 @@ describe('reject mode (default)', () => {
       d.send(payload(vector, atStart, marker, 'example.com'));
       // The final CRLF.CRLF so that a backend reading bare LF as a line end would deliver twice.
       d.send('\r\n.\r\nQUIT\r\n');
-      const r = await repliesUntilClose(d);
+      const r = await d.repliesUntilClose(30);
       expect(r[0]?.code, JSON.stringify(r)).toBe(554);
       expect(r[0]!.text).toContain('5.6.0');
       // The connection closes after the 554: nothing else is answered.
@@ -183,7 +171,7 @@ describe('normalize mode', () => {
       const d = await openData(g.port);
       d.send(payload(vector, atStart, marker, 'elsewhere.test'));
       d.send('\r\n.\r\nQUIT\r\n');
-      const r = await repliesUntilClose(d);
+      const r = await d.repliesUntilClose(30);
       expect(r.at(-1)?.code, JSON.stringify(r)).toBe(221);
       const wire = connText(backend, connBefore);
       // No bare LF ever reaches the backend: every LF is preceded by CR.
