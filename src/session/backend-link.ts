@@ -53,6 +53,8 @@ export class BackendLink extends EventEmitter {
   private readonly inflight: Pending[] = [];
   private readonly queue: Queued[] = [];
   private timer: NodeJS.Timeout | undefined;
+  /** performance.now() deadline the running timer was armed for. */
+  private timerAt = 0;
   private closed = false;
 
   private sock: net.Socket;
@@ -225,14 +227,31 @@ export class BackendLink extends EventEmitter {
     this.arm();
   }
 
+  /**
+   * One reply timer per link, armed for the head command's deadline. A later command (pipelined,
+   * or the next one) leaves a running timer alone when it is due no sooner; the timer, when it
+   * fires early for the current head, re-arms for what is left. This saves a clearTimeout and a
+   * setTimeout per command on the hot path.
+   */
   private arm(): void {
     const head = this.inflight[0];
-    clearTimeout(this.timer);
-    this.timer = undefined;
     if (!head) return;
-    const elapsed = performance.now() - head.sentAt;
-    this.timer = setTimeout(() => this.fail('timeout'), Math.max(0, head.timeoutMs - elapsed));
+    const deadline = head.sentAt + head.timeoutMs;
+    if (this.timer !== undefined && this.timerAt <= deadline) return;
+    clearTimeout(this.timer);
+    this.timerAt = deadline;
+    this.timer = setTimeout(this.onTimer, Math.max(0, deadline - performance.now()));
   }
+
+  private readonly onTimer = (): void => {
+    this.timer = undefined;
+    const head = this.inflight[0];
+    if (!head) return;
+    const left = head.sentAt + head.timeoutMs - performance.now();
+    // Timers run on a millisecond clock: within a millisecond of the deadline counts as due.
+    if (left <= 1) this.fail('timeout');
+    else this.arm();
+  };
 
   private onData(chunk: Buffer): void {
     const events = this.parser.push(chunk);
