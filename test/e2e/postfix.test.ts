@@ -24,7 +24,10 @@ let g: StartedGuard;
 let expectedConnects = 1;
 
 beforeAll(async () => {
-  if (unavailable) return;
+  if (unavailable) {
+    if (process.env.CI) throw new Error(`the Postfix end-to-end suite cannot run: ${unavailable}`);
+    return;
+  }
   pf = await startPostfix();
   g = await startGuard({ backendPort: pf.port, rules: { acceptedDomains: ['example.com'] }, config: { log: { level: 'warn' } } });
 }, 60_000);
@@ -114,7 +117,9 @@ function codesOf(out: string): number[] {
   return out.split('\r\n').filter((l) => /^\d{3} /.test(l)).map((l) => Number(l.slice(0, 3)));
 }
 
-const d = unavailable ? describe.skip : describe;
+// Skipped only on a developer machine without root or Postfix (the reason is printed below);
+// in CI (CI=true, root, postfix installed by .ci/run) it always runs, and fails loudly if it cannot.
+const d = unavailable && !process.env.CI ? describe.skip : describe;
 
 d('control: the backend alone is an open, smuggling-prone relay', () => {
   test('Postfix relays to a foreign domain for a loopback client', async () => {
