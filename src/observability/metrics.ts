@@ -168,7 +168,46 @@ export function createMetrics(register: Registry = new Registry(), opts: { defau
   const m = createMetricsShape(register, opts);
   m.buildInfo.set({ version: opts.version ?? '0.0.0' }, 1);
   zeroKnownSeries(m);
+  // The counters a one-message session touches a dozen times between them.
+  for (const c of [m.connections, m.commands, m.replies, m.rcptVerdicts, m.mailVerdicts, m.messages] as Array<Counter<string>>) bufferIncrements(c);
   return m;
+}
+
+/**
+ * Increments of a busy counter add to a plain number kept under the label values; prom-client gets
+ * the sums when it collects (a scrape, get()). Its own inc() hashes and validates the label object
+ * on every call, a measurable share of a one-message session's CPU. A label set is validated (and
+ * its series created) by prom-client the first time it is seen; bad values are refused at once.
+ */
+function bufferIncrements<T extends string>(counter: Counter<T>): void {
+  const direct = counter.inc.bind(counter);
+  const names = (counter as unknown as { labelNames: readonly T[] }).labelNames;
+  const pending = new Map<string, { labels: Partial<Record<T, string | number>>; n: number }>();
+  const inc = (labels?: Partial<Record<T, string | number>> | number, value?: number): void => {
+    // prom-client lets NaN through (its check is `value && …`); a counter must never become NaN.
+    if (value !== undefined && !Number.isFinite(value)) throw new TypeError(`Value is not a valid number: ${value}`);
+    if (labels === undefined || typeof labels === 'number' || (value !== undefined && !(value > 0 && Number.isFinite(value)))) {
+      direct(labels as never, value as never);
+      return;
+    }
+    let key = '';
+    for (const n of names) key += `${labels[n] ?? ''}\u0000`;
+    const e = pending.get(key);
+    if (e) {
+      e.n += value ?? 1;
+      return;
+    }
+    direct(labels as never, 0); // validates the label names, creates the series
+    pending.set(key, { labels: { ...labels }, n: value ?? 1 });
+  };
+  const flush = (): void => {
+    for (const e of pending.values()) {
+      if (e.n === 0) continue;
+      direct(e.labels as never, e.n);
+      e.n = 0;
+    }
+  };
+  Object.assign(counter, { inc, collect: flush });
 }
 
 /**

@@ -49,6 +49,8 @@ export class BackendPool extends EventEmitter {
   constructor(private readonly opts: BackendPoolOptions) {
     super();
     this.label = opts.targets[0]?.name ?? 'backend';
+    // The size gauges are read when metrics are collected (a scrape), not written per transaction.
+    Object.assign(opts.metrics.poolSessions, { collect: () => this.publishGauges() });
   }
 
   /** Open the warm sessions; resolves once the first one answered (or all failed). */
@@ -253,7 +255,10 @@ export class BackendPool extends EventEmitter {
     }
   }
 
-  private updateGauges(): void {
+  /** Kept for the places that change the pool's size; the gauges themselves are set at collection. */
+  private updateGauges(): void {}
+
+  private publishGauges(): void {
     this.opts.metrics.poolSessions.set({ backend: this.label, state: 'idle' }, this.idle.length);
     this.opts.metrics.poolSessions.set({ backend: this.label, state: 'busy' }, this.lent.size + this.detached.size);
   }

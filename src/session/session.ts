@@ -1267,11 +1267,17 @@ export class SmtpSession {
         this.link.close(true);
       }
     }
-    this.client.end();
     const client = this.client;
-    const linger = setTimeout(() => client.destroy(), 2000);
-    linger.unref();
-    client.once('close', () => clearTimeout(linger));
+    if (this.outcome === 'quit') {
+      // After the reply to QUIT nothing more is read (RFC 5321 §4.1.1.10): close as soon as the reply
+      // is flushed, as Postfix does, rather than wait for the client's FIN (or its reset).
+      client.destroySoon();
+    } else {
+      client.end();
+      const linger = setTimeout(() => client.destroy(), 2000);
+      linger.unref();
+      client.once('close', () => clearTimeout(linger));
+    }
     this.releaseCapacity?.();
     this.releaseConcurrency?.();
     this.svc.registry.remove(this.id);

@@ -17,7 +17,10 @@ export const MAX_LABEL_OCTETS = 63;
 
 // RFC 5321 §4.1.2 sub-domain = Let-dig [Ldh-str]: no leading or trailing hyphen.
 const LDH_LABEL = /^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$/;
-const ASCII_DOMAIN_CHARS = /^[A-Za-z0-9.-]*$/;
+/** A-Z a-z 0-9 '.' '-': the only ASCII characters a domain name may hold before IDNA. */
+function isAsciiDomainChar(c: number): boolean {
+  return (c >= 0x61 && c <= 0x7a) || (c >= 0x41 && c <= 0x5a) || (c >= 0x30 && c <= 0x39) || c === 0x2e || c === 0x2d;
+}
 // RFC 5321 §4.1.3 IPv4-address-literal, strict: decimal, no leading zeros, each part ≤ 255.
 const IPV4_PART = '(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])';
 const IPV4 = new RegExp(`^${IPV4_PART}(?:\\.${IPV4_PART}){3}$`);
@@ -44,7 +47,7 @@ export function normalizeDomain(raw: string): NormalizedDomain {
   for (let i = 0; i < name.length; i++) {
     const c = name.charCodeAt(i);
     if (c < 0x80) {
-      if (!ASCII_DOMAIN_CHARS.test(name[i] ?? '')) return fault('invalid character in domain');
+      if (!isAsciiDomainChar(c)) return fault('invalid character in domain');
     } else {
       ascii = false;
     }
