@@ -30,18 +30,18 @@ export async function startSink(opts: { maxSessions?: number } = {}): Promise<Ru
   return { name: 'sink', port, pid: child.pid, child, stop: () => child.stop() };
 }
 
-/** The pipe proxy, transpiled to plain JavaScript so that it runs on bare node like the built guard. */
-export async function startPipe(backendPort: number): Promise<Running> {
-  const dir = mkdtempSync(path.join(tmpdir(), 'rg-pipe-'));
-  const src = readFileSync(path.join(ROOT, 'bench', 'pipe-proxy.ts'), 'utf8');
+/** One of the bench's own proxies (bench/*.ts), transpiled to plain JavaScript so that it runs on bare node like the built guard. */
+async function startBenchScript(name: string, script: string, args: string[]): Promise<Running> {
+  const dir = mkdtempSync(path.join(tmpdir(), `rg-${name}-`));
+  const src = readFileSync(path.join(ROOT, 'bench', script), 'utf8');
   const js = ts.transpileModule(src, { compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 } }).outputText;
-  const file = path.join(dir, 'pipe-proxy.mjs');
+  const file = path.join(dir, script.replace(/\.ts$/, '.mjs'));
   writeFileSync(file, js);
   const port = await freePort();
-  const child = startChild(process.execPath, [file, String(port), String(backendPort)]);
-  await waitGreeting(port, 'pipe proxy');
+  const child = startChild(process.execPath, [file, String(port), ...args]);
+  await waitGreeting(port, name);
   return {
-    name: 'pipe',
+    name,
     port,
     pid: child.pid,
     child,
@@ -50,6 +50,16 @@ export async function startPipe(backendPort: number): Promise<Running> {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** The plain Node pipe proxy (bench/pipe-proxy.ts). */
+export function startPipe(backendPort: number): Promise<Running> {
+  return startBenchScript('pipe', 'pipe-proxy.ts', [String(backendPort)]);
+}
+
+/** The bare pooled forwarder (bench/pool-floor.ts): pooled mode with none of the guard's work. */
+export function startPoolFloor(backendPort: number, sessions: number): Promise<Running> {
+  return startBenchScript('floor', 'pool-floor.ts', [String(backendPort), String(sessions)]);
 }
 
 export interface GuardProcessOptions {
