@@ -10,8 +10,10 @@
  * at most `acquireTimeoutMs` for a free session, then gets 451 4.3.0 (never a silent hang).
  *
  * Who the client is (issue 10): acquire(client) tells a backend that offers it, per transaction,
- * with Postfix XFORWARD (written right before MAIL, pipelined with it) or else XCLIENT + EHLO
- * (before acquire resolves; skipped when the session already carries exactly this client).
+ * with Postfix XFORWARD (written right before MAIL, pipelined with it; Postfix logs it as
+ * "orig_client=") or else XCLIENT + EHLO (before acquire resolves; skipped when the session already
+ * carries exactly this client; Postfix then writes the client into Received: and applies its
+ * client restrictions to it).
  */
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
@@ -204,11 +206,14 @@ export class BackendPool extends EventEmitter {
     const lines = formatXclientLines(client, advertised);
     const key = lines.join('\n');
     if (lines.length === 0 || this.xclientKeys.get(link) === key) return true;
-    let r = await this.xclient(link, lines);
+    // Postfix takes the HELO name from the EHLO that must follow XCLIENT, not from XCLIENT's HELO
+    // attribute (seen with Postfix 3.7): that EHLO gives the client's own name.
+    const ehloName = client.helo !== '' && !/\s/.test(client.helo) ? client.helo : this.opts.ehloName;
+    let r = await this.xclient(link, lines, ehloName);
     if (r === 'refused' && this.xclientKeys.has(link)) {
       // The session still carries another client: fall back to the address alone, else drop it.
       const bare = formatXclientLines(client, new Set(['ADDR', 'PORT'].filter((a) => advertised.has(a))));
-      r = bare.length > 0 ? await this.xclient(link, bare) : 'failed';
+      r = bare.length > 0 ? await this.xclient(link, bare, ehloName) : 'failed';
       if (r === 'refused') r = 'failed';
     }
     if (r === 'refused') return true;
@@ -223,9 +228,9 @@ export class BackendPool extends EventEmitter {
 
   /**
    * XCLIENT lines, then EHLO: Postfix answers XCLIENT with a new 220 greeting and the client must
-   * say EHLO again (XCLIENT_README); the HELO and PROTO given by XCLIENT survive that EHLO.
+   * say EHLO again (XCLIENT_README).
    */
-  private async xclient(link: BackendLink, lines: readonly string[]): Promise<'sent' | 'refused' | 'failed'> {
+  private async xclient(link: BackendLink, lines: readonly string[], ehloName: string): Promise<'sent' | 'refused' | 'failed'> {
     let accepted = 0;
     for (const line of lines) {
       const r = await sendCommand(link, 'XCLIENT', line);
@@ -238,7 +243,7 @@ export class BackendPool extends EventEmitter {
       accepted++;
     }
     this.xclientKeys.delete(link);
-    const e = await sendCommand(link, 'EHLO', `EHLO ${this.opts.ehloName}`);
+    const e = await sendCommand(link, 'EHLO', `EHLO ${ehloName}`);
     if (isFailure(e) || e.code !== 250) return 'failed';
     link.pipelining = link.capabilities.has('PIPELINING');
     return accepted === lines.length ? 'sent' : 'failed';

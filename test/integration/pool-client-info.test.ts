@@ -227,9 +227,10 @@ describe('pooled mode: XCLIENT per client (backend.xclient)', () => {
     expect(cmds).toHaveLength(8);
     expect(cmds[0]).toBe('EHLO guard.example.com');
     expect(cmds[1]).toMatch(/^XCLIENT ADDR=127\.0\.0\.2 PORT=\d+ NAME=\[UNAVAILABLE\] HELO=alpha\.test PROTO=ESMTP$/);
-    expect(cmds.slice(2, 5)).toEqual(['EHLO guard.example.com', 'MAIL FROM:<alpha.test-0@elsewhere.test>', 'MAIL FROM:<alpha.test-1@elsewhere.test>']);
+    // Postfix takes the HELO name from the EHLO after XCLIENT: the client's own.
+    expect(cmds.slice(2, 5)).toEqual(['EHLO alpha.test', 'MAIL FROM:<alpha.test-0@elsewhere.test>', 'MAIL FROM:<alpha.test-1@elsewhere.test>']);
     expect(cmds[5]).toMatch(/^XCLIENT ADDR=127\.0\.0\.3 PORT=\d+ NAME=\[UNAVAILABLE\] HELO=beta\.test PROTO=ESMTP$/);
-    expect(cmds.slice(6)).toEqual(['EHLO guard.example.com', 'MAIL FROM:<beta.test-0@elsewhere.test>']);
+    expect(cmds.slice(6)).toEqual(['EHLO beta.test', 'MAIL FROM:<beta.test-0@elsewhere.test>']);
     expect(backend.insideTransaction).toEqual([]);
   });
 
