@@ -1,8 +1,9 @@
 /**
  * End to end (issue 10 item 3): pooled relay-guard in front of a real Postfix that trusts loopback
  * for XFORWARD and XCLIENT. Two clients (127.0.0.2, 127.0.0.3) share one backend session; what
- * Postfix recorded — the Received: header it wrote and its log — names each client and its HELO,
- * not the guard. A control message straight from the guard's address proves the assertion can fail.
+ * Postfix recorded names each client, not the guard: with XCLIENT the Received: header it wrote
+ * (client and HELO), with XFORWARD its log ("orig_client=", XFORWARD only changes logging). A
+ * control message without either proves the Received: assertion can fail.
  */
 import { execFile } from 'node:child_process';
 import path from 'node:path';
@@ -141,6 +142,15 @@ describe.skipIf(unavailable !== undefined && !process.env.CI)('pooled mode tells
     expect(rb).toMatch(/^Received: from beta-xc\.test \(unknown \[127\.0\.0\.3\]\)/);
     expect(pf.maillog()).toContain(`${queueIdOf(a)}: client=unknown[127.0.0.2]`);
     expectLogChain(g, 'xc', [a, b]);
+  }, 60_000);
+
+  test('per-client mode, xforward: each MAIL on the client\'s own backend connection is logged with the client as orig_client', async () => {
+    await g?.stop();
+    g = await startGuard({ backendPort: pf.port, config: { timeouts: { drain: '1s' }, smtp: { hostname: 'guard.example.com', errorDelay: '0s' }, backend: { xforward: true } } });
+    const a = await send(g.port, '127.0.0.3', 'gamma-xf.test', 'c-xf@sender.test');
+    const id = queueIdOf(a);
+    await until(() => pf.maillog().includes(`${id}: client=`), 10_000, 'postfix to log the queue id');
+    expect(pf.maillog()).toContain(`${id}: client=localhost[127.0.0.1], orig_client=unknown[127.0.0.3]`);
   }, 60_000);
 
   test('control: without xforward/xclient Postfix sees the guard (the assertions above can fail)', async () => {
