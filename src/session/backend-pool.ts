@@ -210,7 +210,9 @@ export class BackendPool extends EventEmitter {
     // attribute (seen with Postfix 3.7): that EHLO gives the client's own name.
     const ehloName = client.helo !== '' && !/\s/.test(client.helo) ? client.helo : this.opts.ehloName;
     let r = await this.xclient(link, lines, ehloName);
+    let reason = 'no reply, or out of step';
     if (r === 'refused' && this.xclientKeys.has(link)) {
+      reason = 'refused while the session carries another client';
       // The session still carries another client: fall back to the address alone, else drop it.
       const bare = formatXclientLines(client, new Set(['ADDR', 'PORT'].filter((a) => advertised.has(a))));
       r = bare.length > 0 ? await this.xclient(link, bare, ehloName) : 'failed';
@@ -218,7 +220,7 @@ export class BackendPool extends EventEmitter {
     }
     if (r === 'refused') return true;
     if (r === 'failed') {
-      this.opts.log.warn({ backendSession: link.tag }, 'pool: backend failed during XCLIENT');
+      this.opts.log.warn({ backendSession: link.tag, reason }, 'pool: backend session dropped during XCLIENT');
       this.discard(link, link.isClosed ? 'closed' : 'unexpected_reply');
       return false;
     }

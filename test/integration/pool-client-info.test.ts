@@ -27,6 +27,8 @@ interface ScriptOptions {
   xforwardReply?: string;
   /** Drop the connection when the first XCLIENT arrives (a backend failure in the preamble). */
   dropOnFirstXclient?: boolean;
+  /** Refuse these XCLIENT lines with 501. */
+  refuseXclient?: (line: string) => boolean;
 }
 
 /** A minimal SMTP server: PIPELINING-safe (answers line by line, in order), DATA until ".". */
@@ -75,7 +77,7 @@ async function startScriptedBackend(opts: ScriptOptions): Promise<ScriptedBacken
               sock.destroy();
               return;
             }
-            sock.write('220 backend.test ESMTP\r\n');
+            sock.write(opts.refuseXclient?.(line) ? '501 5.5.4 Bad HELO syntax\r\n' : '220 backend.test ESMTP\r\n');
             break;
           case 'MAIL':
             inTx = true;
@@ -263,6 +265,41 @@ describe('pooled mode: XCLIENT per client (backend.xclient)', () => {
     }
     expect(backend.connections.length).toBe(2);
     expect(backend.connections[1]!.filter((l) => /^(XCLIENT|MAIL)/.test(l))).toEqual(['XCLIENT ADDR=127.0.0.2 NAME=[UNAVAILABLE] HELO=alpha.test', 'MAIL FROM:<a@elsewhere.test>']);
+  });
+});
+
+describe('pooled mode: XCLIENT refused while the session carries another client', () => {
+  test('falls back to ADDR and PORT alone: the next client is never shown as the previous one', async () => {
+    backend = await startScriptedBackend({ keywords: ['XCLIENT NAME ADDR PORT HELO'], refuseXclient: (l) => l.includes('HELO=beta') });
+    g = await startGuard({ backendPort: backend.port, config: POOLED({ xclient: true }) });
+    expect(await client(g.port, '127.0.0.2', 'alpha.test', 1)).toEqual([250]);
+    expect(await client(g.port, '127.0.0.3', 'beta.test', 1)).toEqual([250]);
+    const x = backend.connections[0]!.filter((l) => /^(XCLIENT|EHLO|MAIL)/.test(l));
+    expect(x.slice(4, 8).map((l) => l.replace(/PORT=\d+/, 'PORT=n'))).toEqual([
+      'XCLIENT ADDR=127.0.0.3 PORT=n NAME=[UNAVAILABLE] HELO=beta.test',
+      'XCLIENT ADDR=127.0.0.3 PORT=n',
+      'EHLO beta.test',
+      'MAIL FROM:<beta.test-0@elsewhere.test>',
+    ]);
+  });
+
+  test('refused again: that MAIL gets 451 and the session is replaced (never delivered as the previous client)', async () => {
+    backend = await startScriptedBackend({ keywords: ['XCLIENT NAME ADDR PORT HELO'], refuseXclient: (l) => l.includes('127.0.0.3') });
+    g = await startGuard({ backendPort: backend.port, config: POOLED({ xclient: true }) });
+    expect(await client(g.port, '127.0.0.2', 'alpha.test', 1)).toEqual([250]);
+    const d = await Dialog.connect(g.port, { localAddress: '127.0.0.3' });
+    try {
+      expect((await d.reply()).code).toBe(220);
+      expect((await d.cmd('EHLO beta.test')).code).toBe(250);
+      expect((await d.cmd('MAIL FROM:<b@elsewhere.test>')).code).toBe(451);
+      // On a fresh session nobody else's identity is left: the refusal only costs the attribution.
+      expect((await d.cmd('MAIL FROM:<b@elsewhere.test>')).code).toBe(250);
+      await d.cmd('QUIT');
+    } finally {
+      d.socket.destroy();
+    }
+    expect(backend.connections[0]!.some((l) => l === 'MAIL FROM:<b@elsewhere.test>')).toBe(false);
+    expect(g.logs.some((l) => l.msg === 'pool: backend session dropped during XCLIENT')).toBe(true);
   });
 });
 
