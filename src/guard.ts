@@ -27,7 +27,7 @@ import { SmtpListener, compileNetworks, type AcceptedConnection } from './net/li
 import { BackendCapacity } from './session/backend-capacity.js';
 import { BackendLink, type BackendLinkOptions } from './session/backend-link.js';
 import { startBackendTls } from './session/backend-tls.js';
-import { formatProxyPreamble, sendXclient, type ClientEndpoint } from './session/xclient.js';
+import { formatProxyPreamble, sendXclient, xforwardBeforeMail, type ClientEndpoint } from './session/xclient.js';
 import { SessionRegistry } from './session/session-registry.js';
 import { SmtpSession } from './session/session.js';
 import { BackendPool } from './session/backend-pool.js';
@@ -152,7 +152,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
    * The backend provider. With outbound PROXY or XCLIENT configured each client gets its own (it
    * carries the client's address); the session never knows which steps ran.
    */
-  const tellsBackend = config.backend.proxyProtocol !== 'off' || config.backend.xclient;
+  const tellsBackend = config.backend.proxyProtocol !== 'off' || config.backend.xclient || config.backend.xforward;
   const backendProviderFor = (client?: ClientEndpoint): BackendProvider => ({
     async connect() {
       const proxy = config.backend.proxyProtocol;
@@ -172,6 +172,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
           return { ok: false as const, failure: t.failure, target: r.link.target };
         }
       }
+      let xclientSent = false;
       if (client && config.backend.xclient) {
         const x = await sendXclient(r.link, client, config.smtp.hostname);
         if (!x.ok) {
@@ -180,6 +181,19 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
           return { ok: false as const, failure: x.failure, target: r.link.target };
         }
         if (!x.sent) backendLog.info({ backend: r.link.target.name, reason: x.reason }, 'backend xclient not sent');
+        xclientSent = x.sent;
+      }
+      if (client && config.backend.xforward && !xclientSent) {
+        // XFORWARD before each MAIL, with the HELO the client gave on this connection (forwarded as is).
+        let refusalLogged = false;
+        r.link.beforeMail = xforwardBeforeMail(
+          (l) => ({ ...client, helo: l.lastHelo?.name ?? '', esmtp: l.lastHelo?.verb === 'EHLO' }),
+          (l, rep) => {
+            if (refusalLogged) return;
+            refusalLogged = true;
+            backendLog.warn({ backend: l.target.name, backendSession: l.tag, code: rep.code }, 'backend refused XFORWARD; it sees the guard as the client');
+          },
+        );
       }
       return r;
     },
@@ -214,6 +228,8 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
         healthIntervalMs: parseDuration(config.backend.pool.healthInterval),
         metrics,
         log: log.child({ component: 'pool' }),
+        xforward: config.backend.xforward,
+        xclient: config.backend.xclient,
       })
     : undefined;
 

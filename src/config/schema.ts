@@ -68,6 +68,7 @@ export const ConfigSchema = Type.Object(
         tlsCaFile: Type.Optional(Type.String()),
         tlsRejectUnauthorized: Type.Boolean(),
         xclient: Type.Boolean({ description: 'send XCLIENT ADDR/NAME/HELO to backends that offer it (Postfix)' }),
+        xforward: Type.Boolean({ description: 'send Postfix XFORWARD NAME/ADDR/PORT/PROTO/HELO/SOURCE before each MAIL to backends that offer it' }),
         proxyProtocol: Type.Union([Type.Literal('off'), Type.Literal('v1'), Type.Literal('v2')]),
         pool: Type.Object(
           {
@@ -162,6 +163,7 @@ export const DEFAULT_CONFIG: Config = {
     tls: 'off',
     tlsRejectUnauthorized: true,
     xclient: false,
+    xforward: false,
     proxyProtocol: 'off',
     pool: { enabled: false, minIdle: 2, max: 10, acquireTimeout: '10s', healthInterval: '30s' },
   },

@@ -7,6 +7,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { EventEmitter } from 'node:events';
 import { ReplyParser } from '../smtp/reply-parser.js';
+import { ehloKeywords } from '../smtp/ehlo.js';
 import type { Reply } from '../smtp/reply.js';
 
 export interface BackendTarget {
@@ -42,6 +43,15 @@ export interface BackendLinkOptions {
   readonly onReplyTime?: (verb: string, seconds: number) => void;
 }
 
+/** A command the link sends right before each MAIL (Postfix XFORWARD); its reply goes to onReply. */
+export interface MailPreambleCommand {
+  readonly verb: string;
+  readonly line: string;
+  readonly onReply: ReplyHandler;
+}
+
+let nextSerial = 0;
+
 export function isFailure(r: Reply | { failure: BackendFailure }): r is { failure: BackendFailure } {
   return 'failure' in r;
 }
@@ -49,6 +59,14 @@ export function isFailure(r: Reply | { failure: BackendFailure }): r is { failur
 export class BackendLink extends EventEmitter {
   /** The backend advertised PIPELINING in its EHLO reply. */
   pipelining = false;
+  /** Keywords of the backend's last 250 reply to EHLO on this link (keyword → parameters). */
+  capabilities: ReadonlyMap<string, string> = new Map();
+  /** The last HELO/EHLO name sent on this link. */
+  lastHelo: { readonly verb: 'HELO' | 'EHLO'; readonly name: string } | undefined;
+  /** Commands written right before each MAIL (XFORWARD lasts one transaction: XFORWARD_README). */
+  beforeMail: ((link: BackendLink) => readonly MailPreambleCommand[]) | undefined;
+  /** Stable name of this backend session for logs: serial number and local port ("12:50432"). */
+  readonly tag: string;
   private readonly parser = new ReplyParser({ maxLineBytes: 4096, maxLines: 200 });
   private readonly inflight: Pending[] = [];
   private readonly queue: Queued[] = [];
@@ -68,6 +86,7 @@ export class BackendLink extends EventEmitter {
   ) {
     super();
     this.sock = socket;
+    this.tag = `${++nextSerial}:${socket.localPort ?? 0}`;
     this.attach(socket);
   }
 
@@ -191,6 +210,11 @@ export class BackendLink extends EventEmitter {
       handler({ failure: 'closed' });
       return;
     }
+    if (verb === 'MAIL' && this.beforeMail) {
+      for (const p of this.beforeMail(this)) this.send(p.verb, Buffer.from(`${p.line}\r\n`, 'latin1'), p.onReply);
+    } else if (verb === 'HELO' || verb === 'EHLO') {
+      this.lastHelo = { verb, name: wire.toString('latin1', 5).trim() };
+    }
     const item: Queued = { verb, wire, handler, timeoutMs, sentAt: 0 };
     if (this.inflight.length === 0 || (this.pipelining && this.queue.length === 0)) this.transmit(item);
     else this.queue.push(item);
@@ -267,6 +291,7 @@ export class BackendLink extends EventEmitter {
         continue;
       }
       this.opts.onReplyTime?.(head.verb, (performance.now() - head.sentAt) / 1000);
+      if (head.verb === 'EHLO' && ev.reply.code === 250) this.capabilities = ehloKeywords(ev.reply);
       head.handler(ev.reply);
       if (this.closed) return;
     }

@@ -8,6 +8,12 @@
  * (lent, idle, opening and detached for AUTH); `minIdle` kept warm; idle sessions checked with
  * NOOP; a session the backend closed, or that answered unexpectedly, is replaced; a client waits
  * at most `acquireTimeoutMs` for a free session, then gets 451 4.3.0 (never a silent hang).
+ *
+ * Who the client is (issue 10): acquire(client) tells a backend that offers it, per transaction,
+ * with Postfix XFORWARD (written right before MAIL, pipelined with it; Postfix logs it as
+ * "orig_client=") or else XCLIENT + EHLO (before acquire resolves; skipped when the session already
+ * carries exactly this client; Postfix then writes the client into Received: and applies its
+ * client restrictions to it).
  */
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
@@ -15,6 +21,11 @@ import { BackendLink, isFailure, type BackendLinkOptions, type BackendTarget } f
 import { ehloKeywords } from '../smtp/ehlo.js';
 import type { Reply } from '../smtp/reply.js';
 import type { Metrics } from '../observability/metrics.js';
+import { advertisedAttributes, formatXclientLines, xforwardBeforeMail, type ForwardedClient } from './xclient.js';
+import { sendCommand } from './backend-tls.js';
+
+/** The client a transaction is for (XFORWARD / XCLIENT attributes). */
+export type PoolClient = ForwardedClient;
 
 export interface BackendPoolOptions {
   readonly targets: readonly BackendTarget[];
@@ -27,6 +38,10 @@ export interface BackendPoolOptions {
   readonly healthIntervalMs: number;
   readonly metrics: Metrics;
   readonly log: Logger;
+  /** Send XFORWARD before each MAIL when the backend session offers it (Postfix). */
+  readonly xforward?: boolean;
+  /** Else send XCLIENT (then EHLO again) when the backend session offers it (Postfix). */
+  readonly xclient?: boolean;
 }
 
 interface IdleEntry {
@@ -45,6 +60,10 @@ export class BackendPool extends EventEmitter {
   private healthTimer: NodeJS.Timeout | undefined;
   private closed = false;
   private readonly label: string;
+  /** The XCLIENT lines a session last accepted: the client it carries now. */
+  private readonly xclientKeys = new WeakMap<BackendLink, string>();
+  /** Sessions whose refusal of XFORWARD/XCLIENT was already logged. */
+  private readonly refusalLogged = new WeakSet<BackendLink>();
 
   constructor(private readonly opts: BackendPoolOptions) {
     super();
@@ -71,8 +90,18 @@ export class BackendPool extends EventEmitter {
     return this.idle.length;
   }
 
-  /** A backend session for one transaction, or undefined after acquireTimeoutMs. */
-  acquire(): Promise<BackendLink | undefined> {
+  /**
+   * A backend session for one transaction, or undefined after acquireTimeoutMs (or when the
+   * backend failed while being told who `client` is: the session is then discarded).
+   */
+  async acquire(client?: PoolClient): Promise<BackendLink | undefined> {
+    const link = await this.take();
+    if (!link || !client) return link;
+    if (await this.tellBackend(link, client)) return link;
+    return undefined;
+  }
+
+  private take(): Promise<BackendLink | undefined> {
     if (this.closed) return Promise.resolve(undefined);
     const entry = this.idle.pop();
     if (entry) {
@@ -163,7 +192,76 @@ export class BackendPool extends EventEmitter {
     this.updateGauges();
   }
 
+  /**
+   * XFORWARD when offered and configured (hooked before the next MAIL), else XCLIENT + EHLO. False
+   * when the backend failed or answered out of step: the session is then discarded.
+   */
+  private async tellBackend(link: BackendLink, client: PoolClient): Promise<boolean> {
+    link.beforeMail = undefined;
+    const caps = link.capabilities;
+    if (this.opts.xforward && caps.has('XFORWARD')) {
+      link.beforeMail = xforwardBeforeMail(() => client, (l, r) => this.refused(l, 'XFORWARD', r));
+      return true;
+    }
+    if (!this.opts.xclient || !caps.has('XCLIENT')) return true;
+    const advertised = advertisedAttributes(caps.get('XCLIENT'));
+    const lines = formatXclientLines(client, advertised);
+    const key = lines.join('\n');
+    if (lines.length === 0 || this.xclientKeys.get(link) === key) return true;
+    // Postfix takes the HELO name from the EHLO that must follow XCLIENT, not from XCLIENT's HELO
+    // attribute (seen with Postfix 3.7): that EHLO gives the client's own name.
+    const ehloName = client.helo !== '' && !/\s/.test(client.helo) ? client.helo : this.opts.ehloName;
+    let r = await this.xclient(link, lines, ehloName);
+    let reason = 'no reply, or out of step';
+    if (r === 'refused' && this.xclientKeys.has(link)) {
+      reason = 'refused while the session carries another client';
+      // The session still carries another client: fall back to the address alone, else drop it.
+      const bare = formatXclientLines(client, new Set(['ADDR', 'PORT'].filter((a) => advertised.has(a))));
+      r = bare.length > 0 ? await this.xclient(link, bare, ehloName) : 'failed';
+      if (r === 'refused') r = 'failed';
+    }
+    if (r === 'refused') return true;
+    if (r === 'failed') {
+      this.opts.log.warn({ backendSession: link.tag, reason }, 'pool: backend session dropped during XCLIENT');
+      this.discard(link, link.isClosed ? 'closed' : 'unexpected_reply');
+      return false;
+    }
+    this.xclientKeys.set(link, key);
+    return true;
+  }
+
+  /**
+   * XCLIENT lines, then EHLO: Postfix answers XCLIENT with a new 220 greeting and the client must
+   * say EHLO again (XCLIENT_README).
+   */
+  private async xclient(link: BackendLink, lines: readonly string[], ehloName: string): Promise<'sent' | 'refused' | 'failed'> {
+    let accepted = 0;
+    for (const line of lines) {
+      const r = await sendCommand(link, 'XCLIENT', line);
+      if (isFailure(r)) return 'failed';
+      if (r.code !== 220 && r.code !== 250) {
+        this.refused(link, 'XCLIENT', r);
+        if (accepted === 0) return 'refused';
+        break;
+      }
+      accepted++;
+    }
+    this.xclientKeys.delete(link);
+    const e = await sendCommand(link, 'EHLO', `EHLO ${ehloName}`);
+    if (isFailure(e) || e.code !== 250) return 'failed';
+    link.pipelining = link.capabilities.has('PIPELINING');
+    return accepted === lines.length ? 'sent' : 'failed';
+  }
+
+  private refused(link: BackendLink, verb: string, r: Reply): void {
+    if (this.refusalLogged.has(link)) return;
+    this.refusalLogged.add(link);
+    this.opts.log.warn({ backendSession: link.tag, verb, code: r.code, reply: r.lines.join(' ').slice(0, 200) }, `pool: backend refused ${verb}; it sees the guard as the client`);
+  }
+
   private giveBack(link: BackendLink): void {
+    // An XFORWARD hook belongs to the transaction that borrowed the session.
+    link.beforeMail = undefined;
     if (this.closed || link.isClosed) {
       link.close(true);
       this.updateGauges();

@@ -223,7 +223,13 @@ export class SmtpSession {
 
   /** Pooled mode: a backend session for this transaction, or undefined (451 sent) when none is free. */
   private async borrowLink(): Promise<BackendLink | undefined> {
-    const link = await this.svc.pool!.acquire();
+    const link = await this.svc.pool!.acquire({
+      clientIp: this.clientIp,
+      clientPort: this.clientPort,
+      helo: this.helo ?? '',
+      esmtp: this.ehlo,
+      ...(this.authUser !== undefined ? { login: this.authUser } : {}),
+    });
     if (!link || this.phase === 'closed') {
       if (link) this.svc.pool!.release(link, true);
       if (!link) {
@@ -234,7 +240,8 @@ export class SmtpSession {
     }
     this.backendAbandoned = false;
     this.attachLink(link);
-    if (this.infoOn) this.log.info({ backendPort: link.socket.localPort }, 'pool: backend session lent');
+    // One line per transaction ties the client to the backend session (issue 10: Exchange admins).
+    if (this.infoOn) this.log.info({ backendSession: link.tag, backendPort: link.socket.localPort, clientPort: this.clientPort, helo: cap(this.helo) }, 'pool: backend session lent');
     return link;
   }
 
@@ -963,7 +970,7 @@ export class SmtpSession {
         this.svc.metrics.messages.inc({ outcome: 'delivered' });
         this.svc.metrics.messageBytes.inc(size);
         this.svc.metrics.messageSize.observe(size);
-        if (this.infoOn) this.log.info({ mailFrom: cap(this.tx.sender), rcpts, size, backendReply: cap(replyText(r), 200) }, 'message accepted');
+        if (this.infoOn) this.log.info({ mailFrom: cap(this.tx.sender), rcpts, size, backendSession: this.link?.tag, backendReply: cap(replyText(r), 200) }, 'message accepted');
       } else {
         this.svc.metrics.messages.inc({ outcome: 'rejected_by_backend' });
       }

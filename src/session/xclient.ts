@@ -4,11 +4,15 @@
  *    greeting is read (the backend must expect it: Postfix smtpd_upstream_proxy_protocol);
  *  - Postfix XCLIENT (XCLIENT_README), sent by the backend provider right after the greeting when
  *    the backend's EHLO advertises it. The client's own EHLO follows, so Postfix records that HELO.
+ *    In pooled mode the pool sends it per transaction (backend-pool.ts), with HELO and PROTO.
+ *  - Postfix XFORWARD (XFORWARD_README), written right before each MAIL: its attributes last one
+ *    transaction, so a pooled backend session can carry a different client each time.
  */
 import { isIP } from 'node:net';
 import { ehloKeywords } from '../smtp/ehlo.js';
 import { formatProxyV1, formatProxyV2, type ProxyAddresses } from '../net/proxy-protocol.js';
-import { isFailure, type BackendFailure, type BackendLink } from './backend-link.js';
+import { isFailure, type BackendFailure, type BackendLink, type MailPreambleCommand } from './backend-link.js';
+import type { Reply } from '../smtp/reply.js';
 import { sendCommand } from './backend-tls.js';
 
 /** The connection the guard is relaying: the real client and the guard address it reached. */
@@ -18,6 +22,20 @@ export interface ClientEndpoint {
   readonly localIp?: string;
   readonly localPort?: number;
 }
+
+/** The client a transaction is for, as XFORWARD and pooled XCLIENT describe it. */
+export interface ForwardedClient extends ClientEndpoint {
+  /** The client's HELO/EHLO name ('' when none is known: sent as [UNAVAILABLE]). */
+  readonly helo: string;
+  /** The client said EHLO (PROTO=ESMTP) rather than HELO (PROTO=SMTP). */
+  readonly esmtp: boolean;
+  /** The identity the client authenticated as, when the guard knows it (XCLIENT LOGIN). */
+  readonly login?: string;
+}
+
+const UNAVAILABLE = '[UNAVAILABLE]';
+/** RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF. */
+const MAX_LINE = 510;
 
 /** PROXY header for the backend; the destination falls back to the unspecified address of the client's family. */
 export function formatProxyPreamble(version: 'v1' | 'v2', c: ClientEndpoint): Buffer {
@@ -43,15 +61,95 @@ export function xtext(value: string): string {
   return out;
 }
 
-/** "XCLIENT ADDR=… PORT=… NAME=[UNAVAILABLE]" limited to the attributes the backend advertised. */
-export function formatXclient(c: ClientEndpoint, advertised: ReadonlySet<string>): string | undefined {
+/** Attribute names an EHLO line advertises ("XFORWARD NAME ADDR PROTO HELO"), upper-cased. */
+export function advertisedAttributes(params: string | undefined): Set<string> {
+  return new Set((params ?? '').toUpperCase().split(/\s+/).filter(Boolean));
+}
+
+/** XCLIENT_README / XFORWARD_README: an IPv6 address carries the "IPV6:" prefix, never brackets. */
+function addrValue(ip: string): string {
+  if (ip === '') return UNAVAILABLE;
+  return xtext(isIP(ip) === 6 ? `IPV6:${ip}` : ip);
+}
+
+/**
+ * "VERB a=b c=d …" lines of at most 512 octets: both READMEs allow the attributes to be sent in
+ * several commands when one would be too long.
+ */
+export function packAttributes(verb: string, attrs: readonly string[]): string[] {
+  const lines: string[] = [];
+  let line = '';
+  for (const a of attrs) {
+    if (line !== '' && line.length + 1 + a.length > MAX_LINE) {
+      lines.push(line);
+      line = '';
+    }
+    line = line === '' ? `${verb} ${a}` : `${line} ${a}`;
+  }
+  if (line !== '') lines.push(line);
+  return lines;
+}
+
+function xclientAttributes(c: ClientEndpoint & Partial<ForwardedClient>, advertised: ReadonlySet<string>): string[] {
   const attrs: string[] = [];
-  // XCLIENT_README: IPv6 addresses carry the "IPV6:" prefix.
-  if (advertised.has('ADDR')) attrs.push(`ADDR=${xtext(isIP(c.clientIp) === 6 ? `IPV6:${c.clientIp}` : c.clientIp)}`);
+  if (advertised.has('ADDR')) attrs.push(`ADDR=${addrValue(c.clientIp)}`);
   if (advertised.has('PORT')) attrs.push(`PORT=${c.clientPort}`);
   // The guard does no reverse lookup of its own: "[UNAVAILABLE]" tells Postfix so.
-  if (advertised.has('NAME')) attrs.push('NAME=[UNAVAILABLE]');
+  if (advertised.has('NAME')) attrs.push(`NAME=${UNAVAILABLE}`);
+  if (c.helo !== undefined && advertised.has('HELO')) attrs.push(`HELO=${c.helo === '' ? UNAVAILABLE : xtext(c.helo)}`);
+  if (c.esmtp !== undefined && advertised.has('PROTO')) attrs.push(`PROTO=${c.esmtp ? 'ESMTP' : 'SMTP'}`);
+  if (c.login !== undefined && advertised.has('LOGIN')) attrs.push(`LOGIN=${xtext(c.login)}`);
+  return attrs;
+}
+
+/** "XCLIENT ADDR=… PORT=… NAME=[UNAVAILABLE]" limited to the attributes the backend advertised. */
+export function formatXclient(c: ClientEndpoint, advertised: ReadonlySet<string>): string | undefined {
+  const attrs = xclientAttributes(c, advertised);
   return attrs.length > 0 ? `XCLIENT ${attrs.join(' ')}` : undefined;
+}
+
+/** Pooled mode: XCLIENT lines (ADDR, PORT, NAME, HELO, PROTO, LOGIN as advertised); [] when none applies. */
+export function formatXclientLines(c: ForwardedClient, advertised: ReadonlySet<string>): string[] {
+  return packAttributes('XCLIENT', xclientAttributes(c, advertised));
+}
+
+/**
+ * XFORWARD lines (XFORWARD_README): ADDR, PORT, NAME=[UNAVAILABLE], HELO, PROTO and SOURCE=REMOTE,
+ * limited to the advertised attributes; [] when none applies. Postfix presets the attributes a
+ * client leaves out to "unknown" once any is sent, so all advertised ones are always sent.
+ */
+export function formatXforward(c: ForwardedClient, advertised: ReadonlySet<string>): string[] {
+  const attrs: string[] = [];
+  if (advertised.has('NAME')) attrs.push(`NAME=${UNAVAILABLE}`);
+  if (advertised.has('ADDR')) attrs.push(`ADDR=${addrValue(c.clientIp)}`);
+  if (advertised.has('PORT')) attrs.push(`PORT=${c.clientPort}`);
+  if (advertised.has('PROTO')) attrs.push(`PROTO=${c.esmtp ? 'ESMTP' : 'SMTP'}`);
+  if (advertised.has('HELO')) attrs.push(`HELO=${c.helo === '' ? UNAVAILABLE : xtext(c.helo)}`);
+  if (advertised.has('SOURCE')) attrs.push('SOURCE=REMOTE');
+  return packAttributes('XFORWARD', attrs);
+}
+
+/**
+ * A BackendLink.beforeMail hook: XFORWARD for `clientOf(link)` before each MAIL when the link's
+ * backend advertised XFORWARD. The backend answers 250; any other reply goes to `onRefused` and
+ * the transaction goes on (the backend just sees the guard). A backend failure reaches the MAIL
+ * written after it as well, so the session handles it as a failure at MAIL.
+ */
+export function xforwardBeforeMail(
+  clientOf: (link: BackendLink) => ForwardedClient,
+  onRefused: (link: BackendLink, reply: Reply) => void,
+): (link: BackendLink) => readonly MailPreambleCommand[] {
+  return (link) => {
+    const params = link.capabilities.get('XFORWARD');
+    if (params === undefined) return [];
+    return formatXforward(clientOf(link), advertisedAttributes(params)).map((line) => ({
+      verb: 'XFORWARD',
+      line,
+      onReply: (r) => {
+        if (!isFailure(r) && r.code !== 250) onRefused(link, r);
+      },
+    }));
+  };
 }
 
 export type XclientResult =
@@ -65,7 +163,7 @@ export async function sendXclient(link: BackendLink, c: ClientEndpoint, ehloName
   if (ehlo.code !== 250) return { ok: true, sent: false, reason: `EHLO refused (${ehlo.code})` };
   const params = ehloKeywords(ehlo).get('XCLIENT');
   if (params === undefined) return { ok: true, sent: false, reason: 'XCLIENT not offered' };
-  const line = formatXclient(c, new Set(params.toUpperCase().split(/\s+/).filter(Boolean)));
+  const line = formatXclient(c, advertisedAttributes(params));
   if (!line) return { ok: true, sent: false, reason: 'no usable XCLIENT attribute' };
   const r = await sendCommand(link, 'XCLIENT', line);
   if (isFailure(r)) return { ok: false, failure: r.failure, reason: 'no reply to XCLIENT' };
