@@ -96,7 +96,7 @@ export class BackendPool extends EventEmitter {
    */
   async acquire(client?: PoolClient): Promise<BackendLink | undefined> {
     const link = await this.take();
-    if (!link || !client) return link;
+    if (!link || !client || (!this.opts.xforward && !this.opts.xclient)) return link;
     if (await this.tellBackend(link, client)) return link;
     return undefined;
   }
@@ -141,7 +141,6 @@ export class BackendPool extends EventEmitter {
   release(link: BackendLink, clean: boolean): void {
     if (!this.lent.delete(link)) return;
     if (link.isClosed || this.closed) {
-      this.updateGauges();
       this.topUp();
       return;
     }
@@ -172,10 +171,8 @@ export class BackendPool extends EventEmitter {
     this.detached.add(link);
     link.once('closed', () => {
       this.detached.delete(link);
-      this.updateGauges();
       this.topUp();
     });
-    this.updateGauges();
     this.topUp();
   }
 
@@ -184,12 +181,10 @@ export class BackendPool extends EventEmitter {
     clearInterval(this.healthTimer);
     for (const w of this.waiters.splice(0)) w(undefined);
     for (const e of this.idle.splice(0)) e.link.close(true);
-    this.updateGauges();
   }
 
   private lend(link: BackendLink): void {
     this.lent.add(link);
-    this.updateGauges();
   }
 
   /**
@@ -264,7 +259,6 @@ export class BackendPool extends EventEmitter {
     link.beforeMail = undefined;
     if (this.closed || link.isClosed) {
       link.close(true);
-      this.updateGauges();
       return;
     }
     const waiter = this.waiters.shift();
@@ -274,13 +268,11 @@ export class BackendPool extends EventEmitter {
       return;
     }
     this.idle.push({ link, since: Date.now() });
-    this.updateGauges();
   }
 
   private replace(link: BackendLink, reason: 'closed' | 'unexpected_reply' | 'health_check'): void {
     link.close(false);
     this.opts.metrics.poolReplacements.inc({ reason });
-    this.updateGauges();
     this.topUp();
   }
 
@@ -317,7 +309,6 @@ export class BackendPool extends EventEmitter {
     this.opening--;
     if (!ready || this.closed) {
       link.close(!this.closed);
-      this.updateGauges();
       return;
     }
     this.opts.metrics.backendConnectDuration.observe((performance.now() - started) / 1000);
@@ -330,7 +321,6 @@ export class BackendPool extends EventEmitter {
         // The backend closed an idle session (its idle timeout, a restart): replace it quietly.
         this.idle.splice(i, 1);
         this.opts.metrics.poolReplacements.inc({ reason: 'closed' });
-        this.updateGauges();
         this.topUp();
       }
     });
@@ -352,9 +342,6 @@ export class BackendPool extends EventEmitter {
       });
     }
   }
-
-  /** Kept for the places that change the pool's size; the gauges themselves are set at collection. */
-  private updateGauges(): void {}
 
   private publishGauges(): void {
     this.opts.metrics.poolSessions.set({ backend: this.label, state: 'idle' }, this.idle.length);

@@ -233,7 +233,7 @@ export class SmtpSession {
     if (!link || this.phase === 'closed') {
       if (link) this.svc.pool!.release(link, true);
       if (!link) {
-        this.log.warn({}, 'pool: no backend session free');
+        this.log.warn({}, 'pool: no backend session for this transaction (see the pool log for why)');
         this.localReply(R.BACKEND_FAILED_IN_TRANSACTION);
       }
       return undefined;

@@ -59,6 +59,12 @@ describe('pooled mode', () => {
       expect(m.rcptTo).toEqual([`user${i}@example.com`]);
       expect(m.mailFrom).toBe(`s${i}@elsewhere.test`);
     }
+    // The size gauges are read at collection: every session is idle again, none busy, never above 5.
+    const text = await g.guard.metrics.register.metrics();
+    const gauge = (state: string) => Number(new RegExp(`relay_guard_pool_sessions\\{[^}]*state="${state}"[^}]*\\} (\\d+)`).exec(text)?.[1]);
+    expect(gauge('busy')).toBe(0);
+    expect(gauge('idle')).toBeGreaterThanOrEqual(2);
+    expect(gauge('idle')).toBeLessThanOrEqual(5);
   });
 
   test('the guard greets and answers EHLO itself; relay policy still applies', async () => {
