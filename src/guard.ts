@@ -16,6 +16,7 @@ import { RulesStore } from './rules/rules-store.js';
 import { SECTIONS, SECTION_NAMES } from './rules/schemas.js';
 import { RateLimiter } from './limits/limiter.js';
 import { BanList } from './limits/bans.js';
+import { BanSync } from './limits/ban-sync.js';
 import { MemoryLimitStore } from './limits/memory-store.js';
 import { RedisLimitStore } from './limits/redis-store.js';
 import { FallbackLimitStore } from './limits/fallback-store.js';
@@ -81,14 +82,19 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
 
   const bans = new BanList({ file: config.limits.bansFile ?? path.join(rulesDir, 'bans.yaml'), clock, metrics });
   let store: LimitStore = new MemoryLimitStore({ max: config.limits.maxEntries, clock });
+  let banSync: BanSync | undefined;
   if (config.limits.store === 'redis' && config.limits.redisUrl) {
+    const shared = new RedisLimitStore({ url: config.limits.redisUrl });
     store = new FallbackLimitStore({
-      primary: new RedisLimitStore({ url: config.limits.redisUrl }),
+      primary: shared,
       local: store as MemoryLimitStore,
       clock,
       metrics,
       log: log.child({ component: 'limits' }),
     });
+    // Bans shared through the same Redis; waits at most 2 s for the current bans, then starts anyway.
+    banSync = new BanSync({ bans, redis: shared.redis, keyPrefix: shared.keyPrefix, clock, metrics, log: log.child({ component: 'bans' }) });
+    await banSync.start();
   }
   const limiter = new RateLimiter({ store, rules: () => rules.current().raw.limits, bans, clock, metrics, log: log.child({ component: 'limits' }) });
 
@@ -337,6 +343,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
       rules.close();
       for (const m of tlsManagers.values()) m.close();
       await validator.close();
+      await banSync?.close();
       await store.close();
     },
     async reload() {

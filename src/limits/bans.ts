@@ -3,6 +3,8 @@
  * Manual bans (admin API) are persisted to a YAML file with an atomic write and survive a restart;
  * automatic bans (rate limiter) live in memory, bounded, least recently added evicted first.
  * Time comes from the injected clock; expired bans are pruned lazily.
+ * Local changes (add, remove) are told to change listeners (ban-sync.ts shares them through Redis);
+ * bans from other guards come in through applyRemoteBan / applyRemoteRemoval, which tell nobody.
  */
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -34,6 +36,21 @@ export interface BanInput {
   source: BanSource;
 }
 
+/** A local change of the list, as told to change listeners. Expiry and eviction are not changes. */
+export type BanChange = { op: 'add'; ban: Ban } | { op: 'remove'; target: string; ban: Ban };
+export type BanChangeListener = (change: BanChange) => void;
+
+/**
+ * Widest networks taken from another guard (a shared store): IPv4 /8, IPv6 /16, as the widest
+ * limiter prefixes (limits.yaml prefixV4/prefixV6). A local admin may ban wider; it is not shared.
+ */
+export const SHARED_MIN_PREFIX: Readonly<Record<4 | 6, number>> = { 4: 8, 6: 16 };
+
+/** Whether a normalised target may be shared with or taken from other guards. */
+export function isShareableTarget(n: { network?: IpNetwork }): boolean {
+  return !n.network || n.network.prefix >= SHARED_MIN_PREFIX[n.network.family];
+}
+
 export type BanErrorCode = 'RG_ERR_BANS_BAD_TARGET' | 'RG_ERR_BANS_BAD_INPUT' | 'RG_ERR_BANS_FULL' | 'RG_ERR_BANS_BAD_FILE';
 
 export class BanError extends Error {
@@ -53,6 +70,8 @@ export interface BanListOptions {
   metrics?: Pick<Metrics, 'bansActive'>;
   /** Most bans kept (default 100 000). */
   maxEntries?: number;
+  /** Told every local add and remove (same as addChangeListener). */
+  onChange?: BanChangeListener;
 }
 
 interface Entry {
@@ -95,16 +114,29 @@ export class BanList {
   private readonly clock: Clock;
   private readonly maxEntries: number;
   private lastPruneMs = -Infinity;
+  private readonly listeners = new Set<BanChangeListener>();
 
   constructor(private readonly opts: BanListOptions) {
     this.clock = opts.clock;
     this.maxEntries = opts.maxEntries ?? 100_000;
+    if (opts.onChange) this.listeners.add(opts.onChange);
     if (opts.file) this.load(opts.file);
     this.updateGauge();
   }
 
   get size(): number {
     return this.exact.size + this.networks.size;
+  }
+
+  /** Most bans kept. */
+  get capacity(): number {
+    return this.maxEntries;
+  }
+
+  /** Be told every local add and remove (not remote ones, not expiry). Returns the unsubscribe function. */
+  addChangeListener(listener: BanChangeListener): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
   }
 
   /** The ban that covers `ip`, if any. Malformed input is never banned (the session refuses it elsewhere). */
@@ -153,7 +185,71 @@ export class BanList {
     map.set(target, network ? { ban, expiresAtMs, network } : { ban, expiresAtMs });
     if (input.source === 'manual' || existing?.ban.source === 'manual') this.persist();
     this.updateGauge();
+    this.tell({ op: 'add', ban: { ...ban } });
     return ban;
+  }
+
+  /**
+   * Take a ban made by another guard (a shared store), without telling change listeners. `raw` is
+   * untrusted: it is validated like add()'s input, a network wider than SHARED_MIN_PREFIX, an
+   * unknown source, a bad date or an expired ban is refused (undefined), never thrown. An automatic
+   * ban never replaces a manual one in force; an identical ban is left as is.
+   */
+  applyRemoteBan(raw: unknown): Ban | undefined {
+    if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) return undefined;
+    const b = raw as Record<string, unknown>;
+    if (typeof b.target !== 'string' || (b.source !== 'manual' && b.source !== 'automatic')) return undefined;
+    let norm: { target: string; network?: IpNetwork };
+    try {
+      norm = normalizeBanTarget(b.target);
+    } catch {
+      return undefined;
+    }
+    if (!isShareableTarget(norm)) return undefined;
+    const now = this.clock.now();
+    const expiresAtMs = b.expiresAt === undefined || b.expiresAt === null ? Infinity : typeof b.expiresAt === 'string' ? Date.parse(b.expiresAt) : NaN;
+    if (Number.isNaN(expiresAtMs) || expiresAtMs <= now) return undefined;
+    const createdAtMs = typeof b.createdAt === 'string' ? Date.parse(b.createdAt) : NaN;
+    const reason = (typeof b.reason === 'string' ? b.reason : '').replace(/[\x00-\x1f\x7f]+/g, ' ').trim().slice(0, MAX_REASON_CHARS);
+    const ban: Ban = { target: norm.target, reason, source: b.source, createdAt: new Date(Number.isNaN(createdAtMs) ? now : createdAtMs).toISOString() };
+    if (expiresAtMs !== Infinity) ban.expiresAt = new Date(expiresAtMs).toISOString();
+
+    const existing = this.entry(norm.target);
+    if (existing && existing.expiresAtMs > now) {
+      if (existing.ban.source === 'manual' && ban.source === 'automatic') return existing.ban;
+      const e = existing.ban;
+      if (e.source === ban.source && e.reason === ban.reason && e.createdAt === ban.createdAt && e.expiresAt === ban.expiresAt) return e;
+    }
+    if (existing) this.delete(norm.target);
+    else {
+      try {
+        this.makeRoom(now);
+      } catch {
+        return undefined; // full of manual bans
+      }
+    }
+    const map = norm.network ? this.networks : this.exact;
+    map.set(norm.target, norm.network ? { ban, expiresAtMs, network: norm.network } : { ban, expiresAtMs });
+    if (ban.source === 'manual' || existing?.ban.source === 'manual') this.persistQuietly();
+    this.updateGauge();
+    return ban;
+  }
+
+  /** Lift a ban because another guard lifted it, without telling change listeners. Never throws. */
+  applyRemoteRemoval(rawTarget: unknown): boolean {
+    if (typeof rawTarget !== 'string') return false;
+    let target: string;
+    try {
+      target = normalizeBanTarget(rawTarget).target;
+    } catch {
+      return false;
+    }
+    const e = this.entry(target);
+    if (!e) return false;
+    this.delete(target);
+    if (e.ban.source === 'manual') this.persistQuietly();
+    this.updateGauge();
+    return true;
   }
 
   /** Remove the ban of exactly this target (address or network). Returns false when there was none. */
@@ -164,6 +260,7 @@ export class BanList {
     this.delete(t);
     if (e.ban.source === 'manual') this.persist();
     this.updateGauge();
+    this.tell({ op: 'remove', target: t, ban: { ...e.ban } });
     return true;
   }
 
@@ -171,6 +268,25 @@ export class BanList {
   list(): Ban[] {
     this.prune(this.clock.now());
     return [...this.exact.values(), ...this.networks.values()].map((e) => ({ ...e.ban }));
+  }
+
+  private tell(change: BanChange): void {
+    for (const l of this.listeners) {
+      try {
+        l(change);
+      } catch {
+        // A listener's fault never undoes or fails the local change.
+      }
+    }
+  }
+
+  /** persist() for changes that came from elsewhere: a disk fault must not fail the sync path. */
+  private persistQuietly(): void {
+    try {
+      this.persist();
+    } catch {
+      // The ban is in force in memory; the next local manual change rewrites the file.
+    }
   }
 
   private entry(target: string): Entry | undefined {

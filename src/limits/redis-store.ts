@@ -72,7 +72,8 @@ export class RedisLimitStore implements LimitStore {
   readonly name = 'redis';
   readonly redis: Redis;
   private readonly scripted: ScriptedRedis;
-  private readonly keyPrefix: string;
+  /** Prefix of every key of this store (ban-sync.ts puts its keys and channel under it too). */
+  readonly keyPrefix: string;
   private readonly serverTime: boolean;
   private readonly ownsClient: boolean;
 
