@@ -26,7 +26,7 @@ import { RecipientValidator } from './directory/recipient-validator.js';
 import { TlsContextManager } from './net/tls-context.js';
 import { SmtpListener, compileNetworks, type AcceptedConnection } from './net/listeners.js';
 import { BackendCapacity } from './session/backend-capacity.js';
-import { BackendLink, type BackendLinkOptions } from './session/backend-link.js';
+import { BackendLink, type BackendFailure, type BackendLinkOptions } from './session/backend-link.js';
 import { startBackendTls } from './session/backend-tls.js';
 import { formatProxyPreamble, sendXclient, xforwardBeforeMail, type ClientEndpoint } from './session/xclient.js';
 import { SessionRegistry } from './session/session-registry.js';
@@ -164,19 +164,10 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
       const proxy = config.backend.proxyProtocol;
       const r = await connectBackend(client && proxy !== 'off' ? formatProxyPreamble(proxy, client) : undefined);
       if (!r.ok) return r;
-      if (config.backend.tls === 'starttls') {
-        const t = await startBackendTls(r.link, {
-          ehloName: config.smtp.hostname,
-          rejectUnauthorized: config.backend.tlsRejectUnauthorized,
-          handshakeTimeoutMs: timeouts.backendGreetingMs,
-          ...(backendCa ? { ca: backendCa } : {}),
-        });
-        if (t.ok && !t.tls) backendLog.warn({ backend: r.link.target.name, reason: t.reason }, 'backend tls not started, continuing in plaintext');
-        if (!t.ok) {
-          backendLog.warn({ backend: r.link.target.name, reason: t.reason }, 'backend tls failed');
-          r.link.close(false);
-          return { ok: false as const, failure: t.failure, target: r.link.target };
-        }
+      const t = await secureBackend(r.link);
+      if (!t.ok) {
+        r.link.close(false);
+        return { ok: false as const, failure: t.failure, target: r.link.target };
       }
       let xclientSent = false;
       if (client && config.backend.xclient) {
@@ -204,6 +195,19 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
       return r;
     },
   });
+  /** Backend leg STARTTLS when configured (right after the greeting); a failed handshake drops the link. */
+  async function secureBackend(link: BackendLink): Promise<{ ok: true } | { ok: false; failure: BackendFailure }> {
+    if (config.backend.tls !== 'starttls') return { ok: true };
+    const t = await startBackendTls(link, {
+      ehloName: config.smtp.hostname,
+      rejectUnauthorized: config.backend.tlsRejectUnauthorized,
+      handshakeTimeoutMs: timeouts.backendGreetingMs,
+      ...(backendCa ? { ca: backendCa } : {}),
+    });
+    if (t.ok && !t.tls) backendLog.warn({ backend: link.target.name, reason: t.reason }, 'backend tls not started, continuing in plaintext');
+    if (!t.ok) backendLog.warn({ backend: link.target.name, reason: t.reason }, 'backend tls failed');
+    return t.ok ? { ok: true } : { ok: false, failure: t.failure };
+  }
   const backends = backendProviderFor();
   /** Connect to the first backend that answers, and keep the backend metrics. */
   async function connectBackend(preamble?: Buffer) {
@@ -232,6 +236,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
         max: Math.min(config.backend.pool.max, config.backend.maxConnections),
         acquireTimeoutMs: parseDuration(config.backend.pool.acquireTimeout),
         healthIntervalMs: parseDuration(config.backend.pool.healthInterval),
+        prepare: async (link: BackendLink) => (await secureBackend(link)).ok,
         metrics,
         log: log.child({ component: 'pool' }),
         xforward: config.backend.xforward,

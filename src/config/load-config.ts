@@ -74,6 +74,10 @@ function checkSemantics(c: Config, file: string, lineOf: (path: string[]) => num
   if (c.smtp.hardErrorLimit < c.smtp.softErrorLimit) {
     throw new ConfigError(file, 'smtp.hardErrorLimit', 'must not be below smtp.softErrorLimit', lineOf(['smtp', 'hardErrorLimit']));
   }
+  if (c.backend.pool.enabled && c.backend.proxyProtocol !== 'off') {
+    // A PROXY header names one client for the whole connection; a pooled backend session carries many.
+    throw new ConfigError(file, 'backend.proxyProtocol', 'cannot be used with backend.pool (a pooled backend session serves many clients): use backend.xclient or backend.xforward', lineOf(['backend', 'proxyProtocol']));
+  }
   if (c.limits.store === 'redis' && !c.limits.redisUrl) {
     throw new ConfigError(file, 'limits.redisUrl', 'required when limits.store is redis', lineOf(['limits', 'store']));
   }

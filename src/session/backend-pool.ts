@@ -38,6 +38,8 @@ export interface BackendPoolOptions {
   readonly healthIntervalMs: number;
   readonly metrics: Metrics;
   readonly log: Logger;
+  /** Run on each new backend session after its greeting, before the pool's EHLO (backend STARTTLS); false drops it. */
+  readonly prepare?: (link: BackendLink) => Promise<boolean>;
   /** Send XFORWARD before each MAIL when the backend session offers it (Postfix). */
   readonly xforward?: boolean;
   /** Else send XCLIENT (then EHLO again) when the backend session offers it (Postfix). */
@@ -297,8 +299,9 @@ export class BackendPool extends EventEmitter {
       return;
     }
     const link = r.link;
+    const prepared = r.greeting.code === 220 && (!this.opts.prepare || (await this.opts.prepare(link)));
     const ready = await new Promise<boolean>((resolve) => {
-      if (r.greeting.code !== 220) return resolve(false);
+      if (!prepared || link.isClosed) return resolve(false);
       link.send('EHLO', Buffer.from(`EHLO ${this.opts.ehloName}\r\n`, 'latin1'), (e) => {
         if (isFailure(e) || e.code !== 250) return resolve(false);
         this.capabilities = e;

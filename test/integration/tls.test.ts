@@ -373,6 +373,35 @@ describe('backend leg STARTTLS (backend.tls: starttls)', () => {
     }
   });
 
+  test('pooled mode: every pooled backend session is upgraded before its first transaction; nothing readable on the wire', async () => {
+    const b = await tlsBackend();
+    const guard = await guardFor(b, { tlsRejectUnauthorized: false, pool: { enabled: true, minIdle: 2, max: 2, acquireTimeout: '5s', healthInterval: '30s' } });
+    try {
+      for (let i = 0; i < 3; i++) {
+        const d = await Dialog.connect(guard.port, { localAddress: STRANGER });
+        expect((await d.reply()).code).toBe(220);
+        expect((await d.cmd('EHLO client.test')).code).toBe(250);
+        expect((await d.cmd(`MAIL FROM:<p${i}@elsewhere.test>`)).code).toBe(250);
+        expect((await d.cmd('RCPT TO:<bob@example.com>')).code).toBe(250);
+        expect((await d.cmd('DATA')).code).toBe(354);
+        expect((await d.cmd(`Subject: pooled ${i}\r\n\r\npooled over TLS ${i}\r\n.`)).code).toBe(250);
+        await d.cmd('QUIT');
+        d.close();
+      }
+      expect(b.messages.map((m) => m.body.toString()).filter((t) => t.includes('pooled over TLS'))).toHaveLength(3);
+      expect(secureMail.slice(-3)).toEqual([true, true, true]);
+      expect(b.connections.length).toBeLessThanOrEqual(2);
+      for (const c of b.connections) {
+        const wire = Buffer.concat(c).toString('latin1');
+        expect(wire.startsWith('EHLO guard.example.com\r\nSTARTTLS\r\n')).toBe(true);
+        expect(wire).not.toContain('MAIL FROM');
+      }
+    } finally {
+      await guard.stop();
+      await b.close();
+    }
+  });
+
   test('a backend that does not offer STARTTLS: plaintext, with a warning', async () => {
     const b = await startRecordingBackend();
     const guard = await guardFor(b, { tlsRejectUnauthorized: false });

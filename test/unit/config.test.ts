@@ -38,6 +38,7 @@ describe('config file', () => {
     ['bad listener kind', 'listeners:\n  - name: a\n    port: 25\n    kind: pop3\n', 'listeners.0.kind', 4],
     ['duplicate listener names', 'listeners:\n  - name: a\n    port: 25\n  - name: a\n    port: 26\n', 'listeners.1.name', 4],
     ['redis without url', 'limits:\n  store: redis\n', 'limits.redisUrl', 2],
+    ['outbound PROXY with a pool', 'backend:\n  proxyProtocol: v2\n  pool:\n    enabled: true\n    minIdle: 1\n    max: 5\n    acquireTimeout: 5s\n    healthInterval: 30s\n', 'backend.proxyProtocol', 2],
     ['bad port', 'backends:\n  - host: x\n    port: 70000\n', 'backends.0.port', 3],
   ];
   test.each(BAD)('%s → ConfigError naming the key and line', (_name, yaml, key, line) => {
