@@ -4,7 +4,7 @@
  */
 import path from 'node:path';
 import http from 'node:http';
-import { isIP, type AddressInfo } from 'node:net';
+import { isIP, type AddressInfo, type Socket } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { Registry } from 'prom-client';
 import type { Logger } from 'pino';
@@ -28,7 +28,7 @@ import { SmtpListener, compileNetworks, type AcceptedConnection } from './net/li
 import { BackendCapacity } from './session/backend-capacity.js';
 import { BackendLink, type BackendFailure, type BackendLinkOptions } from './session/backend-link.js';
 import { startBackendTls } from './session/backend-tls.js';
-import { formatProxyPreamble, sendXclient, xforwardBeforeMail, type ClientEndpoint } from './session/xclient.js';
+import { formatProxyForSelf, formatProxyPreamble, sendXclient, xforwardBeforeMail, type ClientEndpoint } from './session/xclient.js';
 import { SessionRegistry } from './session/session-registry.js';
 import { SmtpSession } from './session/session.js';
 import { BackendPool } from './session/backend-pool.js';
@@ -287,7 +287,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
   });
 
   const admin = config.admin.enabled
-    ? await buildAdminServer({ config, rules, bans, sessions: registry, metrics, validator, limiter, log: log.child({ component: 'admin' }), env, checkBackend: () => backendReady(targets, timeouts.backendConnectMs) })
+    ? await buildAdminServer({ config, rules, bans, sessions: registry, metrics, validator, limiter, log: log.child({ component: 'admin' }), env, checkBackend: () => backendReady(targets, timeouts.backendConnectMs, config.backend.proxyProtocol) })
     : undefined;
   let adminAddr: { host: string; port: number } | undefined;
   // Optional listener serving only /metrics (config `metrics`), e.g. for a scraper on another network.
@@ -383,8 +383,18 @@ function publishRuleChangeSeries(metrics: Metrics): void {
 }
 
 /** /readyz: can a backend be reached (TCP connect + greeting)? */
-async function backendReady(targets: { host: string; port: number }[], timeoutMs: number): Promise<boolean> {
-  const r = await BackendLink.connect(targets, { connectTimeoutMs: Math.min(timeoutMs, 3000), greetingTimeoutMs: 3000, replyTimeoutMs: 3000 });
-  if (r.ok) r.link.close(true);
-  return r.ok;
+/**
+ * Readiness: a backend answers with a 220 greeting (a 421 — e.g. Exchange at its connection limit —
+ * is not ready). A backend that expects a PROXY header gets one naming the probe itself.
+ */
+async function backendReady(targets: { host: string; port: number }[], timeoutMs: number, proxy: 'off' | 'v1' | 'v2'): Promise<boolean> {
+  const r = await BackendLink.connect(targets, {
+    connectTimeoutMs: Math.min(timeoutMs, 3000),
+    greetingTimeoutMs: 3000,
+    replyTimeoutMs: 3000,
+    ...(proxy !== 'off' ? { preamble: (socket: Socket) => formatProxyForSelf(proxy, socket) } : {}),
+  });
+  if (!r.ok) return false;
+  r.link.close(true);
+  return r.greeting.code === 220;
 }

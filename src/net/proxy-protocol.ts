@@ -249,6 +249,15 @@ export function formatProxyV2(info: ProxyAddresses): Buffer {
   return out;
 }
 
+/** v2 header with the LOCAL command (§2.2): a connection of the proxy's own, e.g. a health check. */
+export function formatProxyV2Local(): Buffer {
+  const out = Buffer.alloc(V2_FIXED_BYTES);
+  V2_SIGNATURE.copy(out, 0);
+  out[12] = 0x20; // version 2, LOCAL
+  out[13] = 0x00; // UNSPEC, no address block
+  return out;
+}
+
 function requireAddress(text: string, family: 'tcp4' | 'tcp6'): Uint8Array {
   const b = parseAddressText(text, family);
   if (!b) throw new TypeError(`not a ${family} address: ${JSON.stringify(text).slice(0, 64)}`);

@@ -38,7 +38,7 @@ export interface BackendLinkOptions {
   readonly replyTimeoutMs: number;
   readonly sourceAddress?: string;
   /** Bytes written right after connect, before the greeting is read (an outbound PROXY header). */
-  readonly preamble?: Buffer;
+  readonly preamble?: Buffer | ((socket: net.Socket) => Buffer);
   /** Observes each reply's latency (metrics). */
   readonly onReplyTime?: (verb: string, seconds: number) => void;
 }
@@ -185,7 +185,7 @@ export class BackendLink extends EventEmitter {
       socket.once('connect', () => {
         clearTimeout(connectTimer);
         const link = new BackendLink(socket, target, opts);
-        if (opts.preamble) socket.write(opts.preamble);
+        if (opts.preamble) socket.write(typeof opts.preamble === 'function' ? opts.preamble(socket) : opts.preamble);
         // The greeting is the reply to an implicit first "command".
         link.expect('GREETING', (r) => {
           if (isFailure(r)) finish({ ok: false, failure: r.failure });

@@ -10,7 +10,7 @@
  */
 import { isIP } from 'node:net';
 import { ehloKeywords } from '../smtp/ehlo.js';
-import { formatProxyV1, formatProxyV2, type ProxyAddresses } from '../net/proxy-protocol.js';
+import { formatProxyV1, formatProxyV2, formatProxyV2Local, type ProxyAddresses } from '../net/proxy-protocol.js';
 import { isFailure, type BackendFailure, type BackendLink, type MailPreambleCommand } from './backend-link.js';
 import type { Reply } from '../smtp/reply.js';
 import { sendCommand } from './backend-tls.js';
@@ -50,6 +50,21 @@ export function formatProxyPreamble(version: 'v1' | 'v2', c: ClientEndpoint): Bu
     destPort: sameFamily ? (c.localPort ?? 0) : 0,
   };
   return version === 'v1' ? formatProxyV1(info) : formatProxyV2(info);
+}
+
+/**
+ * PROXY header for a connection the guard makes on its own behalf (the readiness probe): v2 LOCAL,
+ * which Postfix ≥ 3.5 takes as a heartbeat; v1 has no such command, so the probe names itself (its
+ * own socket endpoints) as the client.
+ */
+export function formatProxyForSelf(version: 'v1' | 'v2', socket: { localAddress?: string | undefined; localPort?: number | undefined; remoteAddress?: string | undefined; remotePort?: number | undefined }): Buffer {
+  if (version === 'v2') return formatProxyV2Local();
+  return formatProxyPreamble('v1', {
+    clientIp: (socket.localAddress ?? '127.0.0.1').replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/i, '$1'),
+    clientPort: socket.localPort ?? 0,
+    ...(socket.remoteAddress !== undefined ? { localIp: socket.remoteAddress } : {}),
+    ...(socket.remotePort !== undefined ? { localPort: socket.remotePort } : {}),
+  });
 }
 
 /** RFC 3461 §4 xtext, which XCLIENT attribute values use. */

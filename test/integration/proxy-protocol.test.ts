@@ -279,6 +279,56 @@ describe('outbound: PROXY to the backend (backend.proxyProtocol)', () => {
   }
 });
 
+describe('readiness with outbound PROXY (backend.proxyProtocol)', () => {
+  for (const version of ['off', 'v1', 'v2'] as const) {
+    test(`${version}: /readyz probes a backend that requires a PROXY header ${version === 'off' ? 'without one: not ready' : 'with a header naming the probe: ready'}`, async () => {
+      const inner = await startGuard({
+        backendPort: backend.port,
+        config: {
+          timeouts: { drain: '1s' },
+          listeners: [{ name: 'inner', address: '127.0.0.1', port: 0, kind: 'mx', proxyProtocol: 'required', proxyNetworks: ['127.0.0.1/32'] }],
+        },
+      });
+      const front = await startGuard({
+        backendPort: inner.port,
+        config: { timeouts: { drain: '1s' }, backend: { proxyProtocol: version }, admin: { enabled: true, address: '127.0.0.1', port: 0, metricsAuth: false } },
+      });
+      try {
+        const a = front.guard.adminAddress()!;
+        const res = await fetch(`http://127.0.0.1:${a.port}/readyz`, { signal: AbortSignal.timeout(10_000) });
+        expect(res.status).toBe(version === 'off' ? 503 : 200);
+        if (version !== 'off') expect(inner.logs.some((l) => l.msg === 'proxy header refused')).toBe(false);
+      } finally {
+        await front.stop();
+        await inner.stop();
+      }
+    });
+  }
+});
+
+test('/readyz: a backend that greets with 421 (at its connection limit) is not ready', async () => {
+  const conns = new Set<net.Socket>();
+  const busy = net.createServer((s) => {
+    conns.add(s);
+    s.on('close', () => conns.delete(s));
+    s.on('error', () => s.destroy());
+    s.end('421 4.3.2 Too many connections\r\n');
+  });
+  await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
+  const g = await startGuard({
+    backendPort: (busy.address() as net.AddressInfo).port,
+    config: { timeouts: { drain: '1s' }, admin: { enabled: true, address: '127.0.0.1', port: 0, metricsAuth: false } },
+  });
+  try {
+    const res = await fetch(`http://127.0.0.1:${g.guard.adminAddress()!.port}/readyz`, { signal: AbortSignal.timeout(10_000) });
+    expect(res.status).toBe(503);
+  } finally {
+    await g.stop();
+    for (const c of conns) c.destroy();
+    await new Promise((r) => busy.close(r));
+  }
+});
+
 describe('outbound: XCLIENT (backend.xclient)', () => {
   test('smtp-server with XCLIENT: ADDR, PORT and NAME are sent after the greeting; the backend sees the client', async () => {
     const remote: string[] = [];
