@@ -25,6 +25,7 @@ Rules (SECTION: ${SECTION_NAMES.join(', ')}):
   SECTION remove VALUE              remove one item (senders: the rule id)
   rules show                        every section with its ETag
   rules history                     versions, newest first
+  rules reload                      re-read the rules files now (hand edits), as SIGHUP does
   rules rollback VERSION            make a previous version current again
   audit [--limit N]                 who changed what, newest first
 
@@ -187,7 +188,7 @@ async function dispatch(p: string[], v: Values, api: Api, io: CtlIo): Promise<nu
 
   switch (cmd) {
     case 'rules': {
-      const sub = need(p, 1, 'action (show, history, rollback VERSION)');
+      const sub = need(p, 1, 'action (show, history, reload, rollback VERSION)');
       if (sub === 'show') {
         noMore(p, 2);
         return finish(await api('GET', '/rules'), (b) => {
@@ -201,12 +202,16 @@ async function dispatch(p: string[], v: Values, api: Api, io: CtlIo): Promise<nu
           table(['VERSION', 'TIME', 'ACTOR', 'OPERATION', 'SECTIONS'], ((b['versions'] ?? []) as Json[]).map((x) => [x['id'], x['time'], x['actor'], x['operation'], (x['sections'] as string[] | undefined)?.join(',') ?? ''])),
         );
       }
+      if (sub === 'reload') {
+        noMore(p, 2);
+        return finish(await api('POST', '/rules/reload'), (b) => `rules reloaded (version ${String(b['version'])})\n`);
+      }
       if (sub === 'rollback') {
         const version = need(p, 2, 'VERSION');
         noMore(p, 3);
         return finish(await api('POST', '/rules/rollback', { version }), (b) => `rolled back to ${version} (now version ${String(b['version'])})\n`);
       }
-      throw new UsageError(`unknown action ${JSON.stringify(sub)} for rules (show, history, rollback VERSION)`);
+      throw new UsageError(`unknown action ${JSON.stringify(sub)} for rules (show, history, reload, rollback VERSION)`);
     }
     case 'audit': {
       noMore(p, 1);

@@ -269,6 +269,28 @@ describe('history, rollback, audit', () => {
     expect((bad.json() as { message: string }).message).toContain('body/version');
   });
 
+  test('POST /rules/reload picks up a hand edit; an invalid file → 400 naming file and line, rules in force unchanged', async () => {
+    const { writeFile } = await import('node:fs/promises');
+    const before = env.store.current().version;
+    await writeFile(join(env.dir, 'accepted-domains.yaml'), '- example.com\n- hand-edited.example\n');
+    const ok = await call('POST', '/api/v1/rules/reload');
+    expect(ok.statusCode).toBe(200);
+    const v1 = (ok.json() as { version: string }).version;
+    expect(v1).not.toBe(before);
+    expect(env.store.getSection('accepted-domains').value).toContain('hand-edited.example');
+    expect(env.store.audit(1)[0]).toMatchObject({ operation: 'reload', section: 'accepted-domains' });
+
+    await writeFile(join(env.dir, 'accepted-domains.yaml'), '- example.com\n- [unterminated\n');
+    const bad = await call('POST', '/api/v1/rules/reload');
+    expect(bad.statusCode).toBe(400);
+    const body = bad.json() as { code: string; errors: Array<{ file?: string; line?: number }> };
+    expect(body.code).toBe('RG_ERR_RULES_INVALID');
+    expect(body.errors[0]?.file).toContain('accepted-domains.yaml');
+    expect(body.errors[0]?.line).toBeGreaterThanOrEqual(2);
+    expect(env.store.current().version).toBe(v1);
+    expect(env.store.getSection('accepted-domains').value).toContain('hand-edited.example');
+  });
+
   test('audit: newest first, limited, with before and after', async () => {
     await call('POST', '/api/v1/rules/accepted-domains', { value: 'one.example' });
     await call('POST', '/api/v1/rules/accepted-domains', { value: 'two.example' });

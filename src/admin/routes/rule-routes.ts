@@ -1,6 +1,6 @@
 /**
  * Rules as resources: one set of routes per section (so every body has its own JSON schema, and the
- * OpenAPI document shows it), a catch-all for unknown sections (404), history, rollback and audit.
+ * OpenAPI document shows it), a catch-all for unknown sections (404), history, rollback, reload and audit.
  * ETag / If-Match (RFC 9110 §8.8.3, §13.1.1) give optimistic concurrency: the store checks the
  * precondition and writes inside one queue, so a stale writer gets 412 and nothing is lost.
  */
@@ -61,6 +61,19 @@ export function registerRuleRoutes(api: FastifyInstance, deps: AdminDeps): void 
     const { version } = req.body as { version: string };
     return sendChange(reply, undefined, await store.rollback(version, { actor: actorOf(req) }));
   });
+
+  api.post(
+    '/rules/reload',
+    { schema: { tags: ['rules'], summary: 'Re-read the rules files now, as SIGHUP does (hand edits); an invalid file leaves the rules in force unchanged' } },
+    async (req, reply) => {
+      const r = await store.reload(`admin ${actorOf(req)}`);
+      if (!r.ok) {
+        const body: ErrorBody = { statusCode: 400, code: 'RG_ERR_RULES_INVALID', message: 'rules files not reloaded; the rules in force are unchanged', ...(r.errors ? { errors: r.errors } : {}) };
+        return reply.code(400).send(body);
+      }
+      return { version: store.current().version };
+    },
+  );
 
   api.get('/audit', { schema: { tags: ['rules'], summary: 'Audit log of rule changes, newest first', querystring: AuditQuery } }, async (req) => {
     const q = req.query as { limit?: string };
