@@ -273,6 +273,42 @@ describe('bans shared through Redis', () => {
   });
 });
 
+describe('Redis down when a guard starts', () => {
+  test('the guard starts at once with its local bans; when Redis comes up, the ban made meanwhile is written to it', async () => {
+    const late = await startRedisServer();
+    await late.stop();
+    let g: StartedGuard | undefined;
+    let probe: Redis | undefined;
+    try {
+      const started = Date.now();
+      g = await startGuard({
+        backendPort: backend.port,
+        rules: { limits },
+        env: { RELAY_GUARD_ADMIN_TOKEN: TOKEN },
+        config: {
+          timeouts: { drain: '1s' },
+          admin: { enabled: true, address: '127.0.0.1', port: 0, metricsAuth: false },
+          limits: { store: 'redis', redisUrl: late.url, maxEntries: 1000 },
+        },
+      });
+      expect(Date.now() - started).toBeLessThan(2_500);
+      expect(g.logs.filter((l) => l.msg === 'ban sync: redis unreachable, bans enforced locally until it answers')).toHaveLength(1);
+      expect((await api(g, 'POST', '/bans', { target: '127.0.0.61', reason: 'offline' })).status).toBe(200);
+      expect(await greetingFrom(g, '127.0.0.61')).toBe(554);
+      await late.start();
+      probe = new Redis(late.url, { maxRetriesPerRequest: 1 });
+      probe.on('error', () => undefined);
+      const p = probe;
+      await until(async () => (await p.exists('relay-guard:ban:127.0.0.61')) === 1, 10_000, 'the offline ban in Redis');
+      expect(JSON.parse((await p.get('relay-guard:ban:127.0.0.61')) ?? '{}')).toMatchObject({ target: '127.0.0.61', source: 'manual', reason: 'offline' });
+    } finally {
+      probe?.disconnect();
+      await g?.stop();
+      await late.stop();
+    }
+  });
+});
+
 /** Bounded poll of an async condition. */
 async function until(cond: () => Promise<boolean>, ms: number, what: string): Promise<void> {
   const deadline = Date.now() + ms;
