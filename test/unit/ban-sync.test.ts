@@ -124,9 +124,17 @@ describe('applyRemoteBan', () => {
       },
       { requiredKeys: [] },
     );
+    // Well-formed bans (of any width) so that a good share of runs gets past the validation.
+    const wellFormed = fc.record({
+      target: fc.oneof(fc.ipV4(), fc.ipV4().chain((ip) => fc.integer({ min: 0, max: 32 }).map((n) => `${ip}/${n}`))),
+      source: fc.constantFrom('manual', 'automatic'),
+      reason: fc.string({ maxLength: 40 }),
+      createdAt: fc.constant(iso(NOW)),
+      expiresAt: fc.integer({ min: 60_000, max: 1e9 }).map((d) => iso(NOW + d)),
+    });
     let taken = 0;
     fc.assert(
-      fc.property(fc.oneof(banish, fc.jsonValue()), (raw) => {
+      fc.property(fc.oneof(wellFormed, banish, fc.jsonValue()), (raw) => {
         const ban = bans.applyRemoteBan(raw);
         if (!ban) return;
         taken++;
