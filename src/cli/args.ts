@@ -21,6 +21,8 @@ Options (flags override the configuration file):
   --recipients-file FILE   validate recipients of every accepted domain against FILE
                            (one address per line, '#' comments, '@domain' = catch-all)
   --rules-dir DIR          directory of the rule files                   [rules]
+  --pool N                 pooled mode: at most N backend sessions, lent per transaction
+                           (backend.pool; keep N below the backend's per-source limit)
   --admin HOST:PORT        admin API and /metrics listener               [127.0.0.1:8025]
   --no-admin               do not start the admin API
   --log-level LEVEL        fatal|error|warn|info|debug|trace|silent      [info]
@@ -62,6 +64,13 @@ export function planFromArgs(values: Record<string, unknown>, packageRulesDir: s
     over.admin = { ...over.admin, address: host, port };
   }
   if (values['no-admin']) over.admin = { ...over.admin, enabled: false };
+  if (values.pool !== undefined) {
+    const text = values.pool as string;
+    const max = /^[0-9]{1,4}$/.test(text) ? Number(text) : NaN;
+    if (!(max >= 1)) throw new ConfigError('command line', '--pool', `expected a number of backend sessions (1 or more), got ${JSON.stringify(text)}`);
+    const pool = over.backend.pool;
+    over.backend = { ...over.backend, pool: { ...pool, enabled: true, max, minIdle: Math.min(pool.minIdle, max) } };
+  }
   if (values['rules-dir']) over.rulesDir = values['rules-dir'] as string;
   if (values['recipients-file']) over.recipientsFile = values['recipients-file'] as string;
   if (values['log-level']) over.log = { level: values['log-level'] as Config['log']['level'] };
@@ -88,6 +97,7 @@ export const OPTIONS = {
   'rules-dir': { type: 'string' },
   admin: { type: 'string' },
   'no-admin': { type: 'boolean' },
+  pool: { type: 'string' },
   'log-level': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean' },

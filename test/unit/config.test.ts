@@ -85,6 +85,14 @@ describe('command line', () => {
     expect(plan.extra.acceptedDomains).toEqual(['example.com']);
   });
 
+  test('--pool N turns pooled mode on with at most N backend sessions; junk is a ConfigError naming --pool', () => {
+    const plan = planFromArgs({ backend: ['127.0.0.1:25'], pool: '1' }, 'rules');
+    expect(plan.config.backend.pool).toMatchObject({ enabled: true, max: 1, minIdle: 1 });
+    expect(planFromArgs({ backend: ['127.0.0.1:25'], pool: '8' }, 'rules').config.backend.pool).toMatchObject({ enabled: true, max: 8, minIdle: 2 });
+    expect(planFromArgs({ backend: ['127.0.0.1:25'] }, 'rules').config.backend.pool.enabled).toBe(false);
+    for (const bad of ['0', '-1', 'ten', '', '1.5', '99999']) expect(() => planFromArgs({ backend: ['127.0.0.1:25'], pool: bad }, 'rules')).toThrow(/--pool/);
+  });
+
   test.each(['nohost', 'host:', 'host:99999', ':25'])('bad HOST:PORT %s', (s) => {
     expect(() => parseHostPort(s, '--listen')).toThrow(ConfigError);
   });
