@@ -182,26 +182,44 @@ export function createMetrics(register: Registry = new Registry(), opts: { defau
 function bufferIncrements<T extends string>(counter: Counter<T>): void {
   const direct = counter.inc.bind(counter);
   const names = (counter as unknown as { labelNames: readonly T[] }).labelNames;
-  const pending = new Map<string, { labels: Partial<Record<T, string | number>>; n: number }>();
+  interface Entry {
+    readonly labels: Partial<Record<T, string | number>>;
+    n: number;
+  }
+  // One map level per label name, keyed by the label's value: no key string is built per increment.
+  const root = new Map<unknown, unknown>();
+  const entries: Entry[] = [];
   const inc = (labels?: Partial<Record<T, string | number>> | number, value?: number): void => {
     // prom-client lets NaN through (its check is `value && …`); a counter must never become NaN.
     if (value !== undefined && !Number.isFinite(value)) throw new TypeError(`Value is not a valid number: ${value}`);
-    if (labels === undefined || typeof labels === 'number' || (value !== undefined && !(value > 0 && Number.isFinite(value)))) {
+    if (labels === undefined || typeof labels === 'number' || names.length === 0 || (value !== undefined && !(value > 0))) {
       direct(labels as never, value as never);
       return;
     }
-    let key = '';
-    for (const n of names) key += `${labels[n] ?? ''}\u0000`;
-    const e = pending.get(key);
+    let level = root;
+    const last = names.length - 1;
+    for (let i = 0; i < last; i++) {
+      const v = labels[names[i]!];
+      let next = level.get(v) as Map<unknown, unknown> | undefined;
+      if (!next) {
+        next = new Map();
+        level.set(v, next);
+      }
+      level = next;
+    }
+    const leafValue = labels[names[last]!];
+    const e = level.get(leafValue) as Entry | undefined;
     if (e) {
       e.n += value ?? 1;
       return;
     }
     direct(labels as never, 0); // validates the label names, creates the series
-    pending.set(key, { labels: { ...labels }, n: value ?? 1 });
+    const created: Entry = { labels: { ...labels }, n: value ?? 1 };
+    level.set(leafValue, created);
+    entries.push(created);
   };
   const flush = (): void => {
-    for (const e of pending.values()) {
+    for (const e of entries) {
       if (e.n === 0) continue;
       direct(e.labels as never, e.n);
       e.n = 0;

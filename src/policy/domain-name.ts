@@ -13,6 +13,19 @@ export type CanonicalDomain =
 const LABEL_RE = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
 
 export function canonicalDomain(raw: string): CanonicalDomain {
+  // Checked for every sender and recipient: results are kept, a bounded number, dropped when full.
+  const known = canonicalCache.get(raw);
+  if (known) return known;
+  const r = canonicalDomainUncached(raw);
+  if (canonicalCache.size >= DOMAIN_CACHE_MAX) canonicalCache.clear();
+  canonicalCache.set(raw, r);
+  return r;
+}
+
+const DOMAIN_CACHE_MAX = 4096;
+const canonicalCache = new Map<string, CanonicalDomain>();
+
+function canonicalDomainUncached(raw: string): CanonicalDomain {
   if (raw.startsWith('[') && raw.endsWith(']')) return canonicalLiteral(raw.slice(1, -1));
   const name = raw.endsWith('.') ? raw.slice(0, -1) : raw;
   if (name.length === 0) return { ok: false, reason: 'empty domain' };

@@ -38,6 +38,20 @@ function fault(reason: string): NormalizedDomain {
  * RFC 5952 canonical form). General address literals ("[tag:...]", RFC 5321 §4.1.3) are refused.
  */
 export function normalizeDomain(raw: string): NormalizedDomain {
+  // The same few domains come again and again (every RCPT to the company's own domain): results are
+  // kept, a bounded number of them, and the whole set dropped when full.
+  const known = normalizedCache.get(raw);
+  if (known) return known;
+  const r = normalizeDomainUncached(raw);
+  if (normalizedCache.size >= DOMAIN_CACHE_MAX) normalizedCache.clear();
+  normalizedCache.set(raw, r);
+  return r;
+}
+
+const DOMAIN_CACHE_MAX = 4096;
+const normalizedCache = new Map<string, NormalizedDomain>();
+
+function normalizeDomainUncached(raw: string): NormalizedDomain {
   if (raw.startsWith('[')) return normalizeAddressLiteral(raw);
   let name = raw.endsWith('.') ? raw.slice(0, -1) : raw;
   if (name.length === 0) return fault('empty domain');

@@ -354,3 +354,16 @@ describe('isDotAtom', () => {
     expect(isDotAtom(s)).toBe(want);
   });
 });
+
+describe('domain results are cached, never confused', () => {
+  test('the same answers for 10 000 distinct domains, asked twice, across cache overflows', async () => {
+    const { canonicalDomain } = await import('../../src/policy/domain-name.js');
+    const raws = Array.from({ length: 10_000 }, (_, i) => (i % 3 === 0 ? `Host${i}.Example.COM.` : i % 3 === 1 ? `[192.0.2.${i % 256}]` : `bad..${i}`));
+    const first = raws.map((r) => [normalizeDomain(r), canonicalDomain(r)]);
+    const second = raws.map((r) => [normalizeDomain(r), canonicalDomain(r)]);
+    expect(second).toEqual(first);
+    expect(normalizeDomain('Host3.Example.COM.')).toEqual({ ok: true, domain: 'host3.example.com', kind: 'name' });
+    expect(canonicalDomain('Host3.Example.COM.')).toEqual({ ok: true, domain: 'host3.example.com', kind: 'name' });
+    expect(normalizeDomain('bad..5').ok).toBe(false);
+  });
+});
