@@ -1,5 +1,5 @@
 /**
- * npm run fuzz -- [--sessions N] [--seed S] [--concurrency C]
+ * npm run fuzz -- [--sessions N] [--seed S] [--concurrency C] [--pool N]
  * Random and mutated SMTP sessions against an in-process guard in front of the recording backend;
  * prints the seed (re-run with --seed to reproduce) and every invariant violation. Exit 1 on any.
  */
@@ -8,14 +8,15 @@ import { runFuzz } from './lib/fuzz-core.js';
 import { startFuzzTarget } from './lib/fuzz-target.js';
 
 const { values } = parseArgs({
-  options: { sessions: { type: 'string', default: '10000' }, seed: { type: 'string' }, concurrency: { type: 'string', default: '16' } },
+  options: { sessions: { type: 'string', default: '10000' }, seed: { type: 'string' }, concurrency: { type: 'string', default: '16' }, pool: { type: 'string' } },
   strict: true,
 });
 const seed = values.seed !== undefined ? Number(values.seed) : Math.floor(Math.random() * 2 ** 31);
 const sessions = Number(values.sessions);
-process.stdout.write(`fuzz: seed ${seed}, ${sessions} sessions (reproduce: npm run fuzz -- --sessions ${sessions} --seed ${seed})\n`);
+process.stdout.write(`fuzz: seed ${seed}, ${sessions} sessions (reproduce: npm run fuzz -- --sessions ${sessions} --seed ${seed}${values.pool !== undefined ? ` --pool ${values.pool}` : ''})\n`);
 
-const target = await startFuzzTarget();
+// --pool N: the guard in pooled mode with at most N backend sessions.
+const target = await startFuzzTarget(values.pool !== undefined ? { pool: Number(values.pool) } : {});
 try {
   const report = await runFuzz(target, {
     seed,

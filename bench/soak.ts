@@ -1,5 +1,5 @@
 /**
- * npm run soak -- [--messages N] [--seed S] [--concurrency C]
+ * npm run soak -- [--messages N] [--seed S] [--concurrency C] [--pool N]
  * Messages through an in-process guard to the recording backend, clients dropping at random
  * points, backend connections killed every ~1000 messages. Exit 1 on any invariant violation.
  */
@@ -8,13 +8,14 @@ import { runSoak } from './lib/soak-core.js';
 import { startFuzzTarget } from './lib/fuzz-target.js';
 
 const { values } = parseArgs({
-  options: { messages: { type: 'string', default: '100000' }, seed: { type: 'string' }, concurrency: { type: 'string', default: '16' } },
+  options: { messages: { type: 'string', default: '100000' }, seed: { type: 'string' }, concurrency: { type: 'string', default: '16' }, pool: { type: 'string' } },
   strict: true,
 });
 const seed = values.seed !== undefined ? Number(values.seed) : Math.floor(Math.random() * 2 ** 31);
 const messages = Number(values.messages);
-process.stdout.write(`soak: seed ${seed}, ${messages} messages (reproduce: npm run soak -- --messages ${messages} --seed ${seed})\n`);
-const target = await startFuzzTarget();
+process.stdout.write(`soak: seed ${seed}, ${messages} messages (reproduce: npm run soak -- --messages ${messages} --seed ${seed}${values.pool !== undefined ? ` --pool ${values.pool}` : ''})\n`);
+// --pool N: the guard in pooled mode with at most N backend sessions.
+const target = await startFuzzTarget(values.pool !== undefined ? { pool: Number(values.pool) } : {});
 try {
   const report = await runSoak(target, {
     seed,

@@ -6,10 +6,13 @@ import type { FuzzTarget } from './fuzz-core.js';
 export interface RunningFuzzTarget extends FuzzTarget {
   guard: StartedGuard;
   backend: RecordingBackend;
+  /** Handles the target may legitimately hold more at the end than at the start: a pool grown to its max (both ends of each backend connection are in this process). */
+  handleAllowance: number;
   stop(): Promise<void>;
 }
 
-export async function startFuzzTarget(): Promise<RunningFuzzTarget> {
+/** pool: the guard in pooled mode (backend.pool) with at most `pool` backend sessions. */
+export async function startFuzzTarget(opts: { pool?: number } = {}): Promise<RunningFuzzTarget> {
   const rcpts: string[] = [];
   const backend = await startRecordingBackend({
     server: {
@@ -23,12 +26,20 @@ export async function startFuzzTarget(): Promise<RunningFuzzTarget> {
     backendPort: backend.port,
     rules: { acceptedDomains: ['example.com'] },
     // Short timeouts keep abandoned sessions bounded; quiet logs keep the run fast.
-    config: { log: { level: 'silent' }, timeouts: { command: '5s', data: '5s', session: '60s', drain: '2s' }, backend: { maxConnections: 1000 } },
+    config: {
+      log: { level: 'silent' },
+      timeouts: { command: '5s', data: '5s', session: '60s', drain: '2s' },
+      backend: {
+        maxConnections: 1000,
+        ...(opts.pool ? { pool: { enabled: true, minIdle: Math.min(2, opts.pool), max: opts.pool, acquireTimeout: '10s', healthInterval: '30s' } } : {}),
+      },
+    },
   });
   return {
     port: guard.port,
     guard,
     backend,
+    handleAllowance: opts.pool ? 2 * opts.pool : 0,
     backendRcpts: () => rcpts,
     backendBodies: () => backend.messages.map((m) => m.body),
     activeSessions: () => guard.guard.services.registry.all().length,
