@@ -88,6 +88,11 @@ export class BackendPool extends EventEmitter {
     return this.idle.length + this.lent.size + this.detached.size + this.opening;
   }
 
+  /** Open, greeted sessions (idle, lent or detached): the backend answered on each of them. */
+  get live(): number {
+    return this.idle.length + this.lent.size + this.detached.size;
+  }
+
   get idleCount(): number {
     return this.idle.length;
   }

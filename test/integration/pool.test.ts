@@ -67,6 +67,17 @@ describe('pooled mode', () => {
     expect(gauge('idle')).toBeLessThanOrEqual(5);
   });
 
+  test('/readyz in pooled mode opens no connection beyond the pool (the backend refuses a 3rd)', async () => {
+    backend = await startRecordingBackend({ maxConnections: 2 });
+    g = await startGuard({ backendPort: backend.port, config: { ...POOL(2), admin: { enabled: true, address: '127.0.0.1', port: 0, metricsAuth: false } } });
+    await until(() => backend!.maxConcurrent() >= 2, 5_000, 'pool warm');
+    for (let i = 0; i < 3; i++) {
+      const res = await fetch(`http://127.0.0.1:${g.guard.adminAddress()!.port}/readyz`, { signal: AbortSignal.timeout(10_000) });
+      expect(res.status).toBe(200);
+    }
+    expect(backend.maxConcurrent()).toBeLessThanOrEqual(2);
+  });
+
   test('the guard greets and answers EHLO itself; relay policy still applies', async () => {
     backend = await startRecordingBackend();
     g = await startGuard({ backendPort: backend.port, config: POOL(3) });
