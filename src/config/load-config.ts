@@ -138,6 +138,8 @@ export interface ResolvedTimeouts {
   drainMs: number;
   errorDelayMs: number;
   greetingDelayMs: number;
+  /** Pooled mode: silence allowed to a client holding a backend session while others wait for one. */
+  poolStressMs: number;
 }
 
 export function resolveTimeouts(c: Config): ResolvedTimeouts {
@@ -152,6 +154,7 @@ export function resolveTimeouts(c: Config): ResolvedTimeouts {
     drainMs: parseDuration(c.timeouts.drain),
     errorDelayMs: parseDuration(c.smtp.errorDelay),
     greetingDelayMs: parseDuration(c.smtp.greetingDelay),
+    poolStressMs: parseDuration(c.backend.pool.stressTimeout),
   };
 }
 

@@ -77,6 +77,7 @@ export const ConfigSchema = Type.Object(
             max: Type.Integer({ minimum: 1, description: 'keep it below the backend per-source limit' }),
             acquireTimeout: Duration,
             healthInterval: Duration,
+            stressTimeout: Duration,
           },
           { additionalProperties: false },
         ),
@@ -165,7 +166,7 @@ export const DEFAULT_CONFIG: Config = {
     xclient: false,
     xforward: false,
     proxyProtocol: 'off',
-    pool: { enabled: false, minIdle: 2, max: 10, acquireTimeout: '10s', healthInterval: '30s' },
+    pool: { enabled: false, minIdle: 2, max: 10, acquireTimeout: '10s', healthInterval: '30s', stressTimeout: '10s' },
   },
   smtp: {
     hostname: 'relay-guard',

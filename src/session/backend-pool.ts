@@ -88,6 +88,11 @@ export class BackendPool extends EventEmitter {
     return this.idle.length + this.lent.size + this.detached.size + this.opening;
   }
 
+  /** Clients waiting for a free session now. */
+  get waiting(): number {
+    return this.waiters.length;
+  }
+
   /** Open, greeted sessions (idle, lent or detached): the backend answered on each of them. */
   get live(): number {
     return this.idle.length + this.lent.size + this.detached.size;

@@ -108,6 +108,7 @@ export class SmtpSession {
   private timers = new Set<NodeJS.Timeout>();
   private idleTimer: NodeJS.Timeout | undefined;
   private idleMs = 0;
+  private idleSince = 0;
   private releaseCapacity: (() => void) | undefined;
   private releaseConcurrency: (() => void) | undefined;
   private backendAbandoned = false;
@@ -1219,14 +1220,41 @@ export class SmtpSession {
 
   private resetIdle(): void {
     if (this.phase === 'closed' || this.phase === 'closing') return;
-    const ms = this.phase === 'data' || this.phase === 'discard' ? this.svc.timeouts.dataMs : this.svc.timeouts.commandMs;
-    // refresh() keeps the timer's first duration: re-arm when switching between command and DATA timeouts.
+    const full = this.phase === 'data' || this.phase === 'discard' ? this.svc.timeouts.dataMs : this.svc.timeouts.commandMs;
+    this.idleSince = Date.now();
+    // A client holding a pooled backend session is looked at sooner (onIdleTimer).
+    const ms = this.holdsPooledLink() ? Math.min(full, this.svc.timeouts.poolStressMs) : full;
+    // refresh() keeps the timer's first duration: re-arm when the duration changes.
     if (this.idleTimer && this.idleMs === ms) this.idleTimer.refresh();
-    else {
-      clearTimeout(this.idleTimer);
-      this.idleMs = ms;
-      this.idleTimer = setTimeout(() => this.onTimeout('idle'), ms);
+    else this.armIdle(ms);
+  }
+
+  private armIdle(ms: number): void {
+    clearTimeout(this.idleTimer);
+    this.idleMs = ms;
+    this.idleTimer = setTimeout(() => this.onIdleTimer(), ms);
+  }
+
+  private holdsPooledLink(): boolean {
+    return this.svc.pool !== undefined && this.link !== undefined && !this.linkDedicated;
+  }
+
+  /**
+   * The idle timer. A client that holds a pooled backend session while others wait for one gets
+   * only backend.pool.stressTimeout of silence (as Postfix shortens smtpd_timeout under stress):
+   * a few silent clients in mid-transaction must not starve everyone else. Otherwise the full
+   * command/DATA timeout applies.
+   */
+  private onIdleTimer(): void {
+    if (this.phase === 'closed' || this.phase === 'closing') return;
+    const full = this.phase === 'data' || this.phase === 'discard' ? this.svc.timeouts.dataMs : this.svc.timeouts.commandMs;
+    const left = this.idleSince + full - Date.now();
+    if (left > 0 && !(this.holdsPooledLink() && this.svc.pool!.waiting > 0)) {
+      this.armIdle(this.holdsPooledLink() ? Math.min(left, this.svc.timeouts.poolStressMs) : left);
+      return;
     }
+    if (left > 0) this.log.info({ idleMs: Date.now() - this.idleSince, waiting: this.svc.pool!.waiting }, 'pool: silent client released its backend session for waiting clients');
+    this.onTimeout('idle');
   }
 
   private armSessionTimer(): void {

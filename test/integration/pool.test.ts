@@ -138,6 +138,44 @@ describe('pooled mode', () => {
     expect((await sendOne(g.port, 2)).startsWith('250')).toBe(true);
   });
 
+  test('a silent client in mid-transaction gives its backend session up after stressTimeout when others wait; not when nobody waits', async () => {
+    backend = await startRecordingBackend();
+    g = await startGuard({ backendPort: backend.port, config: POOL(1, { minIdle: 1, acquireTimeout: '20s', stressTimeout: '300ms' }) });
+    const a = await Dialog.connect(g.port);
+    await a.reply();
+    await a.cmd('EHLO a.test');
+    expect((await a.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+    expect((await a.cmd('RCPT TO:<user@example.com>')).code).toBe(250);
+    // Nobody waits: silence longer than stressTimeout is fine (the full command timeout applies).
+    const quiet = new Promise<void>((resolve) => setTimeout(resolve, 900));
+    await quiet;
+    expect((await a.cmd('RSET')).code).toBe(250);
+    expect((await a.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+    expect((await a.cmd('RCPT TO:<user@example.com>')).code).toBe(250);
+    expect((await a.cmd('DATA')).code).toBe(354);
+    a.send('Subject: half\r\n\r\nnever finished\r\n'); // then silence, holding the only session
+    await until(() => backend!.lines().includes('never finished'), 5000, 'body reaches the backend');
+    // b waits for the session; a is cut after stressTimeout, b goes through.
+    const b = await Dialog.connect(g.port);
+    await b.reply();
+    await b.cmd('EHLO b.test');
+    const started = Date.now();
+    expect((await b.cmd('MAIL FROM:<b@elsewhere.test>', 10_000)).code).toBe(250);
+    expect(Date.now() - started).toBeLessThan(5_000);
+    const cut = await a.reply();
+    expect(cut.code).toBe(421);
+    await a.waitClosed();
+    expect((await b.cmd('RCPT TO:<user@example.com>')).code).toBe(250);
+    expect((await b.cmd('DATA')).code).toBe(354);
+    b.send('Subject: b\r\n\r\nfrom b\r\n.\r\n');
+    expect((await b.reply()).code).toBe(250);
+    await b.cmd('QUIT');
+    await backend.waitForMessages(1);
+    // a's half message never reached the backend as mail; b's did.
+    expect(backend.messages.map((m) => m.body.toString())).toEqual([expect.stringContaining('from b')]);
+    expect(g.logs.some((l) => l.msg === 'pool: silent client released its backend session for waiting clients')).toBe(true);
+  });
+
   test('no free backend session within acquireTimeout: 451, never a hang', async () => {
     backend = await startRecordingBackend();
     g = await startGuard({ backendPort: backend.port, config: POOL(1, { minIdle: 1, acquireTimeout: '300ms' }) });
