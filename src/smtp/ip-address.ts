@@ -76,7 +76,26 @@ export function parseIPv6(s: string): bigint | undefined {
   return v;
 }
 
-export function parseIp(s: string): IpAddress | undefined {
+/**
+ * A parser with its answers kept: the same client address is parsed for every connection and
+ * command (bans, relay networks, sender rules). Bounded: the whole set is dropped when full.
+ */
+function remembered<T>(parse: (s: string) => T, max = 4096): (s: string) => T {
+  const known = new Map<string, T>();
+  return (s) => {
+    const hit = known.get(s);
+    if (hit !== undefined || known.has(s)) return hit as T;
+    const v = parse(s);
+    if (known.size >= max) known.clear();
+    known.set(s, v);
+    return v;
+  };
+}
+
+/** An IPv4 or IPv6 address in text form (no brackets, no zone). The result is shared: do not modify it. */
+export const parseIp: (s: string) => IpAddress | undefined = remembered(parseIpUncached);
+
+function parseIpUncached(s: string): IpAddress | undefined {
   const v4 = parseIPv4(s);
   if (v4 !== undefined) return { family: 4, value: v4 };
   const v6 = parseIPv6(s);
@@ -136,7 +155,9 @@ export function formatIp(a: IpAddress, options: FormatIPv6Options = {}): string 
  * %zone id (RFC 4007 §11), both dropped; an IPv4-mapped address comes back as the IPv4 address it
  * carries, so "::ffff:192.0.2.1" and "192.0.2.1" are one host. Limits and bans key on this.
  */
-export function parseHostAddress(s: string): IpAddress | undefined {
+export const parseHostAddress: (s: string) => IpAddress | undefined = remembered(parseHostAddressUncached);
+
+function parseHostAddressUncached(s: string): IpAddress | undefined {
   if (!s.includes(':')) {
     const v4 = parseIPv4(s);
     return v4 === undefined ? undefined : { family: 4, value: v4 };

@@ -133,3 +133,17 @@ describe('bytes, masks and networks', () => {
     expect(ipInNetwork(parseIp('192.0.2.1') ?? { family: 6, value: 0n }, all6.network)).toBe(false);
   });
 });
+
+describe('parsed addresses are remembered, never confused', () => {
+  test('10 000 distinct addresses (and junk), parsed twice across cache overflows, give the same answers', () => {
+    const texts = Array.from({ length: 10_000 }, (_, i) =>
+      i % 4 === 0 ? `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}` : i % 4 === 1 ? `2001:db8::${i.toString(16)}` : i % 4 === 2 ? `[::ffff:192.0.2.${i & 255}]` : `not-an-ip-${i}`,
+    );
+    const first = texts.map((t) => [parseIp(t), parseHostAddress(t)]);
+    const second = texts.map((t) => [parseIp(t), parseHostAddress(t)]);
+    expect(second).toEqual(first);
+    expect(parseIp('10.0.0.4')).toEqual({ family: 4, value: 0x0a000004n });
+    expect(parseHostAddress('[::ffff:192.0.2.7]')).toEqual({ family: 4, value: 0xc0000207n });
+    expect(parseIp('not-an-ip-3')).toBeUndefined();
+  });
+});
