@@ -241,8 +241,9 @@ export class SmtpSession {
     }
     this.backendAbandoned = false;
     this.attachLink(link);
-    // One line per transaction ties the client to the backend session (issue 10: Exchange admins).
-    if (this.infoOn) this.log.info({ backendSession: link.tag, backendPort: link.socket.localPort, clientPort: this.clientPort, helo: cap(this.helo) }, 'pool: backend session lent');
+    // The transaction's own line (message accepted / rejected by backend) carries backendSession;
+    // every lending is logged at debug level (a line per message at info costs a measurable share).
+    if (this.svc.log.isLevelEnabled('debug')) this.log.debug({ backendSession: link.tag, backendPort: link.socket.localPort, clientPort: this.clientPort, helo: cap(this.helo) }, 'pool: backend session lent');
     return link;
   }
 
@@ -954,7 +955,7 @@ export class SmtpSession {
     this.link!.expect('DATA-END', (r) => {
       if (isFailure(r)) {
         this.svc.metrics.messages.inc({ outcome: 'backend_failed' });
-        this.log.warn({ failure: r.failure, mailFrom: cap(this.tx.sender), rcpts, size }, 'backend failed after end-of-data');
+        this.log.warn({ failure: r.failure, mailFrom: cap(this.tx.sender), rcpts, size, backendSession: this.link?.tag }, 'backend failed after end-of-data');
         if (this.svc.pool && !this.linkDedicated) {
           // Never a 2xx the backend did not give: 451, and the client may retry on another backend session.
           this.tx.reset();
@@ -971,9 +972,10 @@ export class SmtpSession {
         this.svc.metrics.messages.inc({ outcome: 'delivered' });
         this.svc.metrics.messageBytes.inc(size);
         this.svc.metrics.messageSize.observe(size);
-        if (this.infoOn) this.log.info({ mailFrom: cap(this.tx.sender), rcpts, size, backendSession: this.link?.tag, backendReply: cap(replyText(r), 200) }, 'message accepted');
+        if (this.infoOn) this.log.info({ clientPort: this.clientPort, mailFrom: cap(this.tx.sender), rcpts, size, backendSession: this.link?.tag, backendReply: cap(replyText(r), 200) }, 'message accepted');
       } else {
         this.svc.metrics.messages.inc({ outcome: 'rejected_by_backend' });
+        if (this.infoOn) this.log.info({ clientPort: this.clientPort, mailFrom: cap(this.tx.sender), rcpts, size, backendSession: this.link?.tag, backendReply: cap(replyText(r), 200) }, 'message rejected by backend');
       }
       this.tx.reset();
       this.returnLink(true);

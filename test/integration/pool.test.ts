@@ -176,6 +176,37 @@ describe('pooled mode', () => {
     expect(g.logs.some((l) => l.msg === 'pool: silent client released its backend session for waiting clients')).toBe(true);
   });
 
+  test('one info line per transaction names the backend session: accepted, and rejected by the backend', async () => {
+    backend = await startRecordingBackend({
+      server: {
+        onData(stream, _session, cb) {
+          let body = '';
+          stream.on('data', (c: Buffer) => (body += c.toString('latin1')));
+          stream.on('end', () => (body.includes('refuse me') ? cb(Object.assign(new Error('Content refused'), { responseCode: 554 })) : cb(null, 'queued as ABC123')));
+        },
+      },
+    });
+    g = await startGuard({ backendPort: backend.port, config: POOL(1, { minIdle: 1 }) });
+    const d = await Dialog.connect(g.port);
+    await d.reply();
+    await d.cmd('EHLO c.test');
+    for (const [text, want] of [['fine', 250], ['refuse me', 554]] as const) {
+      expect((await d.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+      expect((await d.cmd('RCPT TO:<user@example.com>')).code).toBe(250);
+      expect((await d.cmd('DATA')).code).toBe(354);
+      expect((await d.cmd(`Subject: x\r\n\r\n${text}\r\n.`)).code).toBe(want);
+    }
+    await d.cmd('QUIT');
+    const accepted = g.logs.find((l) => l.msg === 'message accepted');
+    const rejected = g.logs.find((l) => l.msg === 'message rejected by backend');
+    expect(accepted).toMatchObject({ level: 30, clientIp: '127.0.0.1', mailFrom: 'a@elsewhere.test', backendSession: expect.stringMatching(/^\d+:\d+$/) });
+    expect(String(accepted!.backendReply)).toContain('ABC123');
+    expect(rejected).toMatchObject({ level: 30, backendSession: accepted!.backendSession });
+    expect(String(rejected!.backendReply)).toContain('554');
+    // The lending itself is a debug line.
+    expect(g.logs.find((l) => l.msg === 'pool: backend session lent')).toMatchObject({ level: 20 });
+  });
+
   test('no free backend session within acquireTimeout: 451, never a hang', async () => {
     backend = await startRecordingBackend();
     g = await startGuard({ backendPort: backend.port, config: POOL(1, { minIdle: 1, acquireTimeout: '300ms' }) });
