@@ -5,6 +5,7 @@
  */
 import { domainToASCII } from 'node:url';
 import { formatIPv4, formatIPv6, parseIPv4, parseIPv6 } from '../smtp/ip-address.js';
+import { remembered } from '../smtp/remembered.js';
 
 export type CanonicalDomain =
   | { readonly ok: true; readonly domain: string; readonly kind: 'name' | 'ipv4' | 'ipv6' }
@@ -12,18 +13,8 @@ export type CanonicalDomain =
 
 const LABEL_RE = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
 
-export function canonicalDomain(raw: string): CanonicalDomain {
-  // Checked for every sender and recipient: results are kept, a bounded number, dropped when full.
-  const known = canonicalCache.get(raw);
-  if (known) return known;
-  const r = canonicalDomainUncached(raw);
-  if (canonicalCache.size >= DOMAIN_CACHE_MAX) canonicalCache.clear();
-  canonicalCache.set(raw, r);
-  return r;
-}
-
-const DOMAIN_CACHE_MAX = 4096;
-const canonicalCache = new Map<string, CanonicalDomain>();
+/** Checked for every sender and recipient: answers are kept (smtp/remembered.ts). */
+export const canonicalDomain: (raw: string) => CanonicalDomain = remembered(canonicalDomainUncached);
 
 function canonicalDomainUncached(raw: string): CanonicalDomain {
   if (raw.startsWith('[') && raw.endsWith(']')) return canonicalLiteral(raw.slice(1, -1));

@@ -4,6 +4,7 @@
  * Parsing is strict (fail closed): no leading zeros in IPv4 octets, no zone ids (parseHostAddress
  * alone drops brackets and zone ids, for addresses that come from sockets).
  */
+import { remembered } from './remembered.js';
 
 export type IpFamily = 4 | 6;
 
@@ -74,22 +75,6 @@ export function parseIPv6(s: string): bigint | undefined {
   let v = 0n;
   for (const g of groups) v = (v << 16n) | g;
   return v;
-}
-
-/**
- * A parser with its answers kept: the same client address is parsed for every connection and
- * command (bans, relay networks, sender rules). Bounded: the whole set is dropped when full.
- */
-function remembered<T>(parse: (s: string) => T, max = 4096): (s: string) => T {
-  const known = new Map<string, T>();
-  return (s) => {
-    const hit = known.get(s);
-    if (hit !== undefined || known.has(s)) return hit as T;
-    const v = parse(s);
-    if (known.size >= max) known.clear();
-    known.set(s, v);
-    return v;
-  };
 }
 
 /** An IPv4 or IPv6 address in text form (no brackets, no zone). The result is shared: do not modify it. */

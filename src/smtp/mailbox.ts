@@ -4,6 +4,7 @@
  */
 import { domainToASCII } from 'node:url';
 import { formatIPv6, parseIPv6 } from './ip-address.js';
+import { remembered } from './remembered.js';
 import type { ForwardPath, ReversePath, RoutingTrick } from './path.js';
 
 export type NormalizedDomain =
@@ -37,19 +38,7 @@ function fault(reason: string): NormalizedDomain {
  * "name" as an IP address are a routing hole. Literals: "[192.0.2.1]", "[IPv6:...]" (written in
  * RFC 5952 canonical form). General address literals ("[tag:...]", RFC 5321 §4.1.3) are refused.
  */
-export function normalizeDomain(raw: string): NormalizedDomain {
-  // The same few domains come again and again (every RCPT to the company's own domain): results are
-  // kept, a bounded number of them, and the whole set dropped when full.
-  const known = normalizedCache.get(raw);
-  if (known) return known;
-  const r = normalizeDomainUncached(raw);
-  if (normalizedCache.size >= DOMAIN_CACHE_MAX) normalizedCache.clear();
-  normalizedCache.set(raw, r);
-  return r;
-}
-
-const DOMAIN_CACHE_MAX = 4096;
-const normalizedCache = new Map<string, NormalizedDomain>();
+export const normalizeDomain: (raw: string) => NormalizedDomain = remembered(normalizeDomainUncached);
 
 function normalizeDomainUncached(raw: string): NormalizedDomain {
   if (raw.startsWith('[')) return normalizeAddressLiteral(raw);
