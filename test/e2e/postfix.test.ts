@@ -17,6 +17,7 @@ import { withTimeout } from '../helpers/with-timeout.js';
 
 const STRANGER = '127.0.0.9';
 const unavailable = postfixUnavailable();
+if (unavailable && !process.env.CI) process.stderr.write(`postfix e2e: skipped on this machine: ${unavailable}\n`);
 
 let pf: PrivatePostfix;
 let g: StartedGuard;
@@ -117,7 +118,7 @@ function codesOf(out: string): number[] {
   return out.split('\r\n').filter((l) => /^\d{3} /.test(l)).map((l) => Number(l.slice(0, 3)));
 }
 
-// Skipped only on a developer machine without root or Postfix (the reason is printed below);
+// Skipped only on a developer machine without root or Postfix (the reason is printed at load);
 // in CI (CI=true, root, postfix installed by .ci/run) it always runs, and fails loudly if it cannot.
 const d = unavailable && !process.env.CI ? describe.skip : describe;
 
