@@ -25,7 +25,7 @@ import { evaluateRecipientLookup } from '../policy/recipient.js';
 import type { RcptVerdict, MailVerdict } from '../policy/verdict.js';
 import type { RulesSnapshot } from '../policy/compile.js';
 import type { LimitDecision, LimitEvent } from '../limits/limiter.js';
-import { verbLabel } from '../observability/metrics.js';
+import { verbLabel, type Metrics } from '../observability/metrics.js';
 import { BackendLink, isFailure, type BackendFailure } from './backend-link.js';
 import { ReplySequencer, type ReplySlot } from './reply-sequencer.js';
 import { Transaction } from './transaction.js';
@@ -1187,22 +1187,21 @@ export class SmtpSession {
   }
 
   private countRcptVerdict(v: RcptVerdict): void {
-    const m = this.svc.metrics;
-    for (const w of v.warnings) {
-      m.rcptVerdicts.inc({ verdict: 'reject', mode: 'warn', rule: w.ruleId });
-      this.log.info({ ruleId: w.ruleId, reply: replyText(w.reply), mode: 'warn' }, 'rcpt would be refused');
-    }
-    m.rcptVerdicts.inc({ verdict: v.action, mode: 'enforce', rule: v.ruleId });
-    if (v.action !== 'accept' && RELAY_RULES.has(v.ruleId)) m.relayDenials.inc({ rule: v.ruleId });
+    this.countVerdict(this.svc.metrics.rcptVerdicts, v, 'rcpt would be refused');
+    if (v.action !== 'accept' && RELAY_RULES.has(v.ruleId)) this.svc.metrics.relayDenials.inc({ rule: v.ruleId });
   }
 
   private countMailVerdict(v: MailVerdict): void {
-    const m = this.svc.metrics;
+    this.countVerdict(this.svc.metrics.mailVerdicts, v, 'sender would be refused');
+  }
+
+  /** Rules in warn mode are counted and logged as what they would have done; the deciding rule as enforced. */
+  private countVerdict(counter: Metrics['rcptVerdicts'], v: RcptVerdict | MailVerdict, wouldRefuse: string): void {
     for (const w of v.warnings) {
-      m.mailVerdicts.inc({ verdict: 'reject', mode: 'warn', rule: w.ruleId });
-      this.log.info({ ruleId: w.ruleId, reply: replyText(w.reply), mode: 'warn' }, 'sender would be refused');
+      counter.inc({ verdict: 'reject', mode: 'warn', rule: w.ruleId });
+      this.log.info({ ruleId: w.ruleId, reply: replyText(w.reply), mode: 'warn' }, wouldRefuse);
     }
-    m.mailVerdicts.inc({ verdict: v.action, mode: 'enforce', rule: v.ruleId });
+    counter.inc({ verdict: v.action, mode: 'enforce', rule: v.ruleId });
   }
 
   // ───────────────────────────── timers and close ─────────────────────────────
@@ -1222,13 +1221,21 @@ export class SmtpSession {
 
   private resetIdle(): void {
     if (this.phase === 'closed' || this.phase === 'closing') return;
-    const full = this.phase === 'data' || this.phase === 'discard' ? this.svc.timeouts.dataMs : this.svc.timeouts.commandMs;
     this.idleSince = Date.now();
-    // A client holding a pooled backend session is looked at sooner (onIdleTimer).
-    const ms = this.holdsPooledLink() ? Math.min(full, this.svc.timeouts.poolStressMs) : full;
+    const ms = this.idleTimerMs(this.idleLimitMs());
     // refresh() keeps the timer's first duration: re-arm when the duration changes.
     if (this.idleTimer && this.idleMs === ms) this.idleTimer.refresh();
     else this.armIdle(ms);
+  }
+
+  /** The silence allowed in this phase: the DATA timeout while reading a message, else the command timeout. */
+  private idleLimitMs(): number {
+    return this.phase === 'data' || this.phase === 'discard' ? this.svc.timeouts.dataMs : this.svc.timeouts.commandMs;
+  }
+
+  /** When to look next: a client holding a pooled backend session is looked at sooner (onIdleTimer). */
+  private idleTimerMs(leftMs: number): number {
+    return this.holdsPooledLink() ? Math.min(leftMs, this.svc.timeouts.poolStressMs) : leftMs;
   }
 
   private armIdle(ms: number): void {
@@ -1249,10 +1256,9 @@ export class SmtpSession {
    */
   private onIdleTimer(): void {
     if (this.phase === 'closed' || this.phase === 'closing') return;
-    const full = this.phase === 'data' || this.phase === 'discard' ? this.svc.timeouts.dataMs : this.svc.timeouts.commandMs;
-    const left = this.idleSince + full - Date.now();
+    const left = this.idleSince + this.idleLimitMs() - Date.now();
     if (left > 0 && !(this.holdsPooledLink() && this.svc.pool!.waiting > 0)) {
-      this.armIdle(this.holdsPooledLink() ? Math.min(left, this.svc.timeouts.poolStressMs) : left);
+      this.armIdle(this.idleTimerMs(left));
       return;
     }
     if (left > 0) this.log.info({ idleMs: Date.now() - this.idleSince, waiting: this.svc.pool!.waiting }, 'pool: silent client released its backend session for waiting clients');

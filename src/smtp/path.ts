@@ -158,40 +158,34 @@ function parsePathArgument(arg: string, role: PathRole): Step<PathWithParams<Any
 
 /** Index of the '>' that closes the '<' at 0, skipping quoted-strings; -1 when unbalanced. */
 function closingBracket(s: string): number {
-  let inQuote = false;
-  for (let i = 1; i < s.length; i++) {
-    const ch = s[i];
-    if (inQuote) {
-      if (ch === '\\') i++;
-      else if (ch === '"') inQuote = false;
-    } else if (ch === '"') {
-      inQuote = true;
-    } else if (ch === '>') {
-      return i;
-    } else if (ch === '<') {
-      return -1;
-    }
-  }
-  return -1;
+  return findUnquoted(s, 1, '>', '<', -1);
 }
 
 /** End of an unbracketed path (first space outside quotes, or the end); -1 on a stray '<' or '>'. */
 function firstSpaceOutsideQuotes(s: string): number {
+  return findUnquoted(s, 0, ' ', '<>', s.length);
+}
+
+/**
+ * Index of the first `stop` character outside quoted-strings (a backslash escapes the next
+ * character inside quotes), from `from`; -1 at one of the `bad` characters; `atEnd` when neither.
+ */
+function findUnquoted(s: string, from: number, stop: string, bad: string, atEnd: number): number {
   let inQuote = false;
-  for (let i = 0; i < s.length; i++) {
-    const ch = s[i];
+  for (let i = from; i < s.length; i++) {
+    const ch = s[i]!;
     if (inQuote) {
       if (ch === '\\') i++;
       else if (ch === '"') inQuote = false;
     } else if (ch === '"') {
       inQuote = true;
-    } else if (ch === ' ') {
+    } else if (ch === stop) {
       return i;
-    } else if (ch === '<' || ch === '>') {
+    } else if (bad.includes(ch)) {
       return -1;
     }
   }
-  return s.length;
+  return atEnd;
 }
 
 /** Remove leading and trailing SP (only SP: other whitespace is not SMTP syntax). Linear time. */
