@@ -11,6 +11,7 @@ import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
 import { Dialog } from '../helpers/dialog.js';
 import { until, withTimeout } from '../helpers/with-timeout.js';
 import { freePort } from '../helpers/free-port.js';
+import { startScriptedBackend } from '../helpers/scripted-backend.js';
 
 const STRANGER = '127.0.0.9';
 
@@ -63,7 +64,7 @@ describe('no mail lost', () => {
   });
 
   test('backend killed after end-of-data, before its reply: 4xx, never 250', async () => {
-    const silent = await scriptedBackend({ onDot: 'kill' });
+    const silent = await startScriptedBackend({ onLine: (line, sock) => (line === '.' ? (sock.destroy(), null) : undefined) });
     try {
       const g = await guard({}, silent.port);
       const d = await connect(g.port);
@@ -160,7 +161,7 @@ describe("the backend's own limits", () => {
   });
 
   test("the backend's own refusal at connect (Exchange's per-source limit) is relayed and the session closed", async () => {
-    const limited = await scriptedBackend({ maxConnections: 1 });
+    const limited = await startScriptedBackend({ maxConnections: 1 });
     try {
       const g = await guard({}, limited.port);
       const a = await connect(g.port);
@@ -194,7 +195,7 @@ describe("the backend's own limits", () => {
   });
 
   test('backend.sourceAddress: the backend sees connections from 127.0.0.5', async () => {
-    const peer = await scriptedBackend({});
+    const peer = await startScriptedBackend();
     try {
       const g = await guard({ backend: { sourceAddress: '127.0.0.5' } }, peer.port);
       const d = await connect(g.port);
@@ -206,54 +207,3 @@ describe("the backend's own limits", () => {
     }
   });
 });
-
-/** A small SMTP backend: records peer addresses; on end-of-data it answers, or dies when told; optional per-source cap. */
-async function scriptedBackend(opts: { onDot?: 'kill'; maxConnections?: number }) {
-  const remotes: string[] = [];
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((s) => {
-    if (opts.maxConnections !== undefined && sockets.size >= opts.maxConnections) {
-      s.on('error', () => undefined);
-      s.resume(); // read to EOF, or the socket never closes and server.close() waits forever
-      s.end('421 4.7.0 Too many connections from your host\r\n');
-      return;
-    }
-    sockets.add(s);
-    remotes.push(s.remoteAddress ?? '');
-    s.on('close', () => sockets.delete(s));
-    s.on('error', () => undefined);
-    let buf = '';
-    let inData = false;
-    s.write('220 scripted ESMTP\r\n');
-    s.on('data', (c: Buffer) => {
-      buf += c.toString('latin1');
-      for (let nl = buf.indexOf('\r\n'); nl >= 0; nl = buf.indexOf('\r\n')) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 2);
-        if (inData) {
-          if (line !== '.') continue;
-          inData = false;
-          if (opts.onDot === 'kill') return void s.destroy();
-          s.write('250 2.0.0 queued\r\n');
-          continue;
-        }
-        const verb = line.split(' ')[0]!.toUpperCase();
-        if (verb === 'EHLO') s.write('250-scripted\r\n250 PIPELINING\r\n');
-        else if (verb === 'DATA') {
-          inData = true;
-          s.write('354 go\r\n');
-        } else if (verb === 'QUIT') s.end('221 bye\r\n');
-        else s.write('250 2.0.0 ok\r\n');
-      }
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    remotes,
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((r) => server.close(() => r()));
-    },
-  };
-}

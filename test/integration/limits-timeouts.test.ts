@@ -4,12 +4,12 @@
  * close), transactions per session, early talkers, greeting delay; idle command, DATA
  * inactivity, whole-session and backend reply timeouts.
  */
-import net from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
 import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
 import { Dialog } from '../helpers/dialog.js';
 import { withTimeout } from '../helpers/with-timeout.js';
+import { startScriptedBackend } from '../helpers/scripted-backend.js';
 
 const STRANGER = '127.0.0.9';
 
@@ -38,58 +38,6 @@ async function greeted(port: number): Promise<Dialog> {
   expect((await d.reply()).code).toBe(220);
   expect((await d.cmd('EHLO client.test')).code).toBe(250);
   return d;
-}
-
-/** A minimal scripted SMTP backend: default answers, overridable per line; null = never answer. */
-async function fakeBackend(onLine: (line: string) => string | null | undefined = () => undefined) {
-  const lines: string[] = [];
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((s) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-    s.on('error', () => undefined);
-    let buf = '';
-    let inData = false;
-    s.write('220 fake ESMTP\r\n');
-    s.on('data', (c: Buffer) => {
-      buf += c.toString('latin1');
-      for (let nl = buf.indexOf('\r\n'); nl >= 0; nl = buf.indexOf('\r\n')) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 2);
-        lines.push(line);
-        if (inData) {
-          if (line === '.') {
-            inData = false;
-            const a = onLine('.');
-            if (a !== null) s.write(a ?? '250 2.0.0 queued\r\n');
-          }
-          continue;
-        }
-        const a = onLine(line);
-        if (a === null) continue;
-        if (a !== undefined) {
-          s.write(a);
-          continue;
-        }
-        const verb = line.split(' ')[0]!.toUpperCase();
-        if (verb === 'EHLO') s.write('250-fake\r\n250-PIPELINING\r\n250 8BITMIME\r\n');
-        else if (verb === 'DATA') {
-          inData = true;
-          s.write('354 go\r\n');
-        } else if (verb === 'QUIT') s.end('221 bye\r\n');
-        else s.write('250 2.0.0 ok\r\n');
-      }
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    lines,
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((r) => server.close(() => r()));
-    },
-  };
 }
 
 describe('limits', () => {
@@ -289,7 +237,7 @@ describe('timeouts', () => {
   });
 
   test('a backend that never answers RCPT: the client gets 4xx after the backend reply timeout, never 2xx', async () => {
-    const mute = await fakeBackend((line) => (line.startsWith('RCPT') ? null : undefined));
+    const mute = await startScriptedBackend({ onLine: (line) => (line.startsWith('RCPT') ? null : undefined) });
     try {
       const g = await guard({ backend: { replyTimeout: '300ms' } }, mute.port);
       const d = await greeted(g.port);
@@ -304,7 +252,7 @@ describe('timeouts', () => {
   });
 
   test('a backend that never answers end-of-data: 4xx, never 250', async () => {
-    const mute = await fakeBackend((line) => (line === '.' ? null : undefined));
+    const mute = await startScriptedBackend({ onLine: (line) => (line === '.' ? null : undefined) });
     try {
       const g = await guard({ backend: { replyTimeout: '300ms', dataReplyTimeout: '300ms' } }, mute.port);
       const d = await greeted(g.port);
