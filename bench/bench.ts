@@ -5,8 +5,9 @@
  * (A B C D E A B C D E …): direct to the sink, a plain Node pipe proxy, relay-guard (dist/, limits
  * off) with one backend connection per client ("guard"), relay-guard in pooled mode ("pooled",
  * backend.pool minIdle 4, max 16), the bare pooled forwarder bench/pool-floor.ts ("floor": pooled mode
- * with none of the guard's work, a yardstick), HAProxy in TCP mode. --paths picks among guard,
- * pooled, floor, haproxy. Reports medians of msgs/s, MB/s and the proxy's CPU time (utime+stime from
+ * with none of the guard's work, a yardstick), bench/node-endpoint.ts ("endpoint": a Node process
+ * answering the dialogue itself, no backend — the ceiling of any Node proxy), HAProxy in TCP mode.
+ * --paths picks among guard, pooled, floor, endpoint, haproxy. Reports medians of msgs/s, MB/s and the proxy's CPU time (utime+stime from
  * /proc/PID/stat) per 1000 messages, each as a ratio to the pipe measured in the same run; the
  * added latency per round trip of a lock-step session pinned to one CPU; RSS per idle session.
  * Writes bench/results/bench-<time>.json and .md. --profile: also profile the guard (node --cpu-prof)
@@ -18,7 +19,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { cpuMs, runToEnd } from './lib/proc.js';
-import { ROOT, startGuardProcess, startHaproxyTcp, startPipe, startPoolFloor, startSink, type Running } from './lib/paths.js';
+import { ROOT, startGuardProcess, startHaproxyTcp, startPipe, startPoolFloor, startNodeEndpoint, startSink, type Running } from './lib/paths.js';
 import { idleRss, type IdleResult } from './lib/idle.js';
 import { median, fmt } from './lib/stats.js';
 import { hotSpots, type HotSpot } from './lib/cpu-profile.js';
@@ -65,9 +66,9 @@ const WORKLOADS: Workload[] = [
   { id: 'lockstep', label: 'lock-step single session pinned to CPU 0', sessions: 1, messages: Math.round(1000 * scale), size: 1024, rcpts: 1, persistent: true, pinned: true },
 ].filter((w) => !opts.only || opts.only.split(',').includes(w.id));
 
-type PathId = 'direct' | 'pipe' | 'guard' | 'pooled' | 'floor' | 'haproxy';
+type PathId = 'direct' | 'pipe' | 'guard' | 'pooled' | 'floor' | 'endpoint' | 'haproxy';
 /** direct and pipe are always measured (the ratios need them); --paths picks among the others. */
-const PATH_IDS: PathId[] = (['direct', 'pipe', 'guard', 'pooled', 'floor', 'haproxy'] as const).filter(
+const PATH_IDS: PathId[] = (['direct', 'pipe', 'guard', 'pooled', 'floor', 'endpoint', 'haproxy'] as const).filter(
   (p) => p === 'direct' || p === 'pipe' || !opts.paths || opts.paths.split(',').includes(p),
 );
 const PROXY_IDS = PATH_IDS.filter((p): p is Exclude<PathId, 'direct'> => p !== 'direct');
@@ -164,6 +165,7 @@ async function main(): Promise<void> {
     else if (p === 'guard') paths.guard = await startGuardProcess({ backendPort: sink.port });
     else if (p === 'pooled') paths.pooled = await startGuardProcess({ backendPort: sink.port, pool: POOL });
     else if (p === 'floor') paths.floor = await startPoolFloor(sink.port, POOL.max);
+    else if (p === 'endpoint') paths.endpoint = await startNodeEndpoint();
     else paths.haproxy = await startHaproxyTcp(sink.port);
   }
   const at = (p: PathId): Running => paths[p]!;
@@ -284,6 +286,13 @@ function renderMarkdown(rows: Row[], idle: Partial<Record<PathId, IdleResult>>, 
       out.push(
         '',
         `floor = bench/pool-floor.ts, a bare pooled forwarder (no policy, parsing, limits, logs or metrics): the guard's own work costs ${fmt((pooled.cpuMsPer1000 - floor.cpuMsPer1000) / 1000, 3)} ms of CPU per message on top of it.`,
+      );
+    }
+    const endpoint = row(one.id, 'endpoint');
+    if (endpoint && h && hasHaproxy) {
+      out.push(
+        '',
+        `endpoint = bench/node-endpoint.ts, a Node process that answers the whole SMTP dialogue itself with no backend: the work every Node proxy does per client connection before it forwards anything. Its throughput is a ceiling for any Node proxy on this machine: ${fmt(endpoint.msgsPerSec / h.msgsPerSec)} × HAProxy in this run.`,
       );
     }
   }

@@ -62,6 +62,11 @@ export function startPoolFloor(backendPort: number, sessions: number): Promise<R
   return startBenchScript('floor', 'pool-floor.ts', [String(backendPort), String(sessions)]);
 }
 
+/** A Node process answering the SMTP dialogue itself, no backend (bench/node-endpoint.ts): the ceiling of a Node proxy. */
+export function startNodeEndpoint(): Promise<Running> {
+  return startBenchScript('endpoint', 'node-endpoint.ts', []);
+}
+
 export interface GuardProcessOptions {
   backendPort: number;
   /** Extra node flags (e.g. --cpu-prof). */
