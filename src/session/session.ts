@@ -107,7 +107,8 @@ export class SmtpSession {
   // Resources released on close.
   private timers = new Set<NodeJS.Timeout>();
   private idleTimer: NodeJS.Timeout | undefined;
-  private idleMs = 0;
+  /** When the armed idle timer fires (Date.now() clock). */
+  private idleDue = 0;
   private idleSince = 0;
   private releaseCapacity: (() => void) | undefined;
   private releaseConcurrency: (() => void) | undefined;
@@ -1219,13 +1220,17 @@ export class SmtpSession {
     return new Promise((resolve) => this.after(ms, resolve));
   }
 
+  /**
+   * Activity: the silence starts again now. The timer is not moved on every call (a session calls
+   * this a dozen times per message): it is re-armed only when it would fire too late for the limit
+   * that now applies; when it fires early, onIdleTimer measures the silence and arms for the rest.
+   */
   private resetIdle(): void {
     if (this.phase === 'closed' || this.phase === 'closing') return;
-    this.idleSince = Date.now();
+    const now = Date.now();
+    this.idleSince = now;
     const ms = this.idleTimerMs(this.idleLimitMs());
-    // refresh() keeps the timer's first duration: re-arm when the duration changes.
-    if (this.idleTimer && this.idleMs === ms) this.idleTimer.refresh();
-    else this.armIdle(ms);
+    if (this.idleTimer === undefined || this.idleDue > now + ms) this.armIdle(ms);
   }
 
   /** The silence allowed in this phase: the DATA timeout while reading a message, else the command timeout. */
@@ -1240,8 +1245,8 @@ export class SmtpSession {
 
   private armIdle(ms: number): void {
     clearTimeout(this.idleTimer);
-    this.idleMs = ms;
-    this.idleTimer = setTimeout(() => this.onIdleTimer(), ms);
+    this.idleDue = Date.now() + ms;
+    this.idleTimer = setTimeout(this.onIdleTimer, ms);
   }
 
   private holdsPooledLink(): boolean {
@@ -1254,7 +1259,8 @@ export class SmtpSession {
    * a few silent clients in mid-transaction must not starve everyone else. Otherwise the full
    * command/DATA timeout applies.
    */
-  private onIdleTimer(): void {
+  private readonly onIdleTimer = (): void => {
+    this.idleTimer = undefined;
     if (this.phase === 'closed' || this.phase === 'closing') return;
     const left = this.idleSince + this.idleLimitMs() - Date.now();
     if (left > 0 && !(this.holdsPooledLink() && this.svc.pool!.waiting > 0)) {
@@ -1263,7 +1269,7 @@ export class SmtpSession {
     }
     if (left > 0) this.log.info({ idleMs: Date.now() - this.idleSince, waiting: this.svc.pool!.waiting }, 'pool: silent client released its backend session for waiting clients');
     this.onTimeout('idle');
-  }
+  };
 
   private armSessionTimer(): void {
     this.after(this.svc.timeouts.sessionMs, () => this.onTimeout('session'));

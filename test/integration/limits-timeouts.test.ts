@@ -203,6 +203,23 @@ describe('timeouts', () => {
     await d.waitClosed();
   });
 
+  test('activity restarts the idle clock: commands every 150 ms outlive a 300 ms timeout, then silence gets 421', async () => {
+    const g = await guard({ timeouts: { command: '300ms', data: '10s', session: '30s', drain: '1s' } });
+    const d = await greeted(g.port);
+    const t = Date.now();
+    // Time passing is what is under test: a bounded number of fixed pauses, each under the timeout.
+    for (let i = 0; i < 5; i++) {
+      await new Promise((r) => setTimeout(r, 150));
+      expect((await d.cmd('NOOP')).code).toBe(250);
+    }
+    expect(Date.now() - t).toBeGreaterThan(600);
+    const quiet = Date.now();
+    const r = await d.reply(3000);
+    expect(r.code).toBe(421);
+    expect(Date.now() - quiet).toBeGreaterThanOrEqual(250);
+    await d.waitClosed();
+  });
+
   test('DATA inactivity timeout (shorter than the command timeout): 421, nothing delivered', async () => {
     const g = await guard({ timeouts: { command: '10s', data: '300ms', session: '30s', drain: '1s' } });
     const before = backend.messages.length;
