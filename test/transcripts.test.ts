@@ -5,17 +5,24 @@
  *   R: text       the client sends raw bytes, escapes \r \n \0 \t \\ decoded, no CRLF added
  *   S: prefix     the next reply (all its lines, joined by \n) starts with prefix
  *   S: <closed>   the guard has closed the connection
- *   B: line       the backend received exactly this line on this session's connection (waits)
- *   B! prefix     checked at the end: the backend never saw a line starting with prefix
+ *   B: line       the backend received exactly this line since the transcript began (waits)
+ *   B! prefix     checked at the end: since the transcript began, the backend never saw a line starting with prefix
  *   @from ip      (before any C:) the client's source address; default 127.0.0.9, an untrusted stranger
  *   # comment, blank lines ignored
  * Rules: accepted domain example.com; relay network 127.0.0.2/32.
+ *
+ * Every transcript runs twice: with a backend connection per client, and in pooled mode (README
+ * "Pooled mode": the guard greets and answers HELO/EHLO itself and lends a pre-opened backend
+ * session from MAIL to the reply to end-of-data). "The backend received" means on any backend
+ * connection, since the transcript began: pooled sessions were opened before it and are shared.
+ * In pooled mode the backend sees the guard's own EHLO, never the client's: a `B: EHLO …` or
+ * `B: HELO …` line is checked in per-client mode only.
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { startRecordingBackend, type RecordingBackend } from './helpers/recording-backend.js';
+import { startRecordingBackend, type RecordingBackend, type RecordingMark } from './helpers/recording-backend.js';
 import { startGuard, type StartedGuard } from './helpers/start-guard.js';
 import { Dialog } from './helpers/dialog.js';
 import { until } from './helpers/with-timeout.js';
@@ -63,45 +70,69 @@ function parseTranscript(text: string, name: string): Transcript {
   return t;
 }
 
-let backend: RecordingBackend;
-let g: StartedGuard;
-
-beforeAll(async () => {
-  backend = await startRecordingBackend();
-  g = await startGuard({
-    backendPort: backend.port,
-    rules: { relayNetworks: ['127.0.0.2/32'] },
-    config: { timeouts: { command: '5m', data: '3m', session: '30m', drain: '500ms' } },
-  });
-});
-
-afterAll(async () => {
-  await g?.stop();
-  await backend?.close();
-});
-
-/** Lines the backend received on connections opened since `from`. */
-function backendLines(from: number): string[] {
-  return backend.connections
-    .slice(from)
-    .flatMap((c) => Buffer.concat(c).toString('latin1').split('\r\n'))
-    .filter((l) => l.length > 0);
-}
-
 test('the transcript parser refuses a line it does not know', () => {
   expect(() => parseTranscript('S: 220\nX: what\n', 'bad')).toThrow(/cannot parse/);
   expect(() => parseTranscript('C: NOOP\n', 'bad')).toThrow(/no S:/);
   expect(parseTranscript('R: a\\r\\n.\\0\nS: 220\n', 'ok').steps[0]).toEqual({ kind: 'R', bytes: Buffer.from('a\r\n.\0', 'latin1') });
 });
 
-describe('transcripts', () => {
+type Mode = 'per-client' | 'pooled';
+
+/** Pooled mode as in pool.test.ts: 2 warm sessions, at most 4. */
+const POOLED = { backend: { maxConnections: 20, pool: { enabled: true, minIdle: 2, max: 4, acquireTimeout: '10s', healthInterval: '30s' } } };
+
+const MODES: Array<{ mode: Mode }> = [{ mode: 'per-client' }, { mode: 'pooled' }];
+
+describe.each(MODES)('transcripts, backend $mode', ({ mode }) => {
+  let backend: RecordingBackend;
+  let g: StartedGuard;
+
+  beforeAll(async () => {
+    backend = await startRecordingBackend();
+    const own = { timeouts: { command: '5m', data: '3m', session: '30m', drain: '500ms' } };
+    g = await startGuard({
+      backendPort: backend.port,
+      rules: { relayNetworks: ['127.0.0.2/32'] },
+      config: mode === 'pooled' ? { ...POOLED, ...own } : own,
+    });
+  });
+
+  afterAll(async () => {
+    await g?.stop();
+    await backend?.close();
+  });
+
+  /** Lines the backend received since `mark`, on every connection (those opened since included). */
+  function backendLines(mark: RecordingMark): string[] {
+    return backend
+      .receivedSince(mark)
+      .flatMap((c) => c.text.split('\r\n'))
+      .filter((l) => l.length > 0);
+  }
+
+  /**
+   * After the client is gone: wait until every byte the session caused is recorded. Per client,
+   * its backend connection is closed. Pooled: no guard session is left, every pooled session is
+   * idle again (a closing RSET has had its reply) and each one the pool dropped is closed at the
+   * backend too.
+   */
+  function settled(file: string): Promise<void> {
+    if (mode === 'per-client') return until(() => backend.openConnections() === 0, 3000, `${file}: backend connection closed`);
+    const pool = g.guard.services.pool!;
+    return until(
+      () => g.guard.services.registry.size === 0 && pool.total === pool.idleCount && backend.openConnections() === pool.idleCount,
+      3000,
+      `${file}: guard session ended and pool idle`,
+    );
+  }
+
   test('there are golden transcripts to run', () => {
     expect(FILES.length).toBeGreaterThanOrEqual(10);
   });
 
   test.each(FILES)('%s', async (file) => {
     const t = parseTranscript(readFileSync(path.join(DIR, file), 'utf8'), file);
-    const connBefore = backend.connections.length;
+    const mark = backend.mark();
     const d = await Dialog.connect(g.port, { localAddress: t.from });
     try {
       for (const [i, step] of t.steps.entries()) {
@@ -122,7 +153,9 @@ describe('transcripts', () => {
             await d.waitClosed(5000);
             break;
           case 'B':
-            await until(() => backendLines(connBefore).includes(step.line), 3000, `${where}: backend line ${JSON.stringify(step.line)}`);
+            // Pooled: the backend session was greeted by the guard's own EHLO long before.
+            if (mode === 'pooled' && /^(EHLO|HELO) /i.test(step.line)) break;
+            await until(() => backendLines(mark).includes(step.line), 3000, `${where}: backend line ${JSON.stringify(step.line)}`);
             break;
           case 'B!':
             break;
@@ -133,8 +166,8 @@ describe('transcripts', () => {
         d.send('QUIT\r\n');
         await d.waitClosed(5000);
       }
-      await until(() => backend.openConnections() === 0, 3000, `${file}: backend connection closed`);
-      const seen = backendLines(connBefore);
+      await settled(file);
+      const seen = backendLines(mark);
       for (const step of t.steps) {
         if (step.kind === 'B!') expect(seen.filter((l) => l.startsWith(step.prefix)), `${file}: backend saw ${step.prefix}`).toEqual([]);
       }

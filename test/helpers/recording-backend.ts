@@ -13,6 +13,22 @@ export interface RecordedMessage {
   body: Buffer;
 }
 
+/** Where each connection's recording stood at one moment (see RecordingBackend.mark). */
+export interface RecordingMark {
+  /** Chunks recorded so far, per connection (index as in `connections`). */
+  readonly chunks: readonly number[];
+}
+
+/** What one backend connection received since a mark. */
+export interface ReceivedSince {
+  /** Index in `connections`. */
+  readonly index: number;
+  /** The bytes, as latin1 text. */
+  readonly text: string;
+  /** The connection is still open (the guard has not closed it, nor the backend). */
+  readonly open: boolean;
+}
+
 export interface RecordingBackend {
   readonly port: number;
   readonly messages: RecordedMessage[];
@@ -24,6 +40,13 @@ export interface RecordingBackend {
   maxConcurrent(): number;
   /** All command lines sent by the guard (body lines included; tests use distinct bodies). */
   lines(): string[];
+  /**
+   * Snapshot the per-connection recordings: with `receivedSince`, "what the backend received since
+   * now" across connections already open (a pool's warm sessions) and connections opened later.
+   */
+  mark(): RecordingMark;
+  /** Bytes received since `mark` on every connection (those that received nothing included), in connection order. */
+  receivedSince(mark: RecordingMark): ReceivedSince[];
   /** Resolves when `n` messages have been received. */
   waitForMessages(n: number): Promise<void>;
   /** Kill every open connection (a backend crash). */
@@ -77,6 +100,7 @@ export async function startRecordingBackend(opts: RecordingBackendOptions = {}):
   const smtpPort = (smtp.server.address() as net.AddressInfo).port;
 
   const connections: Buffer[][] = [];
+  const open: boolean[] = [];
   const sockets = new Set<net.Socket>();
   let maxSeen = 0;
   const tap = net.createServer((client) => {
@@ -89,7 +113,8 @@ export async function startRecordingBackend(opts: RecordingBackendOptions = {}):
     sockets.add(client);
     maxSeen = Math.max(maxSeen, sockets.size);
     const record: Buffer[] = [];
-    connections.push(record);
+    const index = connections.push(record) - 1;
+    open[index] = true;
     const upstream = net.connect(smtpPort, '127.0.0.1');
     client.on('data', (c: Buffer) => {
       record.push(Buffer.from(c));
@@ -97,6 +122,7 @@ export async function startRecordingBackend(opts: RecordingBackendOptions = {}):
     });
     upstream.pipe(client);
     const done = () => {
+      open[index] = false;
       sockets.delete(client);
       client.destroy();
       upstream.destroy();
@@ -116,6 +142,13 @@ export async function startRecordingBackend(opts: RecordingBackendOptions = {}):
     openConnections: () => sockets.size,
     maxConcurrent: () => maxSeen,
     lines: () => connections.flatMap((c) => Buffer.concat(c).toString('latin1').split('\r\n')).filter((l) => l.length > 0),
+    mark: () => ({ chunks: connections.map((c) => c.length) }),
+    receivedSince: (mark) =>
+      connections.map((c, index) => ({
+        index,
+        text: Buffer.concat(c.slice(mark.chunks[index] ?? 0)).toString('latin1'),
+        open: open[index] === true,
+      })),
     waitForMessages: (n) =>
       messages.length >= n ? Promise.resolve() : new Promise<void>((resolve) => waiters.push({ n, resolve })),
     killConnections: () => {
