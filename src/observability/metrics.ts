@@ -170,62 +170,168 @@ export function createMetrics(register: Registry = new Registry(), opts: { defau
   zeroKnownSeries(m);
   // The counters a one-message session touches a dozen times between them.
   for (const c of [m.connections, m.commands, m.replies, m.rcptVerdicts, m.mailVerdicts, m.messages] as Array<Counter<string>>) bufferIncrements(c);
+  // …and the gauges and histograms touched once per session, backend connection or backend reply.
+  for (const g of [m.sessionsActive, m.backendConnections] as Array<Gauge<string>>) bufferIncrements(g);
+  for (const h of [m.backendReplyDuration, m.backendConnectDuration, m.messageSize] as Array<Histogram<string>>) bufferObservations(h);
   return m;
 }
 
+type LabelValues<T extends string> = Partial<Record<T, string | number>>;
+
 /**
- * Increments of a busy counter add to a plain number kept under the label values; prom-client gets
- * the sums when it collects (a scrape, get()). Its own inc() hashes and validates the label object
- * on every call, a measurable share of a one-message session's CPU. A label set is validated (and
- * its series created) by prom-client the first time it is seen; bad values are refused at once.
+ * Per-label-set accumulators for the buffered metrics below, found without building a key string:
+ * one Map level per label name, keyed by the label's value. `create` runs the first time a label
+ * set is seen (prom-client validates it then, so bad values are refused at once).
  */
-function bufferIncrements<T extends string>(counter: Counter<T>): void {
-  const direct = counter.inc.bind(counter);
-  const names = (counter as unknown as { labelNames: readonly T[] }).labelNames;
-  interface Entry {
-    readonly labels: Partial<Record<T, string | number>>;
-    n: number;
-  }
-  // One map level per label name, keyed by the label's value: no key string is built per increment.
+function labelTree<T extends string, E extends { readonly labels: LabelValues<T> }>(names: readonly T[], create: (labels: LabelValues<T>) => E) {
   const root = new Map<unknown, unknown>();
-  const entries: Entry[] = [];
-  const inc = (labels?: Partial<Record<T, string | number>> | number, value?: number): void => {
-    // prom-client lets NaN through (its check is `value && …`); a counter must never become NaN.
-    if (value !== undefined && !Number.isFinite(value)) throw new TypeError(`Value is not a valid number: ${value}`);
-    if (labels === undefined || typeof labels === 'number' || names.length === 0 || (value !== undefined && !(value > 0))) {
-      direct(labels as never, value as never);
-      return;
-    }
-    let level = root;
-    const last = names.length - 1;
-    for (let i = 0; i < last; i++) {
-      const v = labels[names[i]!];
-      let next = level.get(v) as Map<unknown, unknown> | undefined;
-      if (!next) {
-        next = new Map();
-        level.set(v, next);
+  const entries: E[] = [];
+  const last = names.length - 1;
+  return {
+    entries,
+    get(labels: LabelValues<T>): E {
+      let level = root;
+      for (let i = 0; i < last; i++) {
+        const v = labels[names[i]!];
+        let next = level.get(v) as Map<unknown, unknown> | undefined;
+        if (!next) {
+          next = new Map();
+          level.set(v, next);
+        }
+        level = next;
       }
-      level = next;
-    }
-    const leafValue = labels[names[last]!];
-    const e = level.get(leafValue) as Entry | undefined;
-    if (e) {
-      e.n += value ?? 1;
+      const leafValue = last >= 0 ? labels[names[last]!] : undefined;
+      let e = level.get(leafValue) as E | undefined;
+      if (!e) {
+        e = create(labels);
+        level.set(leafValue, e);
+        entries.push(e);
+      }
+      return e;
+    },
+  };
+}
+
+function labelNamesOf<T extends string>(metric: unknown): readonly T[] {
+  return (metric as { labelNames: readonly T[] }).labelNames;
+}
+
+/**
+ * Increments (and, for a gauge, decrements) of a busy metric add to a plain number kept under the
+ * label values; prom-client gets the sums when it collects (a scrape, get()). Its own inc() hashes
+ * and validates the label object on every call, a measurable share of a one-message session's CPU.
+ * A gauge's set() first hands over what is pending, so the order of set and inc is kept.
+ */
+function bufferIncrements<T extends string>(metric: Counter<T> | Gauge<T>): void {
+  const isGauge = metric instanceof Gauge;
+  const direct = (metric.inc as (labels: LabelValues<T>, value: number) => void).bind(metric);
+  const names = labelNamesOf<T>(metric);
+  const tree = labelTree(names, (labels) => {
+    direct(labels, 0); // validates the label names, creates the series
+    return { labels: { ...labels }, n: 0 };
+  });
+  const add = (labels: LabelValues<T> | number | undefined, value: number | undefined, sign: 1 | -1): void => {
+    // prom-client lets NaN through (its check is `value && …`); a metric must never become NaN.
+    if (value !== undefined && !Number.isFinite(value)) throw new TypeError(`Value is not a valid number: ${value}`);
+    if (labels === undefined || typeof labels === 'number' || names.length === 0 || (!isGauge && value !== undefined && !(value > 0))) {
+      // Unlabelled, a number only, or a value a counter refuses: prom-client's own path (dec never gets here).
+      direct((typeof labels === 'object' ? labels : {}) as LabelValues<T>, typeof labels === 'number' ? labels : (value ?? 1));
       return;
     }
-    direct(labels as never, 0); // validates the label names, creates the series
-    const created: Entry = { labels: { ...labels }, n: value ?? 1 };
-    level.set(leafValue, created);
-    entries.push(created);
+    tree.get(labels).n += sign * (value ?? 1);
   };
   const flush = (): void => {
-    for (const e of entries) {
+    for (const e of tree.entries) {
       if (e.n === 0) continue;
-      direct(e.labels as never, e.n);
+      const n = e.n;
+      e.n = 0;
+      direct(e.labels, n);
+    }
+  };
+  if (isGauge) {
+    const directDec = metric.dec.bind(metric);
+    const directSet = metric.set.bind(metric) as (labels: LabelValues<T> | number, value?: number) => void;
+    Object.assign(metric, {
+      inc: (labels?: LabelValues<T> | number, value?: number) => add(labels, value, 1),
+      dec: (labels?: LabelValues<T> | number, value?: number) => {
+        if (labels === undefined || typeof labels === 'number' || names.length === 0) return directDec(...([labels, value] as [never, never]));
+        add(labels, value, -1);
+      },
+      set: (labels: LabelValues<T> | number, value?: number) => {
+        flush();
+        directSet(labels, value);
+      },
+      collect: flush,
+    });
+  } else Object.assign(metric, { inc: (labels?: LabelValues<T> | number, value?: number) => add(labels, value, 1), collect: flush });
+}
+
+/** The parts of prom-client's Histogram this module buffers into (prom-client 15: hashMap of series). */
+interface HistogramSeries {
+  labels: Record<string, string | number>;
+  bucketValues: Record<number, number>;
+  sum: number;
+  count: number;
+}
+
+/**
+ * Observations of a busy histogram are counted per bucket under the label values and added to
+ * prom-client's series when it collects: its observe() hashes and validates the labels on every
+ * call (a backend reply each). The first observation of a label set goes through prom-client
+ * (validation, series creation); the rest are added in at a scrape, with the same bucket rule
+ * (the first upper bound ≥ the value; above the last bound only count and sum).
+ */
+function bufferObservations<T extends string>(hist: Histogram<T>): void {
+  const direct = (hist.observe as (labels: LabelValues<T>, value: number) => void).bind(hist);
+  const names = labelNamesOf<T>(hist);
+  const bounds = (hist as unknown as { upperBounds: readonly number[] }).upperBounds;
+  const internals = hist as unknown as { hashMap: Record<string, HistogramSeries> };
+  interface Entry {
+    readonly labels: LabelValues<T>;
+    readonly counts: number[];
+    sum: number;
+    n: number;
+  }
+  const tree = labelTree<T, Entry>(names, (labels) => ({ labels: { ...labels }, counts: bounds.map(() => 0), sum: 0, n: -1 }));
+  const sameLabels = (a: Record<string, string | number>, b: LabelValues<T>): boolean => names.every((k) => String(a[k]) === String(b[k]));
+  const observe = (labels: LabelValues<T> | number | undefined, value?: number): void => {
+    const v = typeof labels === 'number' ? labels : value;
+    const l = typeof labels === 'object' ? labels : ({} as LabelValues<T>);
+    if (v === undefined || !Number.isFinite(v)) throw new TypeError(`Value is not a valid number: ${v}`);
+    const e = tree.get(l);
+    if (e.n < 0) {
+      direct(l, v); // validates the labels and creates the series
+      e.n = 0;
+      return;
+    }
+    let i = 0;
+    while (i < bounds.length && v > bounds[i]!) i++;
+    if (i < bounds.length) e.counts[i]!++;
+    e.sum += v;
+    e.n++;
+  };
+  const flush = (): void => {
+    const series = Object.values(internals.hashMap);
+    for (const e of tree.entries) {
+      if (e.n <= 0) continue;
+      let target = series.find((x) => sameLabels(x.labels, e.labels));
+      if (!target) {
+        hist.zero(e.labels as never); // the series was reset since: start it again
+        target = Object.values(internals.hashMap).find((x) => sameLabels(x.labels, e.labels));
+        if (!target) continue;
+      }
+      for (let i = 0; i < bounds.length; i++) {
+        if (e.counts[i] === 0) continue;
+        target.bucketValues[bounds[i]!] = (target.bucketValues[bounds[i]!] ?? 0) + e.counts[i]!;
+        e.counts[i] = 0;
+      }
+      target.sum += e.sum;
+      target.count += e.n;
+      e.sum = 0;
       e.n = 0;
     }
   };
-  Object.assign(counter, { inc, collect: flush });
+  Object.assign(hist, { observe, collect: flush });
 }
 
 /**
