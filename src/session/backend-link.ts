@@ -65,8 +65,10 @@ export class BackendLink extends EventEmitter {
   lastHelo: { readonly verb: 'HELO' | 'EHLO'; readonly name: string } | undefined;
   /** Commands written right before each MAIL (XFORWARD lasts one transaction: XFORWARD_README). */
   beforeMail: ((link: BackendLink) => readonly MailPreambleCommand[]) | undefined;
-  /** Stable name of this backend session for logs: serial number and local port ("12:50432"). */
-  readonly tag: string;
+  private readonly serial = ++nextSerial;
+  private tagText: string | undefined;
+  /** QUIT was written: a polite close has nothing more to say. */
+  private quitSent = false;
   private readonly parser = new ReplyParser({ maxLineBytes: 4096, maxLines: 200 });
   private readonly inflight: Pending[] = [];
   private readonly queue: Queued[] = [];
@@ -86,8 +88,16 @@ export class BackendLink extends EventEmitter {
   ) {
     super();
     this.sock = socket;
-    this.tag = `${++nextSerial}:${socket.localPort ?? 0}`;
     this.attach(socket);
+  }
+
+  /**
+   * Stable name of this backend session for logs: serial number and local port ("12:50432", the
+   * port the backend logs as the remote one). Read on first use (a getsockname call), and kept
+   * before the socket closes, when a failure is about to be logged.
+   */
+  get tag(): string {
+    return (this.tagText ??= `${this.serial}:${this.sock.localPort ?? 0}`);
   }
 
   /** The current transport (the TLS socket after startTls). */
@@ -215,6 +225,7 @@ export class BackendLink extends EventEmitter {
     } else if (verb === 'HELO' || verb === 'EHLO') {
       this.lastHelo = { verb, name: wire.toString('latin1', 5).trim() };
     }
+    if (verb === 'QUIT') this.quitSent = true;
     const item: Queued = { verb, wire, handler, timeoutMs, sentAt: 0 };
     if (this.inflight.length === 0 || (this.pipelining && this.queue.length === 0)) this.transmit(item);
     else this.queue.push(item);
@@ -239,7 +250,11 @@ export class BackendLink extends EventEmitter {
   /** Close politely (QUIT, no reply awaited) or abort at once. Pending handlers get 'closed'. */
   close(polite: boolean): void {
     if (this.closed) return;
-    if (polite && this.inflight.length === 0) this.sock.end('QUIT\r\n');
+    if (polite && this.inflight.length === 0) {
+      // After the client's own QUIT went through (and was answered) there is nothing left to say.
+      if (this.quitSent) this.sock.end();
+      else this.sock.end('QUIT\r\n');
+    }
     else this.sock.destroy();
     this.fail('closed');
   }
@@ -302,6 +317,8 @@ export class BackendLink extends EventEmitter {
   private fail(failure: BackendFailure): void {
     if (this.closed) return;
     this.closed = true;
+    // Someone waits for a reply and will log this failure: name the session while the port is known.
+    if (this.inflight.length + this.queue.length > 0) void this.tag;
     clearTimeout(this.timer);
     if (failure !== 'closed' || !this.sock.destroyed) this.sock.destroy();
     const waiting = [...this.inflight, ...this.queue];

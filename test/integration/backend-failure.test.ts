@@ -137,6 +137,56 @@ describe('no mail lost', () => {
   });
 });
 
+describe('the end of a session', () => {
+  /** A backend that answers QUIT without closing, so a second QUIT would be seen; resolves `ended` when the guard closes. */
+  async function quietBackend() {
+    let ended!: () => void;
+    const done = new Promise<void>((r) => (ended = r));
+    let watched = false;
+    const b = await startScriptedBackend({
+      onLine: (line, socket) => {
+        if (!watched) {
+          watched = true;
+          socket.once('end', () => ended());
+        }
+        return line === 'QUIT' ? '221 bye\r\n' : undefined;
+      },
+    });
+    return { b, ended: done };
+  }
+
+  test("the client's QUIT reaches the backend once: no second QUIT after the backend's 221", async () => {
+    const { b, ended } = await quietBackend();
+    try {
+      const g = await guard({}, b.port);
+      const d = await connect(g.port);
+      expect((await d.reply()).code).toBe(220);
+      expect((await d.cmd('EHLO client.test')).code).toBe(250);
+      expect((await d.cmd('QUIT')).code).toBe(221);
+      await d.waitClosed();
+      await withTimeout(ended, 3000, 'the guard closed its backend connection');
+      expect(b.lines.filter((l) => l === 'QUIT')).toHaveLength(1);
+    } finally {
+      await b.close();
+    }
+  });
+
+  test('a client that leaves without QUIT: the guard says QUIT to the backend itself, once', async () => {
+    const { b, ended } = await quietBackend();
+    try {
+      const g = await guard({}, b.port);
+      const d = await connect(g.port);
+      expect((await d.reply()).code).toBe(220);
+      expect((await d.cmd('EHLO client.test')).code).toBe(250);
+      d.close();
+      await withTimeout(ended, 3000, 'the guard closed its backend connection');
+      expect(b.lines.filter((l) => l === 'QUIT')).toHaveLength(1);
+    } finally {
+      await b.close();
+    }
+  });
+});
+
 describe("the backend's own limits", () => {
   test('backend.maxConnections: 2 → the third concurrent client gets 421 4.7.0 before the backend sees it', async () => {
     const g = await guard({ backend: { maxConnections: 2 } });
