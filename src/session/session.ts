@@ -491,7 +491,12 @@ export class SmtpSession {
         return this.refuseVerb('BDAT'); // CHUNKING is never advertised: the guard must see DATA's end.
       case 'OTHER': {
         const name = cmd.name.toUpperCase();
-        if (this.svc.config.smtp.trustedVerbs.map((v) => v.toUpperCase()).includes(name) && this.trusted()) return this.forward(cmd);
+        if (this.svc.config.smtp.trustedVerbs.map((v) => v.toUpperCase()).includes(name) && this.trusted()) {
+          if (this.link || !this.svc.pool) return this.forward(cmd);
+          // Pooled mode, outside a transaction: a private verb (ETRN, an X-verb) may change the backend
+          // session's state, so this client keeps that session for good, as with AUTH.
+          return this.run(this.dedicateLink().then((ok) => (ok ? this.forward(cmd) : undefined)));
+        }
         return this.refuseVerb(name);
       }
     }

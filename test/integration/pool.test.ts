@@ -224,4 +224,34 @@ describe('pooled mode', () => {
     a.close();
     b.close();
   });
+
+  test('a trusted private verb outside a transaction (ETRN): forwarded on a session this client then keeps, as with AUTH', async () => {
+    backend = await startRecordingBackend();
+    g = await startGuard({
+      backendPort: backend.port,
+      rules: { relayNetworks: ['127.0.0.2/32'] },
+      config: { ...POOL(3, { minIdle: 1 }), smtp: { trustedVerbs: ['ETRN'] } },
+    });
+    const d = await Dialog.connect(g.port, { localAddress: '127.0.0.2' });
+    expect((await d.reply()).code).toBe(220);
+    expect((await d.cmd('EHLO internal.test')).code).toBe(250);
+    const r = await d.cmd('ETRN example.com');
+    expect(r.code).not.toBe(421); // the backend's own answer (this one does not know ETRN), not an internal error
+    expect(r.code).toBeGreaterThanOrEqual(250);
+    await until(() => backend!.lines().includes('ETRN example.com'), 3000, 'ETRN reached the backend');
+    // The session goes on, on that same backend session, and mail still flows.
+    expect((await d.cmd('MAIL FROM:<a@example.com>')).code).toBe(250);
+    expect((await d.cmd('RCPT TO:<user@example.com>')).code).toBe(250);
+    expect((await d.cmd('DATA')).code).toBe(354);
+    expect((await d.cmd('Subject: after ETRN\r\n\r\nbody\r\n.')).code).toBe(250);
+    await backend.waitForMessages(1);
+    expect(g.logs.some((l) => l.msg === 'internal error')).toBe(false);
+    // A stranger's ETRN is still refused, without a backend session.
+    const s = await Dialog.connect(g.port, { localAddress: '127.0.0.9' });
+    await s.reply();
+    await s.cmd('EHLO outside.test');
+    expect((await s.cmd('ETRN example.com')).code).toBe(502);
+    s.close();
+    d.close();
+  });
 });
