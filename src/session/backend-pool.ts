@@ -156,7 +156,9 @@ export class BackendPool extends EventEmitter {
       this.topUp();
       return;
     }
-    if (clean) {
+    // Clean and quiet: straight back. Commands still unanswered on it (pipelined behind a refused
+    // MAIL): RSET after them, and back only when that is answered, so no reply is left for the next client.
+    if (clean && link.outstanding === 0) {
       this.giveBack(link);
       return;
     }

@@ -583,7 +583,9 @@ export class SmtpSession {
     this.forward({ verb: 'MAIL', path, params: kept }, (r) => {
       if (r.code >= 300) {
         this.tx.reset();
-        this.returnLink(true);
+        // Pooled: commands pipelined behind the refused MAIL are still out on this backend session;
+        // it goes back only once they are answered (their handlers return it, or the next MAIL reuses it).
+        if (!this.link || this.link.outstanding === 0) this.returnLink(true);
       }
     });
   }
@@ -627,7 +629,10 @@ export class SmtpSession {
     if (await this.limit('recipient', { sender: this.tx.sender })) return;
     this.tx.rcptForwarded++;
     const kept = params.filter((p) => RCPT_PARAMS.has(p.keyword));
+    const serial = this.tx.serial;
     this.forward({ verb: 'RCPT', path, params: kept }, (r) => {
+      // The transaction ended before this reply came (its MAIL was refused): nothing to count.
+      if (serial !== this.tx.serial) return;
       if (r.code < 300) {
         this.tx.accepted.push(rcpt);
         this.rcptAccepted++;

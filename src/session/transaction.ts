@@ -17,7 +17,11 @@ export class Transaction {
   /** MAIL carried SMTPUTF8 (RFC 6531): non-ASCII addresses allowed in this transaction. */
   smtputf8 = false;
 
+  /** Changes at every reset: a reply that arrives for an earlier transaction can tell. */
+  serial = 0;
+
   reset(): void {
+    this.serial++;
     this.mailSent = false;
     this.mailFrom = undefined;
     this.sender = '';

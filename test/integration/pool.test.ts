@@ -8,6 +8,7 @@ import SMTPConnection from 'nodemailer/lib/smtp-connection/index.js';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
 import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
 import { Dialog } from '../helpers/dialog.js';
+import { startScriptedBackend } from '../helpers/scripted-backend.js';
 import { until, withTimeout } from '../helpers/with-timeout.js';
 
 let backend: RecordingBackend | undefined;
@@ -253,5 +254,39 @@ describe('pooled mode', () => {
     expect((await s.cmd('ETRN example.com')).code).toBe(502);
     s.close();
     d.close();
+  });
+
+  test('a refused MAIL with RCPT and DATA pipelined behind it: the session is not lent on until they are answered, and a backend that says 354 anyway delivers nothing', async () => {
+    // A broken backend: refuses one sender at MAIL, yet takes RCPT and DATA after it.
+    const sb = await startScriptedBackend({ onLine: (line) => (line.startsWith('MAIL FROM:<bad@') ? '550 5.7.1 sender refused\r\n' : undefined) });
+    try {
+      g = await startGuard({ backendPort: sb.port, config: POOL(1, { minIdle: 1 }) });
+      const a = await Dialog.connect(g.port);
+      const b = await Dialog.connect(g.port);
+      await a.reply();
+      await b.reply();
+      await a.cmd('EHLO a.test');
+      await b.cmd('EHLO b.test');
+      a.send('MAIL FROM:<bad@elsewhere.test>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n');
+      b.send('MAIL FROM:<good@elsewhere.test>\r\n'); // waits for the only session
+      expect((await a.reply()).code).toBe(550);
+      await a.reply(); // the backend's answer to the orphan RCPT
+      const data = await a.reply();
+      expect(data.code).toBeGreaterThanOrEqual(500); // never 354: the transaction has no sender
+      expect((await b.reply()).code).toBe(250);
+      expect((await b.cmd('RCPT TO:<b@example.com>')).code).toBe(250);
+      expect((await b.cmd('DATA')).code).toBe(354);
+      expect((await b.cmd('Subject: b\r\n\r\nfrom b\r\n.')).code).toBe(250);
+      // b's MAIL went out only after the session was free of a's commands (or on a fresh session).
+      const mailB = sb.lines.indexOf('MAIL FROM:<good@elsewhere.test>');
+      expect(mailB).toBeGreaterThan(sb.lines.indexOf('DATA'));
+      expect(g.logs.some((l) => l.msg === 'internal error')).toBe(false);
+      a.close();
+      b.close();
+    } finally {
+      await g?.stop();
+      g = undefined;
+      await sb.close();
+    }
   });
 });
