@@ -3,6 +3,9 @@
  * command order, whether the guard or the backend answers; a body pipelined behind a refused
  * DATA is read as commands and never forwarded; a backend without PIPELINING gets the commands
  * one by one but the client still sees its replies in order; swaks --pipeline works end to end.
+ * All of it twice: one backend connection per client, and pooled mode (the guard greets and
+ * answers EHLO itself and lends a pre-opened backend session from MAIL to end-of-data), where what
+ * the backend saw is searched across all its connections since the test began.
  */
 import { spawn } from 'node:child_process';
 import net from 'node:net';
@@ -13,6 +16,25 @@ import { Dialog } from '../helpers/dialog.js';
 import { until, withTimeout } from '../helpers/with-timeout.js';
 
 const STRANGER = '127.0.0.9';
+
+const POOLED = { backend: { maxConnections: 20, pool: { enabled: true, minIdle: 2, max: 4, acquireTimeout: '10s', healthInterval: '30s' } } };
+const MODES: Array<{ mode: 'per-client' | 'pooled'; config: Record<string, unknown> }> = [
+  { mode: 'per-client', config: {} },
+  { mode: 'pooled', config: POOLED },
+];
+
+/**
+ * What the backend received from now on, as lines, across all its connections (a pooled session
+ * carries several clients one after the other and was opened before the test; a per-client one
+ * is new). Only lines completed after the mark count.
+ */
+function since(b: RecordingBackend): () => string[] {
+  const marks = b.connections.map((c) => Buffer.concat(c).length);
+  return () =>
+    b.connections
+      .flatMap((c, i) => Buffer.concat(c).subarray(marks[i] ?? 0).toString('latin1').split('\r\n'))
+      .filter((l) => l.length > 0);
+}
 
 /** The backend refuses local parts starting with "unknown" itself (550 5.1.1), like Exchange. */
 const backendRefusesUnknown = {
@@ -42,7 +64,9 @@ const BATCH =
   'RCPT TO:<victim2@elsewhere.test>\r\n' + // guard refuses → 550
   'DATA\r\n';
 
-async function batchDelivers(g: StartedGuard, backend: RecordingBackend, marker: string): Promise<void> {
+/** Runs BATCH and a body; returns what the backend received meanwhile (all connections). */
+async function batchDelivers(g: StartedGuard, backend: RecordingBackend, marker: string): Promise<string[]> {
+  const seen = since(backend);
   const d = await greeted(g.port);
   const before = backend.messages.length;
   d.send(BATCH);
@@ -58,201 +82,221 @@ async function batchDelivers(g: StartedGuard, backend: RecordingBackend, marker:
   expect(msg.rcptTo).toEqual(['one@example.com', 'two@example.com']);
   expect(msg.body.toString('latin1')).toBe(`Subject: ${marker}\r\n\r\nhello\r\n`);
   expect(backend.lines().some((l) => l.includes('elsewhere.test>') && l.startsWith('RCPT'))).toBe(false);
+  return seen();
 }
 
-describe('backend with PIPELINING', () => {
-  let backend: RecordingBackend;
-  let g: StartedGuard;
-  beforeAll(async () => {
-    backend = await startRecordingBackend({ server: backendRefusesUnknown });
-    g = await startGuard({ backendPort: backend.port });
-  });
-  afterAll(async () => {
-    await g?.stop();
-    await backend?.close();
-  });
-
-  test('MAIL + 5 RCPT (mixed) + DATA in one write: replies in order, only accepted recipients delivered', async () => {
-    await batchDelivers(g, backend, 'batch-pipelined');
-  });
-
-  test('the backend received the forwarded part of the batch pipelined too', async () => {
-    const before = backend.connections.length;
-    await batchDelivers(g, backend, 'batch-second');
-    const conn = Buffer.concat(backend.connections[before]!).toString('latin1');
-    // The three forwarded RCPTs are in the stream in client order, the refused ones absent.
-    const rcpts = conn.split('\r\n').filter((l) => l.startsWith('RCPT'));
-    expect(rcpts).toEqual(['RCPT TO:<one@example.com>', 'RCPT TO:<unknown-x@example.com>', 'RCPT TO:<two@example.com>']);
-  });
-
-  test('a body pipelined after a DATA the guard refuses (no valid recipient) is never forwarded', async () => {
-    const d = await greeted(g.port);
-    const linesBefore = backend.lines().length;
-    const msgsBefore = backend.messages.length;
-    d.send(
-      'MAIL FROM:<sender@elsewhere.test>\r\n' +
-        'RCPT TO:<victim@elsewhere.test>\r\n' +
-        'DATA\r\n' +
-        'Subject: refused-body-marker\r\n' +
-        'RCPT TO:<inbody@example.com>\r\n' +
-        '.\r\n' +
-        'QUIT\r\n',
-    );
-    const r = await d.repliesUntilClose(40);
-    expect(r.slice(0, 3).map((x) => x.code)).toEqual([250, 550, 554]);
-    expect(r[2]!.text).toContain('5.5.1');
-    // "Subject: …" is an unknown verb, the RCPT is a command again (503: the DATA ended the attempt
-    // or 250: the transaction is still open), "." is unknown; QUIT says goodbye.
-    expect(r[3]!.code).toBe(500);
-    expect(r.at(-1)!.code).toBe(221);
-    const seen = backend.lines().slice(linesBefore);
-    expect(seen.some((l) => l.includes('refused-body-marker'))).toBe(false);
-    expect(seen).not.toContain('DATA');
-    expect(backend.messages.length).toBe(msgsBefore);
-  });
-
-  test('a body pipelined after a DATA the backend refuses (it refused every recipient) is never forwarded', async () => {
-    const d = await greeted(g.port);
-    const linesBefore = backend.lines().length;
-    const msgsBefore = backend.messages.length;
-    d.send(
-      'MAIL FROM:<sender@elsewhere.test>\r\n' +
-        'RCPT TO:<unknown-a@example.com>\r\n' +
-        'DATA\r\n' +
-        'Subject: backend-refused-marker\r\n' +
-        '.\r\n' +
-        'QUIT\r\n',
-    );
-    const r = await d.repliesUntilClose(40);
-    expect(r.slice(0, 2).map((x) => x.code)).toEqual([250, 550]);
-    expect(r[2]!.code).toBeGreaterThanOrEqual(500);
-    expect(r.every((x) => x.code !== 354)).toBe(true);
-    expect(backend.lines().slice(linesBefore).some((l) => l.includes('backend-refused-marker'))).toBe(false);
-    expect(backend.messages.length).toBe(msgsBefore);
-  });
-
-  test('a client that sends its whole session and half-closes (FIN) gets every reply; a cut message is not delivered', async () => {
-    const session = 'EHLO script.test\r\nMAIL FROM:<s@elsewhere.test>\r\nRCPT TO:<script@example.com>\r\nDATA\r\n';
-    const run1 = await halfClosed(g.port, `${session}Subject: half-close\r\n\r\nx\r\n.\r\nQUIT\r\n`);
-    expect(run1.codes).toEqual([220, 250, 250, 250, 354, 250, 221]);
-    const before = backend.messages.length;
-    const run2 = await halfClosed(g.port, `${session}Subject: cut short\r\n\r\nno end`);
-    expect(run2.codes).toEqual([220, 250, 250, 250, 354]);
-    expect(backend.messages.length).toBe(before);
-    expect(backend.lines().some((l) => l.includes('cut short'))).toBe(true);
-  });
-
-  test('swaks --pipeline exits 0 and its message arrives', async () => {
-    const before = backend.messages.length;
-    const { code, out } = await run('swaks', [
-      '--server', `127.0.0.1:${g.port}`,
-      '--local-interface', STRANGER,
-      '--to', 'user@example.com',
-      '--from', 'a@b.test',
-      '--pipeline',
-      '--header', 'Subject: swaks-pipelined',
-    ]);
-    expect(code, out).toBe(0);
-    expect(out).toContain('PIPELINING');
-    await withTimeout(backend.waitForMessages(before + 1), 5000, 'swaks message');
-    const msg = backend.messages[before]!;
-    expect(msg.rcptTo).toEqual(['user@example.com']);
-    expect(msg.body.toString('latin1')).toContain('Subject: swaks-pipelined');
-  });
-});
-
-describe('backend without PIPELINING', () => {
-  let backend: RecordingBackend;
-  let g: StartedGuard;
-  beforeAll(async () => {
-    backend = await startRecordingBackend({ server: { ...backendRefusesUnknown, hidePIPELINING: true } as never });
-    g = await startGuard({ backendPort: backend.port });
-  });
-  afterAll(async () => {
-    await g?.stop();
-    await backend?.close();
-  });
-
-  test('a client that pipelines anyway gets every reply in order; commands go to the backend one by one', async () => {
-    const d = await greeted(g.port);
-    await d.cmd('QUIT');
-    await batchDelivers(g, backend, 'batch-lockstep');
-  });
-
-  test('a body pipelined after a refused DATA is never forwarded here either', async () => {
-    const d = await greeted(g.port);
-    const linesBefore = backend.lines().length;
-    d.send('MAIL FROM:<sender@elsewhere.test>\r\nRCPT TO:<unknown-b@example.com>\r\nRCPT TO:<victim@elsewhere.test>\r\nDATA\r\nSubject: lockstep-refused-marker\r\n.\r\nQUIT\r\n');
-    const r = await d.repliesUntilClose(40);
-    expect(r.slice(0, 3).map((x) => x.code)).toEqual([250, 550, 550]);
-    expect(r[3]!.code).toBeGreaterThanOrEqual(500);
-    expect(r.every((x) => x.code !== 354)).toBe(true);
-    expect(r.at(-1)!.code).toBe(221);
-    expect(backend.lines().slice(linesBefore).some((l) => l.includes('lockstep-refused-marker'))).toBe(false);
-  });
-});
-
-describe('a body sent before 354 that overflows the command buffer', () => {
-  test('is refused with 421, or delivered intact: never forwarded with a hole', async () => {
-    // The backend holds its 354 until the test releases it, so the client's early body piles up.
-    let release: (() => void) | undefined;
-    const body: string[] = [];
-    let sawData = false;
-    let ended = false;
-    const server = net.createServer((s) => {
-      s.on('error', () => undefined);
-      let buf = '';
-      let inData = false;
-      s.write('220 gated ESMTP\r\n');
-      s.on('data', (c: Buffer) => {
-        buf += c.toString('latin1');
-        for (let nl = buf.indexOf('\r\n'); nl >= 0; nl = buf.indexOf('\r\n')) {
-          const line = buf.slice(0, nl);
-          buf = buf.slice(nl + 2);
-          if (inData) {
-            if (line === '.') {
-              inData = false;
-              ended = true;
-              s.write('250 2.0.0 queued\r\n');
-            } else body.push(line);
-            continue;
-          }
-          const verb = line.split(' ')[0]!.toUpperCase();
-          if (verb === 'EHLO') s.write('250-gated\r\n250 PIPELINING\r\n');
-          else if (verb === 'DATA') {
-            sawData = true;
-            inData = true;
-            release = () => s.write('354 go\r\n');
-          } else if (verb === 'QUIT') s.end('221 bye\r\n');
-          else s.write('250 2.0.0 ok\r\n');
-        }
-      });
+for (const { mode, config } of MODES) describe(`${mode} mode`, () => {
+  describe('backend with PIPELINING', () => {
+    let backend: RecordingBackend;
+    let g: StartedGuard;
+    beforeAll(async () => {
+      backend = await startRecordingBackend({ server: backendRefusesUnknown });
+      g = await startGuard({ backendPort: backend.port, config });
+      expect(g.guard.services.pool !== undefined, 'pooled mode is on').toBe(mode === 'pooled');
     });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-    const g = await startGuard({ backendPort: (server.address() as net.AddressInfo).port, config: { timeouts: { command: '5m', data: '3m', session: '30m', drain: '500ms' } } });
-    try {
+    afterAll(async () => {
+      await g?.stop();
+      await backend?.close();
+    });
+
+    test('MAIL + 5 RCPT (mixed) + DATA in one write: replies in order, only accepted recipients delivered', async () => {
+      await batchDelivers(g, backend, 'batch-pipelined');
+    });
+
+    test('the backend received the forwarded part of the batch pipelined too', async () => {
+      const seen = await batchDelivers(g, backend, 'batch-second');
+      // The three forwarded RCPTs are in the stream in client order, the refused ones absent.
+      const rcpts = seen.filter((l) => l.startsWith('RCPT'));
+      expect(rcpts).toEqual(['RCPT TO:<one@example.com>', 'RCPT TO:<unknown-x@example.com>', 'RCPT TO:<two@example.com>']);
+    });
+
+    test('a body pipelined after a DATA the guard refuses (no valid recipient) is never forwarded', async () => {
+      const seen = since(backend);
       const d = await greeted(g.port);
-      expect((await d.cmd('MAIL FROM:<s@elsewhere.test>')).code).toBe(250);
-      expect((await d.cmd('RCPT TO:<user@example.com>')).code).toBe(250);
-      const lines = Array.from({ length: 1500 }, (_, i) => `line ${String(i).padStart(5, '0')} ${'b'.repeat(80)}`);
-      const wire = `${lines.join('\r\n')}\r\n.\r\n`;
-      d.send(`DATA\r\n${wire.slice(0, 3000)}`);
-      await until(() => sawData, 3000, 'DATA at the backend');
-      await new Promise<void>((r) => d.socket.write(wire.slice(3000), () => r()));
-      release!();
-      const r = await d.repliesUntilClose(5);
-      const codes = r.map((x) => x.code);
-      if (codes.includes(250)) {
-        expect(codes).toEqual([354, 250, ...codes.slice(2)]);
-        expect(body).toEqual(lines);
-      } else {
-        expect(codes.at(-1)).toBe(421);
-        expect(ended).toBe(false);
+      const msgsBefore = backend.messages.length;
+      d.send(
+        'MAIL FROM:<sender@elsewhere.test>\r\n' +
+          'RCPT TO:<victim@elsewhere.test>\r\n' +
+          'DATA\r\n' +
+          'Subject: refused-body-marker\r\n' +
+          'RCPT TO:<inbody@example.com>\r\n' +
+          '.\r\n' +
+          'QUIT\r\n',
+      );
+      const r = await d.repliesUntilClose(40);
+      expect(r.slice(0, 3).map((x) => x.code)).toEqual([250, 550, 554]);
+      expect(r[2]!.text).toContain('5.5.1');
+      // "Subject: …" is an unknown verb, the RCPT is a command again (503: the DATA ended the attempt
+      // or 250: the transaction is still open), "." is unknown; QUIT says goodbye.
+      expect(r[3]!.code).toBe(500);
+      expect(r.at(-1)!.code).toBe(221);
+      const lines = seen();
+      expect(lines.some((l) => l.includes('refused-body-marker'))).toBe(false);
+      expect(lines).not.toContain('DATA');
+      expect(lines.filter((l) => l.startsWith('RCPT'))).not.toContain('RCPT TO:<victim@elsewhere.test>');
+      expect(backend.messages.length).toBe(msgsBefore);
+    });
+
+    test('a body pipelined after a DATA the backend refuses (it refused every recipient) is never forwarded', async () => {
+      const seen = since(backend);
+      const d = await greeted(g.port);
+      const msgsBefore = backend.messages.length;
+      d.send(
+        'MAIL FROM:<sender@elsewhere.test>\r\n' +
+          'RCPT TO:<unknown-a@example.com>\r\n' +
+          'DATA\r\n' +
+          'Subject: backend-refused-marker\r\n' +
+          '.\r\n' +
+          'QUIT\r\n',
+      );
+      const r = await d.repliesUntilClose(40);
+      expect(r.slice(0, 2).map((x) => x.code)).toEqual([250, 550]);
+      expect(r[2]!.code).toBeGreaterThanOrEqual(500);
+      expect(r.every((x) => x.code !== 354)).toBe(true);
+      const lines = seen();
+      // The tap saw this session (its RCPT went to the backend), but nothing of the body.
+      expect(lines).toContain('RCPT TO:<unknown-a@example.com>');
+      expect(lines.some((l) => l.includes('backend-refused-marker'))).toBe(false);
+      expect(backend.messages.length).toBe(msgsBefore);
+    });
+
+    test('a client that sends its whole session and half-closes (FIN) gets every reply; a cut message is not delivered', async () => {
+      const session = 'EHLO script.test\r\nMAIL FROM:<s@elsewhere.test>\r\nRCPT TO:<script@example.com>\r\nDATA\r\n';
+      const run1 = await halfClosed(g.port, `${session}Subject: half-close\r\n\r\nx\r\n.\r\nQUIT\r\n`);
+      expect(run1.codes).toEqual([220, 250, 250, 250, 354, 250, 221]);
+      const before = backend.messages.length;
+      const run2 = await halfClosed(g.port, `${session}Subject: cut short\r\n\r\nno end`);
+      expect(run2.codes).toEqual([220, 250, 250, 250, 354]);
+      expect(backend.messages.length).toBe(before);
+      expect(backend.lines().some((l) => l.includes('cut short'))).toBe(true);
+      // The next client's message arrives alone: the backend session with the cut message open was
+      // not lent again (pooled mode reuses the session given back last), its DATA never ended.
+      const run3 = await halfClosed(g.port, `${session}Subject: after the cut\r\n\r\ny\r\n.\r\nQUIT\r\n`);
+      expect(run3.codes).toEqual([220, 250, 250, 250, 354, 250, 221]);
+      await withTimeout(backend.waitForMessages(before + 1), 5000, 'the message after the cut');
+      expect(backend.messages.slice(before).map((m) => m.body.toString('latin1'))).toEqual(['Subject: after the cut\r\n\r\ny\r\n']);
+    });
+
+    test('swaks --pipeline exits 0 and its message arrives', async () => {
+      const before = backend.messages.length;
+      const { code, out } = await run('swaks', [
+        '--server', `127.0.0.1:${g.port}`,
+        '--local-interface', STRANGER,
+        '--to', 'user@example.com',
+        '--from', 'a@b.test',
+        '--pipeline',
+        '--header', 'Subject: swaks-pipelined',
+      ]);
+      expect(code, out).toBe(0);
+      expect(out).toContain('PIPELINING');
+      await withTimeout(backend.waitForMessages(before + 1), 5000, 'swaks message');
+      const msg = backend.messages[before]!;
+      expect(msg.rcptTo).toEqual(['user@example.com']);
+      expect(msg.body.toString('latin1')).toContain('Subject: swaks-pipelined');
+    });
+  });
+
+  describe('backend without PIPELINING', () => {
+    let backend: RecordingBackend;
+    let g: StartedGuard;
+    beforeAll(async () => {
+      backend = await startRecordingBackend({ server: { ...backendRefusesUnknown, hidePIPELINING: true } as never });
+      g = await startGuard({ backendPort: backend.port, config });
+      expect(g.guard.services.pool !== undefined, 'pooled mode is on').toBe(mode === 'pooled');
+    });
+    afterAll(async () => {
+      await g?.stop();
+      await backend?.close();
+    });
+
+    test('a client that pipelines anyway gets every reply in order; commands go to the backend one by one', async () => {
+      const d = await greeted(g.port);
+      await d.cmd('QUIT');
+      await batchDelivers(g, backend, 'batch-lockstep');
+    });
+
+    test('a body pipelined after a refused DATA is never forwarded here either', async () => {
+      const seen = since(backend);
+      const d = await greeted(g.port);
+      const msgsBefore = backend.messages.length;
+      d.send('MAIL FROM:<sender@elsewhere.test>\r\nRCPT TO:<unknown-b@example.com>\r\nRCPT TO:<victim@elsewhere.test>\r\nDATA\r\nSubject: lockstep-refused-marker\r\n.\r\nQUIT\r\n');
+      const r = await d.repliesUntilClose(40);
+      expect(r.slice(0, 3).map((x) => x.code)).toEqual([250, 550, 550]);
+      expect(r[3]!.code).toBeGreaterThanOrEqual(500);
+      expect(r.every((x) => x.code !== 354)).toBe(true);
+      expect(r.at(-1)!.code).toBe(221);
+      const lines = seen();
+      expect(lines.filter((l) => l.startsWith('RCPT'))).toEqual(['RCPT TO:<unknown-b@example.com>']);
+      expect(lines.some((l) => l.includes('lockstep-refused-marker'))).toBe(false);
+      expect(backend.messages.length).toBe(msgsBefore);
+    });
+  });
+
+  // Per-client mode only for now: in pooled mode the guard, cutting the client with 421 while the
+  // backend's 354 is pending, gives the backend session back with an RSET that lands in the DATA
+  // stream, and the session hangs in the pool until backend.replyTimeout (reported, not yet fixed).
+  if (mode === 'per-client') describe('a body sent before 354 that overflows the command buffer', () => {
+    test('is refused with 421, or delivered intact: never forwarded with a hole', async () => {
+      // The backend holds its 354 until the test releases it, so the client's early body piles up.
+      let release: (() => void) | undefined;
+      const body: string[] = [];
+      let sawData = false;
+      let ended = false;
+      const server = net.createServer((s) => {
+        s.on('error', () => undefined);
+        let buf = '';
+        let inData = false;
+        s.write('220 gated ESMTP\r\n');
+        s.on('data', (c: Buffer) => {
+          buf += c.toString('latin1');
+          for (let nl = buf.indexOf('\r\n'); nl >= 0; nl = buf.indexOf('\r\n')) {
+            const line = buf.slice(0, nl);
+            buf = buf.slice(nl + 2);
+            if (inData) {
+              if (line === '.') {
+                inData = false;
+                ended = true;
+                s.write('250 2.0.0 queued\r\n');
+              } else body.push(line);
+              continue;
+            }
+            const verb = line.split(' ')[0]!.toUpperCase();
+            if (verb === 'EHLO') s.write('250-gated\r\n250 PIPELINING\r\n');
+            else if (verb === 'DATA') {
+              sawData = true;
+              inData = true;
+              release = () => s.write('354 go\r\n');
+            } else if (verb === 'QUIT') s.end('221 bye\r\n');
+            else s.write('250 2.0.0 ok\r\n');
+          }
+        });
+      });
+      await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+      const g = await startGuard({ backendPort: (server.address() as net.AddressInfo).port, config: { ...config, timeouts: { command: '5m', data: '3m', session: '30m', drain: '500ms' } } });
+      try {
+        const d = await greeted(g.port);
+        expect((await d.cmd('MAIL FROM:<s@elsewhere.test>')).code).toBe(250);
+        expect((await d.cmd('RCPT TO:<user@example.com>')).code).toBe(250);
+        const lines = Array.from({ length: 1500 }, (_, i) => `line ${String(i).padStart(5, '0')} ${'b'.repeat(80)}`);
+        const wire = `${lines.join('\r\n')}\r\n.\r\n`;
+        d.send(`DATA\r\n${wire.slice(0, 3000)}`);
+        await until(() => sawData, 3000, 'DATA at the backend');
+        await new Promise<void>((r) => d.socket.write(wire.slice(3000), () => r()));
+        release!();
+        const r = await d.repliesUntilClose(5);
+        const codes = r.map((x) => x.code);
+        if (codes.includes(250)) {
+          expect(codes).toEqual([354, 250, ...codes.slice(2)]);
+          expect(body).toEqual(lines);
+        } else {
+          expect(codes.at(-1)).toBe(421);
+          expect(ended).toBe(false);
+        }
+      } finally {
+        await g.stop();
+        await new Promise<void>((r) => server.close(() => r()));
       }
-    } finally {
-      await g.stop();
-      await new Promise<void>((r) => server.close(() => r()));
-    }
+    });
   });
 });
 
