@@ -214,6 +214,11 @@ export class BackendLink extends EventEmitter {
     return this.inflight.length + this.queue.length;
   }
 
+  /** A command with this verb is written (or queued) and not yet answered. */
+  awaiting(verb: string): boolean {
+    return this.inflight.some((p) => p.verb === verb) || this.queue.some((p) => p.verb === verb);
+  }
+
   /** Send a command line (with CRLF) and get its reply. */
   send(verb: string, wire: Buffer, handler: ReplyHandler, timeoutMs = this.opts.replyTimeoutMs): void {
     if (this.closed) {

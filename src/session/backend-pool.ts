@@ -156,6 +156,12 @@ export class BackendPool extends EventEmitter {
       this.topUp();
       return;
     }
+    if (link.awaiting('DATA')) {
+      // Given back before the backend answered DATA (the client was cut off): after a 354 an RSET
+      // would be read as message text. Never reuse it.
+      this.replace(link, 'unexpected_reply');
+      return;
+    }
     // Clean and quiet: straight back. Commands still unanswered on it (pipelined behind a refused
     // MAIL): RSET after them, and back only when that is answered, so no reply is left for the next client.
     if (clean && link.outstanding === 0) {

@@ -653,6 +653,8 @@ export class SmtpSession {
     this.block();
     const slot = this.seq.later();
     this.link!.send('DATA', formatCommand({ verb: 'DATA' }), (r) => {
+      // The session ended while this reply was on its way (close() dealt with the backend session).
+      if (this.phase === 'closed') return;
       if (isFailure(r)) {
         slot.resolve(this.backendFailureReply(r.failure, true));
         return;
@@ -663,6 +665,12 @@ export class SmtpSession {
         this.tx.reset();
         this.returnLink(false);
         this.unblock();
+        return;
+      }
+      if (this.phase !== 'command') {
+        // Closing (a ban or limit decided while DATA was out): no message now; the 421 follows.
+        this.abandonBackend();
+        slot.resolve(this.guardMade(R.BACKEND_FAILED_IN_TRANSACTION));
         return;
       }
       if (this.tx.accepted.length === 0) {
@@ -806,6 +814,7 @@ export class SmtpSession {
   private sendAuth(wire: Buffer, st: { mechanism: string; step: number; user?: string }): void {
     const slot = this.seq.later();
     this.link!.send('AUTH', wire, (r) => {
+      if (this.phase === 'closed') return;
       if (isFailure(r)) {
         this.phase = 'command';
         slot.resolve(this.backendFailureReply(r.failure, false));

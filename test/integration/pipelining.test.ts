@@ -232,10 +232,9 @@ for (const { mode, config } of MODES) describe(`${mode} mode`, () => {
     });
   });
 
-  // Per-client mode only for now: in pooled mode the guard, cutting the client with 421 while the
-  // backend's 354 is pending, gives the backend session back with an RSET that lands in the DATA
-  // stream, and the session hangs in the pool until backend.replyTimeout (reported, not yet fixed).
-  if (mode === 'per-client') describe('a body sent before 354 that overflows the command buffer', () => {
+  // Pooled: one backend session only, so a session left stuck (an RSET written into the DATA stream
+  // after the 354) would make the next client wait; it must be dropped and replaced at once.
+  describe('a body sent before 354 that overflows the command buffer', () => {
     test('is refused with 421, or delivered intact: never forwarded with a hole', async () => {
       // The backend holds its 354 until the test releases it, so the client's early body piles up.
       let release: (() => void) | undefined;
@@ -272,7 +271,13 @@ for (const { mode, config } of MODES) describe(`${mode} mode`, () => {
         });
       });
       await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-      const g = await startGuard({ backendPort: (server.address() as net.AddressInfo).port, config: { ...config, timeouts: { command: '5m', data: '3m', session: '30m', drain: '500ms' } } });
+      const sockets = new Set<net.Socket>();
+      server.on('connection', (s) => {
+        sockets.add(s);
+        s.on('close', () => sockets.delete(s));
+      });
+      const pool = mode === 'pooled' ? { backend: { maxConnections: 20, pool: { enabled: true, minIdle: 1, max: 1, acquireTimeout: '5s', healthInterval: '30s' } } } : config;
+      const g = await startGuard({ backendPort: (server.address() as net.AddressInfo).port, config: { ...pool, timeouts: { command: '5m', data: '3m', session: '30m', drain: '500ms' } } });
       try {
         const d = await greeted(g.port);
         expect((await d.cmd('MAIL FROM:<s@elsewhere.test>')).code).toBe(250);
@@ -292,8 +297,18 @@ for (const { mode, config } of MODES) describe(`${mode} mode`, () => {
           expect(codes.at(-1)).toBe(421);
           expect(ended).toBe(false);
         }
+        // The next client is served at once (pooled: on a fresh backend session), and the cut
+        // session was closed once: no client session is left counted.
+        const b = await greeted(g.port);
+        expect((await b.cmd('MAIL FROM:<b@elsewhere.test>', 4000)).code).toBe(250);
+        b.send('QUIT\r\n');
+        await b.waitClosed();
+        await until(() => g.guard.services.registry.size === 0, 3000, 'no client session left');
+        expect(await g.guard.metrics.register.metrics()).toMatch(/relay_guard_sessions_active\{listener="mx"\} 0\n/);
+        expect(g.logs.filter((l) => l.msg === 'session closed').length).toBe(2);
       } finally {
         await g.stop();
+        for (const s of sockets) s.destroy();
         await new Promise<void>((r) => server.close(() => r()));
       }
     });
