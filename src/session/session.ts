@@ -692,7 +692,9 @@ export class SmtpSession {
 
   private onQuit(): void {
     this.outcome = 'quit';
-    if (!this.link) {
+    // Pooled: a lent backend session is the pool's, not this client's to close: the guard says
+    // goodbye itself and the session goes back (RSET first when a transaction was open).
+    if (!this.link || (this.svc.pool && !this.linkDedicated)) {
       this.localReply({ ...reply(221, '2.0.0', 'Bye'), close: true });
       this.block();
       return;
@@ -786,6 +788,7 @@ export class SmtpSession {
     // Pooled mode: authentication binds a backend session to this client for good.
     this.dedicateLink().then(
       (ok) => {
+        if (this.phase === 'closed') return;
         if (ok) return this.sendAuth(wire, authState);
         this.phase = 'command';
         this.authState = undefined;

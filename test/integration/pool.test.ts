@@ -289,4 +289,26 @@ describe('pooled mode', () => {
       await sb.close();
     }
   });
+
+  test("QUIT in mid-transaction: the guard says goodbye, the backend session goes back with RSET (not QUIT) and stays open", async () => {
+    backend = await startRecordingBackend();
+    g = await startGuard({ backendPort: backend.port, config: POOL(1, { minIdle: 1 }) });
+    await until(() => backend!.openConnections() === 1, 5000, 'warm pool');
+    const d = await Dialog.connect(g.port);
+    await d.reply();
+    await d.cmd('EHLO a.test');
+    d.send('MAIL FROM:<a@elsewhere.test>\r\nRCPT TO:<user@example.com>\r\nQUIT\r\n');
+    expect((await d.reply()).code).toBe(250);
+    expect((await d.reply()).code).toBe(250);
+    expect((await d.reply()).code).toBe(221);
+    await d.waitClosed();
+    await until(() => backend!.lines().includes('RSET'), 3000, 'RSET on the pooled session');
+    expect(backend.lines()).not.toContain('QUIT');
+    expect(backend.openConnections()).toBe(1);
+    expect(backend.connections.length).toBe(1);
+    // The same backend session carries the next client's message.
+    const r = await sendOne(g.port, 7);
+    expect(r).toMatch(/^250/);
+    expect(backend.connections.length).toBe(1);
+  });
 });
