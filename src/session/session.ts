@@ -656,7 +656,13 @@ export class SmtpSession {
       // The session ended while this reply was on its way (close() dealt with the backend session).
       if (this.phase === 'closed') return;
       if (isFailure(r)) {
-        slot.resolve(this.backendFailureReply(r.failure, true));
+        const failed = this.backendFailureReply(r.failure, true);
+        slot.resolve(failed);
+        // Pooled: only this transaction is lost (the 451 does not close); lift the DATA barrier.
+        if (!failed.close) {
+          this.tx.reset();
+          this.unblock();
+        }
         return;
       }
       this.countReply('backend', r);

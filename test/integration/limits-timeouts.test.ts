@@ -460,6 +460,41 @@ for (const { mode, config: modeConfig } of MODES) describe(`${mode} mode`, () =>
       }
     });
 
+    test('a backend that never answers DATA: 4xx after the reply timeout, never 354; the session goes on (pooled) or closes', async () => {
+      let muted = false;
+      const mute = await startScriptedBackend({
+        onLine: (line) => {
+          if (line !== 'DATA' || muted) return undefined;
+          muted = true; // the first DATA only
+          return null;
+        },
+      });
+      try {
+        const g = await guard({ backend: { replyTimeout: '300ms' } }, mute.port);
+        const d = await greeted(g.port);
+        d.send('MAIL FROM:<s@elsewhere.test>\r\nRCPT TO:<user@example.com>\r\nDATA\r\n');
+        expect((await d.reply()).code).toBe(250);
+        expect((await d.reply()).code).toBe(250);
+        const r = await d.reply(3000);
+        expect(r.code).toBeGreaterThanOrEqual(400);
+        expect(r.code).toBeLessThan(500);
+        expect(muted).toBe(true);
+        if (pooled) {
+          // Only that transaction is lost: the next command is read and answered at once.
+          expect((await d.cmd('NOOP', 1500)).code).toBe(250);
+          await sendMessage(d, 'user@example.com', `after DATA timeout ${mode}`);
+          expect(mute.lines).toContain(`Subject: after DATA timeout ${mode}`);
+          expect((await d.cmd('QUIT')).code).toBe(221);
+        }
+        await d.waitClosed();
+        await nextClientSends(g, `next after DATA timeout ${mode}`);
+        expect(mute.lines).toContain(`Subject: next after DATA timeout ${mode}`);
+        await noSessionLeft(g);
+      } finally {
+        await mute.close();
+      }
+    });
+
     test('a backend that never answers end-of-data: 4xx, never 250', async () => {
       let muted = false;
       const mute = await startScriptedBackend({
