@@ -492,7 +492,7 @@ export class SmtpSession {
       case 'OTHER': {
         const name = cmd.name.toUpperCase();
         if (this.svc.config.smtp.trustedVerbs.map((v) => v.toUpperCase()).includes(name) && this.trusted()) {
-          if (this.link || !this.svc.pool) return this.forward(cmd);
+          if (this.linkDedicated || !this.svc.pool) return this.forward(cmd);
           // Pooled mode, outside a transaction: a private verb (ETRN, an X-verb) may change the backend
           // session's state, so this client keeps that session for good, as with AUTH.
           return this.run(this.dedicateLink().then((ok) => (ok ? this.forward(cmd) : undefined)));
@@ -790,7 +790,7 @@ export class SmtpSession {
     this.phase = 'auth';
     this.block();
     const wire = Buffer.from(`AUTH ${mechanism}${initial !== undefined ? ` ${initial}` : ''}\r\n`, 'latin1');
-    if (this.link || !this.svc.pool) return this.sendAuth(wire, authState);
+    if (this.linkDedicated || !this.svc.pool) return this.sendAuth(wire, authState);
     // Pooled mode: authentication binds a backend session to this client for good.
     this.dedicateLink().then(
       (ok) => {
@@ -804,12 +804,18 @@ export class SmtpSession {
     );
   }
 
-  /** Pooled mode: take a backend session out of the pool for this client and greet it with the client's HELO. */
+  /**
+   * Pooled mode: take a backend session out of the pool for this client for good — the one it holds
+   * (never to be lent on after AUTH or a private verb went over it), else a free one — and greet it
+   * with the client's HELO (not in mid-transaction: EHLO would reset it).
+   */
   private async dedicateLink(): Promise<boolean> {
-    const link = await this.borrowLink();
+    const held = this.link;
+    const link = held ?? (await this.borrowLink());
     if (!link) return false;
     this.svc.pool!.detach(link);
     this.linkDedicated = true;
+    if (held && this.tx.mailSent) return true;
     const r = await new Promise<Reply | undefined>((resolve) =>
       link.send('EHLO', Buffer.from(`EHLO ${this.helo ?? this.svc.config.smtp.hostname}\r\n`, 'latin1'), (e) => resolve(isFailure(e) ? undefined : e)),
     );

@@ -54,6 +54,11 @@ for (const { mode, config } of MODES) describe(`${mode} mode`, () => {
       server: {
         authMethods: ['PLAIN', 'LOGIN'],
         allowInsecureAuth: true, // the guard↔backend leg is plaintext here
+        onMailFrom(address, _session, callback) {
+          // A backend's own refusal of a sender (e.g. a SIZE above its limit), for the pooled cases below.
+          if (address.address.startsWith('refused@')) return callback(Object.assign(new Error('sender refused'), { responseCode: 550 }));
+          callback();
+        },
         onAuth(auth, _session, callback) {
           const ok = auth.username === USER && auth.password === PASSWORD;
           backendAuths.push({ method: auth.method, username: auth.username, ok });
@@ -253,13 +258,9 @@ for (const { mode, config } of MODES) describe(`${mode} mode`, () => {
   });
 
   describe('an authenticated backend session', () => {
-    test('never carries another client: later clients, more than a pool holds, all send over backend connections that saw no AUTH', async () => {
-      const { t } = await tlsSession();
-      expect((await t.cmd(`AUTH PLAIN ${plain(USER, PASSWORD)}`)).code).toBe(235);
-      expect(await relayForeign(t, 'authed-first')).toBe(250);
-      expect((await t.cmd('QUIT')).code).toBe(221);
-      await t.waitClosed();
-      const later = Array.from({ length: 6 }, (_, i) => `later-${i}@elsewhere.test`);
+    /** Later clients, more than a pool holds, each send one message; none may go over the backend connection that carried `tag`'s AUTH. */
+    async function laterClientsAvoid(tag: string): Promise<void> {
+      const later = Array.from({ length: 6 }, (_, i) => `later-${tag}-${i}@elsewhere.test`);
       for (const sender of later) {
         const { d } = await plainSession();
         expect((await d.cmd(`MAIL FROM:<${sender}>`)).code).toBe(250);
@@ -270,14 +271,35 @@ for (const { mode, config } of MODES) describe(`${mode} mode`, () => {
         d.close();
       }
       const wires = backend.connections.map((c) => Buffer.concat(c).toString('latin1'));
-      const authed = wires.filter((w) => w.includes(`MAIL FROM:<${USER}@example.com>`) && w.includes('friend-authed-first@'));
+      const authed = wires.filter((w) => w.includes(`friend-${tag}@`));
       expect(authed).toHaveLength(1);
-      expect(authed[0]).toMatch(/^AUTH PLAIN /m);
+      expect(authed[0]).toMatch(/^AUTH /m);
       for (const sender of later) {
         const carriers = wires.filter((w) => w.includes(`MAIL FROM:<${sender}>`));
         expect(carriers, sender).toHaveLength(1);
         expect(carriers[0], sender).not.toMatch(/^AUTH /m);
       }
+    }
+
+    test('never carries another client: later clients, more than a pool holds, all send over backend connections that saw no AUTH', async () => {
+      const { t } = await tlsSession();
+      expect((await t.cmd(`AUTH PLAIN ${plain(USER, PASSWORD)}`)).code).toBe(235);
+      expect(await relayForeign(t, 'authed-first')).toBe(250);
+      expect((await t.cmd('QUIT')).code).toBe(221);
+      await t.waitClosed();
+      await laterClientsAvoid('authed-first');
+    });
+
+    test('nor when AUTH follows a MAIL the backend refused with RCPT pipelined behind it (the session held then must not go back)', async () => {
+      const { d } = await plainSession(OFFICE);
+      d.send('MAIL FROM:<refused@elsewhere.test>\r\nRCPT TO:<x@example.com>\r\n');
+      expect((await d.reply()).code).toBe(550);
+      expect((await d.reply()).code).toBeGreaterThanOrEqual(500);
+      expect((await d.cmd(`AUTH PLAIN ${plain(USER, PASSWORD)}`)).code).toBe(235);
+      expect(await relayForeign(d, 'authed-after-refusal')).toBe(250);
+      expect((await d.cmd('QUIT')).code).toBe(221);
+      await d.waitClosed();
+      await laterClientsAvoid('authed-after-refusal');
     });
   });
 
