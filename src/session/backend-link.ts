@@ -69,6 +69,7 @@ export class BackendLink extends EventEmitter {
   private tagText: string | undefined;
   /** QUIT was written: a polite close has nothing more to say. */
   private quitSent = false;
+  private messageOpen = false;
   private readonly parser = new ReplyParser({ maxLineBytes: 4096, maxLines: 200 });
   private readonly inflight: Pending[] = [];
   private readonly queue: Queued[] = [];
@@ -214,6 +215,11 @@ export class BackendLink extends EventEmitter {
     return this.inflight.length + this.queue.length;
   }
 
+  /** The backend said 354 and has not yet answered an end-of-data: it reads everything as message text. */
+  get inMessage(): boolean {
+    return this.messageOpen;
+  }
+
   /** A command with this verb is written (or queued) and not yet answered. */
   awaiting(verb: string): boolean {
     return this.inflight.some((p) => p.verb === verb) || this.queue.some((p) => p.verb === verb);
@@ -312,6 +318,8 @@ export class BackendLink extends EventEmitter {
       }
       this.opts.onReplyTime?.(head.verb, (performance.now() - head.sentAt) / 1000);
       if (head.verb === 'EHLO' && ev.reply.code === 250) this.capabilities = ehloKeywords(ev.reply);
+      else if (head.verb === 'DATA') this.messageOpen = ev.reply.code === 354;
+      else if (head.verb === 'DATA-END') this.messageOpen = false;
       head.handler(ev.reply);
       if (this.closed) return;
     }

@@ -156,9 +156,9 @@ export class BackendPool extends EventEmitter {
       this.topUp();
       return;
     }
-    if (link.awaiting('DATA')) {
-      // Given back before the backend answered DATA (the client was cut off): after a 354 an RSET
-      // would be read as message text. Never reuse it.
+    if (link.awaiting('DATA') || link.inMessage) {
+      // Given back in the middle of a message (the client was cut off or banned after DATA): an
+      // RSET would be read as message text, and so would the next client's commands. Never reuse it.
       this.replace(link, 'unexpected_reply');
       return;
     }

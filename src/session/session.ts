@@ -1215,7 +1215,9 @@ export class SmtpSession {
       return true;
     }
     // close / ban: read no further command, so nothing pipelined behind this one reaches the
-    // backend; the 421 is written once the replies before it are in (RFC 2920 §3.1 order).
+    // backend; the 421 is written once the replies before it are in (RFC 2920 §3.1 order). Decided
+    // while a message was being read (a late unknown-recipient verdict): that message never ends.
+    if (this.phase === 'data' || this.phase === 'discard') this.abandonBackend();
     this.phase = 'closing';
     this.localReply({ ...d.reply, close: true });
     return true;

@@ -628,4 +628,55 @@ for (const { mode, config: modeConfig } of MODES) describe(`${mode} mode`, () =>
       d.close();
     });
   });
+
+  describe('a ban decided after the backend said 354', () => {
+    test('the open message is never ended nor followed by anything on that backend session; the next client is served at once', async () => {
+      // The backend refuses all but alice with 5.1.1; the harvest ban (limit 1) is decided from the
+      // second refusal, after the DATA pipelined behind it has already been answered 354.
+      const picky = await startRecordingBackend({
+        server: {
+          onRcptTo(a, _s, cb) {
+            if (a.address === 'alice@example.com' || a.address === 'next@example.com') return cb();
+            cb(Object.assign(new Error('5.1.1 User unknown'), { responseCode: 550 }));
+          },
+        },
+      });
+      const banGuard = await startGuard({
+        backendPort: picky.port,
+        rules: { limits: { enabled: true, prefixV4: 24, prefixV6: 64, limits: [{ id: 'harvest', event: 'unknown-recipient', key: 'ip', limit: 1, window: '10m', action: 'ban', ban: '1h' } as LimitRule] } },
+        // Pooled: one backend session only, so a session left in the message would stop the next client.
+        config: withMode(mode === 'pooled' ? { backend: { maxConnections: 20, pool: { enabled: true, minIdle: 1, max: 1, acquireTimeout: '3s', healthInterval: '30s' } } } : {}, { timeouts: { drain: '1s' } }),
+      });
+      try {
+        const d = await Dialog.connect(banGuard.port, { localAddress: '127.0.0.35' });
+        expect((await d.reply()).code).toBe(220);
+        expect((await d.cmd('EHLO x.test')).code).toBe(250);
+        const seen = since(picky);
+        d.send('MAIL FROM:<h@outside.test>\r\nRCPT TO:<alice@example.com>\r\nRCPT TO:<ghost1@example.com>\r\nRCPT TO:<ghost2@example.com>\r\nDATA\r\n');
+        const codes = (await d.repliesUntilClose(10)).map((r) => r.code);
+        expect(codes.slice(0, 4)).toEqual([250, 250, 550, 550]);
+        expect(codes.at(-1)).toBe(421);
+        const n = await Dialog.connect(banGuard.port, { localAddress: '127.0.1.36' });
+        expect((await n.reply()).code).toBe(220);
+        expect((await n.cmd('EHLO y.test')).code).toBe(250);
+        expect((await n.cmd('MAIL FROM:<next@outside.test>', 2500)).code).toBe(250);
+        expect((await n.cmd('RCPT TO:<next@example.com>')).code).toBe(250);
+        expect((await n.cmd('DATA')).code).toBe(354);
+        expect((await n.cmd('Subject: next\r\n\r\nafter the ban\r\n.')).code).toBe(250);
+        n.close();
+        // Nothing reached the backend after the banned client's DATA on that session: no RSET, no
+        // end-of-data; the one message delivered is the next client's.
+        await withTimeout(picky.waitForMessages(1), 3000, "the next client's message");
+        expect(picky.messages.map((m) => m.rcptTo)).toEqual([['next@example.com']]);
+        const lines = seen();
+        const data = lines.indexOf('DATA');
+        expect(data).toBeGreaterThanOrEqual(0);
+        expect(lines.slice(data + 1)).not.toContain('RSET');
+        expect(lines.filter((l) => l === '.')).toHaveLength(1); // the next client's end-of-data
+      } finally {
+        await banGuard.stop();
+        await picky.close();
+      }
+    });
+  });
 });
