@@ -334,6 +334,9 @@ export class SmtpSession {
   }
 
   private onClientData(chunk: Buffer): void {
+    // Destroyed by a listener that saw this chunk first (a PROXY header from a peer outside
+    // proxyNetworks, listeners.ts): not one byte of it is a command.
+    if (this.client.destroyed) return;
     this.bytesIn += chunk.length;
     switch (this.phase) {
       case 'admission':
