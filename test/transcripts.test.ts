@@ -23,6 +23,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startRecordingBackend, type RecordingBackend, type RecordingMark } from './helpers/recording-backend.js';
+import { MODES, withMode } from './helpers/modes.js';
 import { startGuard, type StartedGuard } from './helpers/start-guard.js';
 import { Dialog } from './helpers/dialog.js';
 import { until } from './helpers/with-timeout.js';
@@ -76,14 +77,7 @@ test('the transcript parser refuses a line it does not know', () => {
   expect(parseTranscript('R: a\\r\\n.\\0\nS: 220\n', 'ok').steps[0]).toEqual({ kind: 'R', bytes: Buffer.from('a\r\n.\0', 'latin1') });
 });
 
-type Mode = 'per-client' | 'pooled';
-
-/** Pooled mode as in pool.test.ts: 2 warm sessions, at most 4. */
-const POOLED = { backend: { maxConnections: 20, pool: { enabled: true, minIdle: 2, max: 4, acquireTimeout: '10s', healthInterval: '30s' } } };
-
-const MODES: Array<{ mode: Mode }> = [{ mode: 'per-client' }, { mode: 'pooled' }];
-
-describe.each(MODES)('transcripts, backend $mode', ({ mode }) => {
+describe.each(MODES)('transcripts, backend $mode', ({ mode, config }) => {
   let backend: RecordingBackend;
   let g: StartedGuard;
 
@@ -93,7 +87,7 @@ describe.each(MODES)('transcripts, backend $mode', ({ mode }) => {
     g = await startGuard({
       backendPort: backend.port,
       rules: { relayNetworks: ['127.0.0.2/32'] },
-      config: mode === 'pooled' ? { ...POOLED, ...own } : own,
+      config: withMode(config, own),
     });
   });
 

@@ -11,6 +11,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import SMTPConnection from 'nodemailer/lib/smtp-connection/index.js';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
+import { MODES, since } from '../helpers/modes.js';
 import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
 import { Dialog } from '../helpers/dialog.js';
 import { TlsDialog } from '../helpers/tls-dialog.js';
@@ -24,25 +25,6 @@ const BAD_PASSWORD = 'wrong-Pa55word!';
 
 const b64 = (s: string) => Buffer.from(s, 'utf8').toString('base64');
 const plain = (user: string, pass: string) => b64(`\0${user}\0${pass}`);
-
-const POOLED = { backend: { maxConnections: 20, pool: { enabled: true, minIdle: 2, max: 4, acquireTimeout: '10s', healthInterval: '30s' } } };
-const MODES: Array<{ mode: 'per-client' | 'pooled'; config: Record<string, unknown> }> = [
-  { mode: 'per-client', config: {} },
-  { mode: 'pooled', config: POOLED },
-];
-
-/**
- * What the backend received from now on, as lines, across all its connections (a pooled session
- * carries several clients one after the other and was opened before the test; a per-client one
- * is new). Only lines completed after the mark count.
- */
-function since(b: RecordingBackend): () => string[] {
-  const marks = b.connections.map((c) => Buffer.concat(c).length);
-  return () =>
-    b.connections
-      .flatMap((c, i) => Buffer.concat(c).subarray(marks[i] ?? 0).toString('latin1').split('\r\n'))
-      .filter((l) => l.length > 0);
-}
 
 for (const { mode, config } of MODES) describe(`${mode} mode`, () => {
   let backend: RecordingBackend;

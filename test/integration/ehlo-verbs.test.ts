@@ -13,6 +13,7 @@ import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
 import { Dialog } from '../helpers/dialog.js';
+import { MODES } from '../helpers/modes.js';
 
 const STRANGER = '127.0.0.9';
 const TRUSTED = '127.0.0.2';
@@ -20,12 +21,6 @@ const TRUSTED = '127.0.0.2';
 const OFFICE = '127.0.0.5';
 const MAX = 20_000_000;
 const TIMEOUTS = { command: '5m', data: '3m', session: '30m', drain: '500ms' };
-
-const POOLED = { backend: { maxConnections: 20, pool: { enabled: true, minIdle: 2, max: 4, acquireTimeout: '10s', healthInterval: '30s' } } };
-const MODES: Array<{ mode: 'per-client' | 'pooled'; config: Record<string, unknown> }> = [
-  { mode: 'per-client', config: {} },
-  { mode: 'pooled', config: POOLED },
-];
 
 /** Everything an old Exchange (and a few others) might offer. */
 const BACKEND_EHLO = [

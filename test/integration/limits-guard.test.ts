@@ -15,6 +15,7 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import type { LimitRule } from '../../src/limits/schema.js';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
+import { MODES, withMode, since } from '../helpers/modes.js';
 import { startGuard, writeRules, type StartedGuard, type TestRules } from '../helpers/start-guard.js';
 import { Dialog } from '../helpers/dialog.js';
 import { until, withTimeout } from '../helpers/with-timeout.js';
@@ -27,34 +28,6 @@ const USER = 'alice';
 const PASSWORD = 'correct-horse-battery';
 /** Outside 127.0.0.0/24 (every address of 127/8 is loopback on Linux): not hit by a /24 limit. */
 const OTHER_PREFIX = '127.0.1.9';
-
-const POOLED = { backend: { maxConnections: 20, pool: { enabled: true, minIdle: 2, max: 4, acquireTimeout: '10s', healthInterval: '30s' } } };
-const MODES: Array<{ mode: 'per-client' | 'pooled'; config: Record<string, unknown> }> = [
-  { mode: 'per-client', config: {} },
-  { mode: 'pooled', config: POOLED },
-];
-
-/** The mode's config under the test's own (`backend` merged key by key). */
-function withMode(modeConfig: Record<string, unknown>, config: Record<string, unknown>): Record<string, unknown> {
-  const merged: Record<string, unknown> = { ...modeConfig, ...config };
-  if (modeConfig.backend !== undefined && config.backend !== undefined) {
-    merged.backend = { ...(modeConfig.backend as Record<string, unknown>), ...(config.backend as Record<string, unknown>) };
-  }
-  return merged;
-}
-
-/**
- * What the backend received from now on, as lines, across all its connections (a pooled session
- * carries several clients one after the other and was opened before the test; a per-client one
- * is new). Only lines completed after the mark count.
- */
-function since(b: RecordingBackend): () => string[] {
-  const marks = b.connections.map((c) => Buffer.concat(c).length);
-  return () =>
-    b.connections
-      .flatMap((c, i) => Buffer.concat(c).subarray(marks[i] ?? 0).toString('latin1').split('\r\n'))
-      .filter((l) => l.length > 0);
-}
 
 const b64 = (s: string) => Buffer.from(s, 'utf8').toString('base64');
 const plain = (user: string, pass: string) => b64(`\0${user}\0${pass}`);

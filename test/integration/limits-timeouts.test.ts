@@ -12,6 +12,7 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { startRecordingBackend, type RecordingBackend, type RecordingMark } from '../helpers/recording-backend.js';
+import { MODES, withMode, since } from '../helpers/modes.js';
 import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
 import { Dialog } from '../helpers/dialog.js';
 import { until, withTimeout } from '../helpers/with-timeout.js';
@@ -20,32 +21,6 @@ import { startScriptedBackend } from '../helpers/scripted-backend.js';
 const STRANGER = '127.0.0.9';
 
 type Cfg = Record<string, unknown>;
-const POOLED = { backend: { maxConnections: 20, pool: { enabled: true, minIdle: 2, max: 4, acquireTimeout: '10s', healthInterval: '30s' } } };
-const MODES: Array<{ mode: 'per-client' | 'pooled'; config: Cfg }> = [
-  { mode: 'per-client', config: {} },
-  { mode: 'pooled', config: POOLED },
-];
-
-const isPlain = (v: unknown): v is Cfg => typeof v === 'object' && v !== null && !Array.isArray(v);
-/** Deep merge of config overrides (a test's `backend` keys go beside the pool's). */
-function merge(a: Cfg, b: Cfg): Cfg {
-  const out: Cfg = { ...a };
-  for (const [k, v] of Object.entries(b)) out[k] = isPlain(v) && isPlain(out[k]) ? merge(out[k], v) : v;
-  return out;
-}
-
-/**
- * What the backend received from now on, as lines, across all its connections (a pooled session
- * carries several clients one after the other and was opened before the test; a per-client one
- * is new). Only lines completed after the mark count.
- */
-function since(b: RecordingBackend): () => string[] {
-  const marks = b.connections.map((c) => Buffer.concat(c).length);
-  return () =>
-    b.connections
-      .flatMap((c, i) => Buffer.concat(c).subarray(marks[i] ?? 0).toString('latin1').split('\r\n'))
-      .filter((l) => l.length > 0);
-}
 
 /**
  * A message cut short (too large, timed out): the backend connection that carried `marker` since
@@ -118,7 +93,7 @@ for (const { mode, config: modeConfig } of MODES) describe(`${mode} mode`, () =>
   const pooled = mode === 'pooled';
 
   async function guard(config: Cfg, backendPort = backend.port): Promise<StartedGuard> {
-    const g = await startGuard({ backendPort, config: merge(merge(modeConfig, { timeouts: { drain: '500ms' } }), config) });
+    const g = await startGuard({ backendPort, config: withMode(withMode(modeConfig, { timeouts: { drain: '500ms' } }), config) });
     guards.push(g);
     expect(g.guard.services.pool !== undefined, 'pooled mode is on').toBe(pooled);
     return g;

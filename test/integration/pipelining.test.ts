@@ -11,30 +11,12 @@ import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
+import { MODES, since } from '../helpers/modes.js';
 import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
 import { Dialog } from '../helpers/dialog.js';
 import { until, withTimeout } from '../helpers/with-timeout.js';
 
 const STRANGER = '127.0.0.9';
-
-const POOLED = { backend: { maxConnections: 20, pool: { enabled: true, minIdle: 2, max: 4, acquireTimeout: '10s', healthInterval: '30s' } } };
-const MODES: Array<{ mode: 'per-client' | 'pooled'; config: Record<string, unknown> }> = [
-  { mode: 'per-client', config: {} },
-  { mode: 'pooled', config: POOLED },
-];
-
-/**
- * What the backend received from now on, as lines, across all its connections (a pooled session
- * carries several clients one after the other and was opened before the test; a per-client one
- * is new). Only lines completed after the mark count.
- */
-function since(b: RecordingBackend): () => string[] {
-  const marks = b.connections.map((c) => Buffer.concat(c).length);
-  return () =>
-    b.connections
-      .flatMap((c, i) => Buffer.concat(c).subarray(marks[i] ?? 0).toString('latin1').split('\r\n'))
-      .filter((l) => l.length > 0);
-}
 
 /** The backend refuses local parts starting with "unknown" itself (550 5.1.1), like Exchange. */
 const backendRefusesUnknown = {

@@ -16,6 +16,7 @@ import path from 'node:path';
 import { Duplex } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
+import { MODES, since, withMode } from '../helpers/modes.js';
 import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
 import { Dialog } from '../helpers/dialog.js';
 import { TlsDialog } from '../helpers/tls-dialog.js';
@@ -27,25 +28,6 @@ const STRANGER = '127.0.0.9';
 const TRUSTED_BEHIND_HAPROXY = '127.0.0.2';
 const OFFICE = '10.1.2.3'; // in relayNetworks, only ever seen through a PROXY header
 const OUTSIDER = '203.0.113.7';
-
-const POOLED = { backend: { maxConnections: 20, pool: { enabled: true, minIdle: 2, max: 4, acquireTimeout: '10s', healthInterval: '30s' } } };
-const MODES: Array<{ mode: 'per-client' | 'pooled'; config: Record<string, unknown> }> = [
-  { mode: 'per-client', config: {} },
-  { mode: 'pooled', config: POOLED },
-];
-
-/**
- * What the backend received from now on, as lines, across all its connections (a pooled session
- * carries several clients one after the other and was opened before the test; a per-client one
- * is new). Only lines completed after the mark count.
- */
-function since(b: RecordingBackend): () => string[] {
-  const marks = b.connections.map((c) => Buffer.concat(c).length);
-  return () =>
-    b.connections
-      .flatMap((c, i) => Buffer.concat(c).subarray(marks[i] ?? 0).toString('latin1').split('\r\n'))
-      .filter((l) => l.length > 0);
-}
 
 function header(version: 1 | 2, source: string): Buffer {
   const info: ProxyAddresses = source.includes(':')
@@ -425,16 +407,14 @@ describe('backend leg, one backend connection per client', () => {
             },
           },
         });
-        const backendConf = { ...((config.backend as Record<string, unknown> | undefined) ?? {}), xclient: true };
         const front = await startGuard({
           backendPort: xb.port,
-          config: {
-            ...config,
-            backend: backendConf,
+          config: withMode(config, {
+            backend: { xclient: true },
             timeouts: { drain: '1s' },
             smtp: { hostname: 'guard.example.com', errorDelay: '0s' },
             listeners: [{ name: 'lb', address: '127.0.0.1', port: 0, kind: 'mx', proxyProtocol: 'required', proxyNetworks: [`${BALANCER}/32`] }],
-          },
+          }),
         });
         try {
           expect(front.guard.services.pool !== undefined, 'pooled mode is on').toBe(mode === 'pooled');

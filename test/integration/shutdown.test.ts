@@ -11,18 +11,12 @@
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
+import { POOLED, MODES } from '../helpers/modes.js';
 import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
 import { Dialog } from '../helpers/dialog.js';
 import { until, withTimeout } from '../helpers/with-timeout.js';
 
 const STRANGER = '127.0.0.9';
-
-type Cfg = Record<string, unknown>;
-const POOLED = { backend: { maxConnections: 20, pool: { enabled: true, minIdle: 2, max: 4, acquireTimeout: '10s', healthInterval: '30s' } } };
-const MODES: Array<{ mode: 'per-client' | 'pooled'; config: Cfg }> = [
-  { mode: 'per-client', config: {} },
-  { mode: 'pooled', config: POOLED },
-];
 
 let backend: RecordingBackend;
 

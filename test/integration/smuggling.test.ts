@@ -15,6 +15,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startRecordingBackend, type RecordingBackend, type RecordingMark } from '../helpers/recording-backend.js';
+import { MODES, withMode } from '../helpers/modes.js';
 import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
 import { Dialog } from '../helpers/dialog.js';
 import { until, withTimeout } from '../helpers/with-timeout.js';
@@ -63,15 +64,6 @@ async function openData(port: number, rcpt = 'user@example.com'): Promise<Dialog
 
 type Mode = 'per-client' | 'pooled';
 
-/** Pooled mode as in pool.test.ts: 2 warm sessions, at most 4. */
-const POOLED = { backend: { maxConnections: 20, pool: { enabled: true, minIdle: 2, max: 4, acquireTimeout: '10s', healthInterval: '30s' } } };
-
-const MODES: Array<{ mode: Mode }> = [{ mode: 'per-client' }, { mode: 'pooled' }];
-
-function guardConfig(mode: Mode, own: Record<string, unknown> = {}): Record<string, unknown> {
-  return mode === 'pooled' ? { ...POOLED, ...own } : own;
-}
-
 /** What the backend received since `mark`, per connection, as text (connections that received nothing left out). */
 function receivedSince(backend: RecordingBackend, mark: RecordingMark): Array<{ text: string; open: boolean }> {
   return backend.receivedSince(mark).filter((c) => c.text.length > 0);
@@ -100,13 +92,13 @@ function expectDataSessionClosed(seen: Array<{ text: string; open: boolean }>): 
   expect(carriers[0]!.open).toBe(false);
 }
 
-describe.each(MODES)('backend $mode', ({ mode }) => {
+describe.each(MODES)('backend $mode', ({ mode, config }) => {
   describe('reject mode (default)', () => {
     let backend: RecordingBackend;
     let g: StartedGuard;
     beforeAll(async () => {
       backend = await startRecordingBackend();
-      g = await startGuard({ backendPort: backend.port, config: guardConfig(mode) });
+      g = await startGuard({ backendPort: backend.port, config });
     });
     afterAll(async () => {
       await g?.stop();
@@ -193,7 +185,7 @@ describe.each(MODES)('backend $mode', ({ mode }) => {
     let g: StartedGuard;
     beforeAll(async () => {
       backend = await startRecordingBackend();
-      g = await startGuard({ backendPort: backend.port, config: guardConfig(mode, { smtp: { smuggling: 'normalize' } }) });
+      g = await startGuard({ backendPort: backend.port, config: withMode(config, { smtp: { smuggling: 'normalize' } }) });
     });
     afterAll(async () => {
       await g?.stop();
