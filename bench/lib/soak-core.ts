@@ -123,7 +123,7 @@ export async function runSoak(target: RunningFuzzTarget, opts: { seed: number; m
     handlesBefore,
     handlesAfter,
     heapBeforeMb: heapBefore / 2 ** 20,
-    heapAfterMb: process.memoryUsage().heapUsed / 2 ** 20,
+    heapAfterMb: (gc?.(), process.memoryUsage().heapUsed / 2 ** 20),
     ms: Date.now() - started,
   };
 }
