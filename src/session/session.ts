@@ -496,8 +496,8 @@ export class SmtpSession {
         const name = cmd.name.toUpperCase();
         if (this.svc.config.smtp.trustedVerbs.map((v) => v.toUpperCase()).includes(name) && this.trusted()) {
           if (this.linkDedicated || !this.svc.pool) return this.forward(cmd);
-          // Pooled mode, outside a transaction: a private verb (ETRN, an X-verb) may change the backend
-          // session's state, so this client keeps that session for good, as with AUTH.
+          // Pooled mode: a private verb (ETRN, an X-verb) may change the backend session's state, so
+          // this client keeps that session (the one it holds, else a free one) for good, as with AUTH.
           return this.run(this.dedicateLink().then((ok) => (ok ? this.forward(cmd) : undefined)));
         }
         return this.refuseVerb(name);
