@@ -595,6 +595,10 @@ export class SmtpSession {
 
   private async onRcpt(path: ForwardPath, params: readonly EsmtpParam[]): Promise<void> {
     if (!this.tx.mailSent) return this.localReply(reply(503, '5.5.1', 'Need MAIL before RCPT'));
+    if (this.tx.lost) {
+      this.tx.refused++;
+      return this.localReply(R.BACKEND_FAILED_IN_TRANSACTION);
+    }
     if (this.tx.rcptForwarded >= this.svc.config.smtp.maxRecipients) {
       this.tx.refused++;
       return this.localReply(R.TOO_MANY_RECIPIENTS);
@@ -651,6 +655,11 @@ export class SmtpSession {
 
   private onData(): void {
     if (!this.tx.mailSent) return this.localReply(reply(503, '5.5.1', 'Need MAIL command'));
+    if (this.tx.lost) {
+      // The end of that transaction: the client may start the next one with or without RSET.
+      this.tx.reset();
+      return this.localReply(R.BACKEND_FAILED_IN_TRANSACTION);
+    }
     if (this.tx.rcptForwarded === 0) return this.localReply(R.NO_VALID_RECIPIENTS);
     // Barrier: nothing after DATA is read until the backend has answered it (RFC 2920 §3.1).
     this.block();
@@ -1121,7 +1130,7 @@ export class SmtpSession {
       this.link = undefined;
       this.svc.pool.discard(link, 'closed');
       if (this.phase === 'data') this.svc.metrics.messages.inc({ outcome: 'backend_failed' });
-      else this.tx.reset();
+      else if (this.tx.mailSent) this.tx.lost = true;
       return;
     }
     if (this.phase === 'data') {

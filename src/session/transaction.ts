@@ -4,6 +4,12 @@ import type { ReversePath } from '../smtp/path.js';
 export class Transaction {
   /** MAIL was forwarded and not refused (optimistic while its reply is pending). */
   mailSent = false;
+  /**
+   * Pooled mode: the backend session carrying this transaction was lost. The client still has a
+   * transaction open (its MAIL and RCPTs were accepted): RCPT and DATA get 451 until it ends it
+   * (RSET, EHLO), never a 5xx that would make it bounce the message.
+   */
+  lost = false;
   mailFrom: ReversePath | undefined;
   /** Sender address as text, for logs ("" for the null sender). */
   sender = '';
@@ -23,6 +29,7 @@ export class Transaction {
   reset(): void {
     this.serial++;
     this.mailSent = false;
+    this.lost = false;
     this.mailFrom = undefined;
     this.sender = '';
     this.rcptForwarded = 0;
