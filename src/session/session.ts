@@ -550,6 +550,8 @@ export class SmtpSession {
 
   private async onMail(path: ReversePath, params: readonly EsmtpParam[]): Promise<void> {
     if (!this.helo) return this.localReply(reply(503, '5.5.1', 'Send HELO/EHLO first'));
+    // A transaction whose backend session was lost (pooled) ends with the client's next MAIL too.
+    if (this.tx.lost) this.tx.reset();
     if (this.tx.mailSent) return this.localReply(reply(503, '5.5.1', 'Nested MAIL command'));
     if (this.listener.config.kind === 'submission' && !this.authUser) return this.localReply(R.AUTH_REQUIRED);
     if (this.transactions >= this.svc.config.smtp.maxTransactions) return this.localReply(R.TOO_MANY_TRANSACTIONS);

@@ -7,7 +7,7 @@ export class Transaction {
   /**
    * Pooled mode: the backend session carrying this transaction was lost. The client still has a
    * transaction open (its MAIL and RCPTs were accepted): RCPT and DATA get 451 until it ends it
-   * (RSET, EHLO), never a 5xx that would make it bounce the message.
+   * (RSET, EHLO, DATA, or a new MAIL), never a 5xx that would make it bounce the message.
    */
   lost = false;
   mailFrom: ReversePath | undefined;
