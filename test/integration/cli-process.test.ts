@@ -1,6 +1,8 @@
 /**
  * The relay-guard process itself: flags, the embedded demo default, SIGTERM (graceful: idle
- * sessions get 421 4.3.2, exit 0) and SIGHUP (rules reloaded without dropping a session).
+ * sessions get 421 4.3.2, exit 0) and SIGHUP (rules reloaded without dropping a session); and
+ * `--pool N` (pooled mode: the guard greets and answers EHLO itself and lends one of at most N
+ * warm backend sessions per transaction), with the pool shown in /metrics on `--admin`.
  */
 import { afterEach, describe, expect, test } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -9,8 +11,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
 import { Dialog } from '../helpers/dialog.js';
-import { withTimeout } from '../helpers/with-timeout.js';
+import { until, withTimeout } from '../helpers/with-timeout.js';
 import { freePort } from '../helpers/free-port.js';
+import { since } from '../helpers/modes.js';
 
 let child: ChildProcess | undefined;
 let backend: RecordingBackend | undefined;
@@ -100,5 +103,84 @@ describe('relay-guard process', () => {
     expect(bye.code).toBe(421);
     expect(bye.text).toContain('4.3.2');
     expect(await withTimeout(exitOf(proc), 15_000, 'exit')).toBe(0);
+  }, 90_000);
+
+  test('--pool 3: warm backend sessions before any client; the guard greets and answers EHLO; a message is delivered over a lent session; /metrics shows the pool', async () => {
+    backend = await startRecordingBackend();
+    const port = await freePort();
+    const adminPort = await freePort();
+    const rules = mkdtempSync(path.join(tmpdir(), 'rg-cli-'));
+    writeFileSync(path.join(rules, 'limits.yaml'), 'enabled: false\nprefixV4: 24\nprefixV6: 64\nlimits: []\n');
+    const { proc, output } = await startCli([
+      '--listen', `127.0.0.1:${port}`, '--backend', `127.0.0.1:${backend.port}`, '--accepted-domain', 'example.org',
+      '--rules-dir', rules, '--admin', `127.0.0.1:${adminPort}`, '--pool', '3', '--log-level', 'info',
+    ]);
+    await until(() => /"msg":"admin api listening"/.test(output()), 10_000, 'admin listener');
+    const metrics = async (): Promise<string> => {
+      const res = await fetch(`http://127.0.0.1:${adminPort}/metrics`, { signal: AbortSignal.timeout(10_000) });
+      expect(res.status).toBe(200);
+      return res.text();
+    };
+    const sample = (text: string, series: string): number | undefined => {
+      const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+      return line === undefined ? undefined : Number(line.slice(series.length + 1));
+    };
+    const idle = 'relay_guard_pool_sessions{backend="backend1",state="idle"}';
+    const busy = 'relay_guard_pool_sessions{backend="backend1",state="busy"}';
+    /** Scrape until the pool has settled: every open backend connection an idle pooled session (bounded). */
+    const settledScrape = async (): Promise<string> => {
+      const deadline = Date.now() + 10_000;
+      for (;;) {
+        const text = await metrics();
+        if (sample(text, busy) === 0 && sample(text, idle) === backend!.openConnections() && backend!.openConnections() >= 2) return text;
+        if (Date.now() > deadline) throw new Error(`pool never settled: ${text.split('\n').filter((l) => l.startsWith('relay_guard_pool_')).join('; ')}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    };
+
+    // The warm sessions (minIdle 2) are open and greeted with the guard's own EHLO before any client.
+    let text = await settledScrape();
+    const warm = backend.openConnections();
+    expect(warm).toBeGreaterThanOrEqual(2);
+    expect(warm).toBeLessThanOrEqual(3);
+    expect(sample(text, 'relay_guard_backend_connections{backend="backend1"}')).toBe(warm);
+    for (const c of backend.connections) expect(Buffer.concat(c).toString('latin1')).toMatch(/^EHLO \S+\r\n/);
+
+    const seen = since(backend);
+    const d = await Dialog.connect(port, { localAddress: '127.0.0.9' });
+    expect((await d.reply()).code).toBe(220);
+    expect((await d.cmd('EHLO s.test')).code).toBe(250);
+    expect((await d.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+    expect((await d.cmd('RCPT TO:<v@elsewhere.test>')).code).toBe(550);
+    expect((await d.cmd('RCPT TO:<u@example.org>')).code).toBe(250);
+    // Mid-transaction the lent session counts as busy.
+    expect(sample(await metrics(), busy)).toBe(1);
+    expect((await d.cmd('DATA')).code).toBe(354);
+    expect((await d.cmd('Subject: pooled\r\n\r\nthrough the pool\r\n.')).code).toBe(250);
+    expect((await d.cmd('QUIT')).code).toBe(221);
+    await d.waitClosed();
+    await withTimeout(backend.waitForMessages(1), 5_000, 'message');
+    expect(backend.messages.map((m) => ({ from: m.mailFrom, to: m.rcptTo, body: m.body.toString('latin1') }))).toEqual([
+      { from: 'a@elsewhere.test', to: ['u@example.org'], body: 'Subject: pooled\r\n\r\nthrough the pool\r\n' },
+    ]);
+    // The client's greeting and EHLO were the guard's: the backend saw only the transaction, never
+    // the refused recipient, on one of at most 3 connections.
+    const lines = seen();
+    expect(lines.filter((l) => l === 'EHLO s.test' || /^(HELO|QUIT)\b/.test(l))).toEqual([]);
+    expect(lines.filter((l) => /^(MAIL|RCPT)/.test(l))).toEqual(['MAIL FROM:<a@elsewhere.test>', 'RCPT TO:<u@example.org>']);
+    expect(backend.maxConcurrent()).toBeLessThanOrEqual(3);
+
+    text = await settledScrape();
+    expect(sample(text, 'relay_guard_messages_total{outcome="delivered"}')).toBe(1);
+    expect(sample(text, 'relay_guard_backend_connections{backend="backend1"}')).toBe(backend.openConnections());
+    expect(sample(text, 'relay_guard_pool_waits_total{result="got"}') ?? 0).toBe(0);
+    expect(sample(text, 'relay_guard_pool_waits_total{result="timeout"}') ?? 0).toBe(0);
+    expect(text).toMatch(/^# TYPE relay_guard_pool_replacements_total counter$/m);
+    expect(sample(text, 'relay_guard_sessions_active{listener="mx"}')).toBe(0);
+
+    proc.kill('SIGTERM');
+    expect(await withTimeout(exitOf(proc), 15_000, 'exit')).toBe(0);
+    // The pooled sessions are closed on the way out.
+    await until(() => backend!.openConnections() === 0, 5_000, 'pooled sessions closed');
   }, 90_000);
 });
