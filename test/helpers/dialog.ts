@@ -103,6 +103,18 @@ export class Dialog<S extends net.Socket = net.Socket> {
     return this.reply(ms);
   }
 
+  /**
+   * One message on an open, greeted session (MAIL, RCPT, DATA, a short body with `subject`); throws
+   * unless each reply is the success one (250, 250, 354, 250).
+   */
+  async sendMessage(rcpt: string, subject: string, from = 's@elsewhere.test'): Promise<void> {
+    const steps: Array<[string, number]> = [[`MAIL FROM:<${from}>`, 250], [`RCPT TO:<${rcpt}>`, 250], ['DATA', 354], [`Subject: ${subject}\r\n\r\nok\r\n.`, 250]];
+    for (const [line, want] of steps) {
+      const r = await this.cmd(line);
+      if (r.code !== want) throw new Error(`${line.split('\r\n')[0]}: expected ${want}, got ${r.text}`);
+    }
+  }
+
   /** Read replies until the connection closes (bounded: at most `max` replies, `perReplyMs` each). */
   async repliesUntilClose(max = 40, perReplyMs = 3000): Promise<ParsedReply[]> {
     const out: ParsedReply[] = [];

@@ -59,13 +59,6 @@ async function greeted(port: number): Promise<Dialog> {
   return d;
 }
 
-/** One message on an open, greeted session; returns once the guard answered its end-of-data with 250. */
-async function sendMessage(d: Dialog, rcpt: string, subject: string): Promise<void> {
-  expect((await d.cmd('MAIL FROM:<s@elsewhere.test>')).code).toBe(250);
-  expect((await d.cmd(`RCPT TO:<${rcpt}>`)).code).toBe(250);
-  expect((await d.cmd('DATA')).code).toBe(354);
-  expect((await d.cmd(`Subject: ${subject}\r\n\r\nok\r\n.`)).code).toBe(250);
-}
 
 /** Messages the recording backend received whose body holds `marker`. */
 function delivered(marker: string): number {
@@ -85,7 +78,7 @@ async function noSessionLeft(g: StartedGuard): Promise<void> {
 async function healthy(g: StartedGuard, subject: string): Promise<void> {
   const before = backend.messages.length;
   const d = await greeted(g.port);
-  await sendMessage(d, 'next@example.com', subject);
+  await d.sendMessage('next@example.com', subject);
   expect((await d.cmd('QUIT')).code).toBe(221);
   await d.waitClosed();
   await withTimeout(backend.waitForMessages(before + 1), 5000, "the next client's message");
@@ -184,7 +177,7 @@ for (const { mode, config: modeConfig } of MODES) describe(`${mode} mode`, () =>
         expect(r.code).toBe(451);
         expect(r.text).toContain('4.3.0');
         await poolNoticed(g, replacedBefore, open);
-        await sendMessage(d, 'user@example.com', `after the kill ${mode}`);
+        await d.sendMessage('user@example.com', `after the kill ${mode}`);
         await until(() => delivered(`after the kill ${mode}`) === 1, 5000, 'the retried message');
         expect((await d.cmd('QUIT')).code).toBe(221);
       } else {
@@ -222,7 +215,7 @@ for (const { mode, config: modeConfig } of MODES) describe(`${mode} mode`, () =>
         expect(r.code).toBe(451);
         expect(r.text).toContain('4.3.0');
         // The same client retries on another backend session: one more end-of-data, answered 250.
-        await sendMessage(d, 'user@example.com', `retry ${mode}`);
+        await d.sendMessage('user@example.com', `retry ${mode}`);
         expect((await d.cmd('QUIT')).code).toBe(221);
       } else {
         const r = await d.repliesUntilClose(10);
@@ -235,7 +228,7 @@ for (const { mode, config: modeConfig } of MODES) describe(`${mode} mode`, () =>
       expect(killed).toBe(true);
       // The next client is served.
       const e = await greeted(g.port);
-      await sendMessage(e, 'next@example.com', `next ${mode}`);
+      await e.sendMessage('next@example.com', `next ${mode}`);
       expect((await e.cmd('QUIT')).code).toBe(221);
       await e.waitClosed();
       // Each end-of-data went to the backend once: no message was sent twice by the guard.
@@ -256,7 +249,7 @@ for (const { mode, config: modeConfig } of MODES) describe(`${mode} mode`, () =>
         // next message goes out on a new one.
         await poolNoticed(g, replacedBefore, open);
         expect((await d.cmd('NOOP')).code).toBe(250);
-        await sendMessage(d, 'user@example.com', `between commands ${mode}`);
+        await d.sendMessage('user@example.com', `between commands ${mode}`);
         await until(() => delivered(`between commands ${mode}`) === 1, 5000, 'the message');
         expect((await d.cmd('QUIT')).code).toBe(221);
       } else {
@@ -290,7 +283,7 @@ for (const { mode, config: modeConfig } of MODES) describe(`${mode} mode`, () =>
         const data = await d.cmd('DATA');
         expect(data.code).toBe(451);
         expect(data.text).toContain('4.3.0');
-        await sendMessage(d, 'user@example.com', marker);
+        await d.sendMessage('user@example.com', marker);
         await until(() => delivered(marker) === 1, 5000, 'the message sent again');
         expect((await d.cmd('QUIT')).code).toBe(221);
         await d.waitClosed();
@@ -390,7 +383,7 @@ for (const { mode, config: modeConfig } of MODES) describe(`${mode} mode`, () =>
       if (pooled) {
         // A pooled session is the pool's: the guard answers the client's QUIT itself (after a
         // message, so a session was lent and given back), the backend sees no QUIT and stays open.
-        await sendMessage(d, 'user@example.com', `quit ${mode}`);
+        await d.sendMessage('user@example.com', `quit ${mode}`);
         const bye = await d.cmd('QUIT');
         expect(bye.code).toBe(221);
         expect(bye.text).toContain('2.0.0');
@@ -474,7 +467,7 @@ for (const { mode, config: modeConfig } of MODES) describe(`${mode} mode`, () =>
         expect(r.text).toContain('4.3.0');
         // Once a session is free again, c's next try goes through.
         expect((await a.cmd('RSET')).code).toBe(250);
-        await sendMessage(c, 'c@example.com', `after wait timeout ${mode}`);
+        await c.sendMessage('c@example.com', `after wait timeout ${mode}`);
         for (const x of [a, b, c]) {
           expect((await x.cmd('QUIT')).code).toBe(221);
           await x.waitClosed();
@@ -547,7 +540,7 @@ for (const { mode, config: modeConfig } of MODES) describe(`${mode} mode`, () =>
         await b.waitClosed();
         // The first session is unaffected.
         expect((await a.cmd('EHLO client.test')).code).toBe(250);
-        await sendMessage(a, 'a@example.com', `limit a ${mode}`);
+        await a.sendMessage('a@example.com', `limit a ${mode}`);
         expect((await a.cmd('QUIT')).code).toBe(221);
         await a.waitClosed();
         expect(limited.lines.filter((l) => l === '.')).toHaveLength(1);
@@ -606,7 +599,7 @@ for (const { mode, config: modeConfig } of MODES) describe(`${mode} mode`, () =>
       const g = await guard({ backend: { sourceAddress: '127.0.0.5' } }, peer.port);
       await warm(g);
       const d = await greeted(g.port);
-      await sendMessage(d, 'user@example.com', `source address ${mode}`);
+      await d.sendMessage('user@example.com', `source address ${mode}`);
       expect((await d.cmd('QUIT')).code).toBe(221);
       await d.waitClosed();
       // Per client: the client's own connection; pooled: the warm sessions.

@@ -44,18 +44,11 @@ async function greeted(port: number): Promise<Dialog> {
   return d;
 }
 
-/** One message on an open, greeted session; returns once the guard answered its end-of-data with 250. */
-async function sendMessage(d: Dialog, rcpt: string, subject: string): Promise<void> {
-  expect((await d.cmd('MAIL FROM:<s@elsewhere.test>')).code).toBe(250);
-  expect((await d.cmd(`RCPT TO:<${rcpt}>`)).code).toBe(250);
-  expect((await d.cmd('DATA')).code).toBe(354);
-  expect((await d.cmd(`Subject: ${subject}\r\n\r\nok\r\n.`)).code).toBe(250);
-}
 
 /** A new client sends one message, its end-of-data answered 250, and quits. */
 async function nextClientSends(g: StartedGuard, subject: string): Promise<void> {
   const d = await greeted(g.port);
-  await sendMessage(d, 'next@example.com', subject);
+  await d.sendMessage('next@example.com', subject);
   expect((await d.cmd('QUIT')).code).toBe(221);
   await d.waitClosed();
 }
@@ -180,7 +173,7 @@ for (const { mode, config: modeConfig } of MODES) describe(`${mode} mode`, () =>
       expect(r.text).toContain('5.3.4');
       if (pooled) {
         // Pooled: only the backend session that carried the aborted message is lost; the client goes on.
-        await sendMessage(d, 'after-big@example.com', `after too big ${mode}`);
+        await d.sendMessage('after-big@example.com', `after too big ${mode}`);
         await withTimeout(backend.waitForMessages(before + 1), 5000, 'the message after the refused one');
         expect(backend.messages.slice(before).map((m) => m.body.toString('latin1'))).toEqual([`Subject: after too big ${mode}\r\n\r\nok\r\n`]);
         expect((await d.cmd('QUIT')).code).toBe(221);
@@ -422,7 +415,7 @@ for (const { mode, config: modeConfig } of MODES) describe(`${mode} mode`, () =>
           // Pooled: that transaction is lost, not the session (its RCPTs get 451, never a 5xx a client
           // would bounce on); the client starts again with MAIL on another backend session.
           expect((await d.cmd('RCPT TO:<other@example.com>')).code).toBe(451);
-          await sendMessage(d, 'other@example.com', `after rcpt timeout ${mode}`);
+          await d.sendMessage('other@example.com', `after rcpt timeout ${mode}`);
           expect(mute.lines).toContain(`Subject: after rcpt timeout ${mode}`);
           expect((await d.cmd('QUIT')).code).toBe(221);
         }
@@ -458,7 +451,7 @@ for (const { mode, config: modeConfig } of MODES) describe(`${mode} mode`, () =>
         if (pooled) {
           // Only that transaction is lost: the next command is read and answered at once.
           expect((await d.cmd('NOOP', 1500)).code).toBe(250);
-          await sendMessage(d, 'user@example.com', `after DATA timeout ${mode}`);
+          await d.sendMessage('user@example.com', `after DATA timeout ${mode}`);
           expect(mute.lines).toContain(`Subject: after DATA timeout ${mode}`);
           expect((await d.cmd('QUIT')).code).toBe(221);
         }
@@ -491,7 +484,7 @@ for (const { mode, config: modeConfig } of MODES) describe(`${mode} mode`, () =>
         expect(r.code).toBeLessThan(500);
         expect(muted).toBe(true);
         if (pooled) {
-          await sendMessage(d, 'user@example.com', `after data timeout ${mode}`);
+          await d.sendMessage('user@example.com', `after data timeout ${mode}`);
           expect((await d.cmd('QUIT')).code).toBe(221);
         }
         await d.waitClosed();
