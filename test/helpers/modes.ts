@@ -40,3 +40,12 @@ export function since(b: RecordingBackend): () => string[] {
       .flatMap((c) => c.text.split('\r\n'))
       .filter((l) => l.length > 0);
 }
+
+/**
+ * A line a backend may get from the guard itself at any time rather than from a client: a pooled
+ * session being opened (the guard's own EHLO), checked (NOOP) or cleaned (RSET), or a per-client
+ * connection being closed (QUIT). Tests that assert "no client command reached the backend" skip these.
+ */
+export function guardHousekeeping(line: string): boolean {
+  return /^(EHLO relay-guard|NOOP|RSET|QUIT)$/.test(line);
+}
