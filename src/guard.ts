@@ -290,7 +290,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
   // then opens no connection beyond pool.max (the backend's per-source limit).
   const checkBackend = async (): Promise<boolean> => (pool !== undefined && pool.live > 0) || backendReady(targets, timeouts.backendConnectMs, config.backend.proxyProtocol);
   const admin = config.admin.enabled
-    ? await buildAdminServer({ config, rules, bans, sessions: registry, metrics, validator, limiter, log: log.child({ component: 'admin' }), env, checkBackend })
+    ? await buildAdminServer({ config, rules, bans, sessions: registry, metrics, validator, limiter, log: log.child({ component: 'admin' }), env, checkBackend, ...(pool ? { pool: () => pool.snapshot() } : {}) })
     : undefined;
   let adminAddr: { host: string; port: number } | undefined;
   // Optional listener serving only /metrics (config `metrics`), e.g. for a scraper on another network.

@@ -13,6 +13,7 @@ import type { RateLimiter } from '../limits/limiter.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { RulesStore } from '../rules/rules-store.js';
 import type { SessionRegistry } from '../session/session-registry.js';
+import type { PoolSnapshot } from '../session/backend-pool.js';
 import { bearerAuth, type AuthState } from './bearer-auth.js';
 import { AdminTokens, assertAdminSafe } from './admin-tokens.js';
 import { formatValidationErrors, installErrorHandlers } from './errors.js';
@@ -35,6 +36,8 @@ export interface AdminDeps {
   log: Logger;
   env: NodeJS.ProcessEnv;
   checkBackend: () => Promise<boolean>;
+  /** Pooled mode: the pool's state now (GET /api/v1/pool); absent in per-client mode. */
+  pool?: () => PoolSnapshot;
 }
 
 /** Largest request body (a whole rules section fits many times over). */

@@ -38,6 +38,7 @@ Bans and sessions:
   bans remove TARGET
   sessions list
   sessions close ID                 close a live session with 421
+  pool                              pooled mode: backend sessions (idle, lent, dedicated), waiting clients
   reload-recipients                 re-read the recipient list file
 
 Options:
@@ -264,8 +265,8 @@ async function dispatch(p: string[], v: Values, api: Api, io: CtlIo): Promise<nu
         noMore(p, 2);
         return finish(await api('GET', '/sessions'), (b) =>
           table(
-            ['ID', 'LISTENER', 'CLIENT', 'HELO', 'FROM', 'STATE', 'IN', 'OUT', 'AGE'],
-            ((b['sessions'] ?? []) as Json[]).map((x) => [x['id'], x['listener'], x['clientIp'], x['helo'] ?? '-', x['mailFrom'] ?? '-', x['state'], x['bytesIn'], x['bytesOut'], `${String(x['ageSeconds'])}s`]),
+            ['ID', 'LISTENER', 'CLIENT', 'HELO', 'FROM', 'STATE', 'IN', 'OUT', 'AGE', 'BACKEND'],
+            ((b['sessions'] ?? []) as Json[]).map((x) => [x['id'], x['listener'], x['clientIp'], x['helo'] ?? '-', x['mailFrom'] ?? '-', x['state'], x['bytesIn'], x['bytesOut'], `${String(x['ageSeconds'])}s`, x['backendSession'] ?? '-']),
           ),
         );
       }
@@ -275,6 +276,14 @@ async function dispatch(p: string[], v: Values, api: Api, io: CtlIo): Promise<nu
         return finish(await api('DELETE', `/sessions/${enc(id)}`), () => `session ${id} closed\n`);
       }
       throw new UsageError(`unknown action ${JSON.stringify(sub)} for sessions (list, close ID)`);
+    }
+    case 'pool': {
+      noMore(p, 1);
+      return finish(await api('GET', '/pool'), (b) => {
+        if (b['enabled'] !== true) return 'pooled mode is off: every client has its own backend connection\n';
+        const head = `backend ${String(b['backend'])}: ${String(b['idle'])} idle, ${String(b['lent'])} lent, ${String(b['dedicated'])} dedicated, ${String(b['opening'])} opening (min idle ${String(b['minIdle'])}, max ${String(b['max'])}); ${String(b['waiting'])} client(s) waiting\n`;
+        return head + table(['BACKEND SESSION', 'STATE', 'IDLE'], ((b['sessions'] ?? []) as Json[]).map((x) => [x['backendSession'], x['state'], x['idleSeconds'] === undefined ? '-' : `${String(x['idleSeconds'])}s`]));
+      });
     }
     case 'reload-recipients': {
       noMore(p, 1);

@@ -46,6 +46,25 @@ export interface BackendPoolOptions {
   readonly xclient?: boolean;
 }
 
+/** One open backend session of the pool: idle, lent for one transaction, or dedicated to one client (AUTH). */
+export interface PoolSessionInfo {
+  readonly backendSession: string;
+  readonly state: 'idle' | 'lent' | 'dedicated';
+  readonly idleSeconds?: number;
+}
+
+export interface PoolSnapshot {
+  readonly backend: string;
+  readonly minIdle: number;
+  readonly max: number;
+  readonly idle: number;
+  readonly lent: number;
+  readonly dedicated: number;
+  readonly opening: number;
+  readonly waiting: number;
+  readonly sessions: readonly PoolSessionInfo[];
+}
+
 interface IdleEntry {
   readonly link: BackendLink;
   since: number;
@@ -100,6 +119,26 @@ export class BackendPool extends EventEmitter {
 
   get idleCount(): number {
     return this.idle.length;
+  }
+
+  /** What the admin API shows (GET /api/v1/pool): sizes, waiters, and every open backend session. */
+  snapshot(now = Date.now()): PoolSnapshot {
+    const sessions: PoolSessionInfo[] = [
+      ...this.idle.map((e) => ({ backendSession: e.link.tag, state: 'idle' as const, idleSeconds: Math.round((now - e.since) / 1000) })),
+      ...[...this.lent].map((l) => ({ backendSession: l.tag, state: 'lent' as const })),
+      ...[...this.detached].map((l) => ({ backendSession: l.tag, state: 'dedicated' as const })),
+    ];
+    return {
+      backend: this.label,
+      minIdle: this.opts.minIdle,
+      max: this.opts.max,
+      idle: this.idle.length,
+      lent: this.lent.size,
+      dedicated: this.detached.size,
+      opening: this.opening,
+      waiting: this.waiters.length,
+      sessions,
+    };
   }
 
   /**

@@ -14,6 +14,11 @@ export interface SessionInfo {
   readonly messages: number;
   readonly startedAt: string;
   readonly ageSeconds: number;
+  /**
+   * The backend session this client's commands go over now ("serial:local port", as in the
+   * transaction log line; pooled mode: only while one is lent or dedicated to it).
+   */
+  readonly backendSession?: string;
 }
 
 export interface RegisteredSession {

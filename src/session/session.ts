@@ -281,6 +281,7 @@ export class SmtpSession {
       messages: this.messages,
       startedAt: new Date(this.startedAt).toISOString(),
       ageSeconds: Math.round((Date.now() - this.startedAt) / 1000),
+      ...(this.link && !this.link.isClosed ? { backendSession: this.link.tag } : {}),
     };
   }
 

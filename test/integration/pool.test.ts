@@ -3,7 +3,7 @@
  * a time; the backend's per-source limit is never exceeded; a backend session lost while idle is
  * replaced silently, one lost mid-transaction costs only that client a 451.
  */
-import { afterEach, describe, expect, test } from 'vitest';
+import { afterEach, describe, expect, onTestFinished, test } from 'vitest';
 import SMTPConnection from 'nodemailer/lib/smtp-connection/index.js';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
 import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
@@ -310,5 +310,58 @@ describe('pooled mode', () => {
     const r = await sendOne(g.port, 7);
     expect(r).toMatch(/^250/);
     expect(backend.connections.length).toBe(1);
+  });
+
+  test('the admin API shows the pool (GET /api/v1/pool) and which backend session each client holds (GET /api/v1/sessions)', async () => {
+    const TOKEN = 'pool-admin-token-0123456789abcdef';
+    backend = await startRecordingBackend();
+    g = await startGuard({
+      backendPort: backend.port,
+      config: { ...POOL(3, { minIdle: 2 }), admin: { enabled: true, address: '127.0.0.1', port: 0, metricsAuth: false } },
+      env: { RELAY_GUARD_ADMIN_TOKEN: TOKEN },
+    });
+    const a = g.guard.adminAddress()!;
+    const get = async (p: string) => {
+      const res = await fetch(`http://${a.host}:${a.port}/api/v1/${p}`, { headers: { authorization: `Bearer ${TOKEN}` } });
+      expect(res.status).toBe(200);
+      return (await res.json()) as Record<string, unknown>;
+    };
+    await until(() => backend!.openConnections() >= 2, 5000, 'warm pool');
+    const d = await Dialog.connect(g.port);
+    onTestFinished(() => d.close());
+    await d.reply();
+    await d.cmd('EHLO a.test');
+    // Between transactions the client holds no backend session.
+    let sessions = (await get('sessions')).sessions as Array<Record<string, unknown>>;
+    expect(sessions).toHaveLength(1);
+    expect(sessions[0]!.backendSession).toBeUndefined();
+    expect((await d.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+    const pool = await get('pool');
+    expect(pool).toMatchObject({ enabled: true, minIdle: 2, max: 3, lent: 1, dedicated: 0, waiting: 0 });
+    const list = pool.sessions as Array<{ backendSession: string; state: string; idleSeconds?: number }>;
+    expect(list.length).toBe((pool.idle as number) + (pool.lent as number) + (pool.dedicated as number));
+    const lent = list.filter((x) => x.state === 'lent');
+    expect(lent).toHaveLength(1);
+    expect(lent[0]!.backendSession).toMatch(/^\d+:\d+$/);
+    for (const x of list.filter((y) => y.state === 'idle')) expect(x.idleSeconds).toBeGreaterThanOrEqual(0);
+    sessions = (await get('sessions')).sessions as Array<Record<string, unknown>>;
+    expect(sessions[0]!.backendSession).toBe(lent[0]!.backendSession);
+    expect((await d.cmd('RSET')).code).toBe(250);
+    expect(await get('pool')).toMatchObject({ lent: 0 });
+    d.close();
+    // Per-client mode: no pool; a session names its own backend connection.
+    const pc = await startGuard({ backendPort: backend.port, config: { admin: { enabled: true, address: '127.0.0.1', port: 0, metricsAuth: false } }, env: { RELAY_GUARD_ADMIN_TOKEN: TOKEN } });
+    try {
+      const b = pc.guard.adminAddress()!;
+      const res = await fetch(`http://${b.host}:${b.port}/api/v1/pool`, { headers: { authorization: `Bearer ${TOKEN}` } });
+      expect(await res.json()).toEqual({ enabled: false });
+      const e = await Dialog.connect(pc.port);
+      await e.reply();
+      const s2 = (await (await fetch(`http://${b.host}:${b.port}/api/v1/sessions`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()) as { sessions: Array<Record<string, unknown>> };
+      expect(s2.sessions[0]!.backendSession).toMatch(/^\d+:\d+$/);
+      e.close();
+    } finally {
+      await pc.stop();
+    }
   });
 });

@@ -154,6 +154,36 @@ describe('incident moves against a live admin API', () => {
     }
   });
 
+  test('sessions list names the backend session; pool: off here, and a pooled guard\'s pool as a table', async () => {
+    const s = fakeSession('sess-2', { helo: 'pooled.test', backendSession: '7:50432' });
+    env.sessions.add(s);
+    try {
+      expect((await ctl(['sessions', 'list'])).out).toMatch(/^sess-2 .* 7:50432$/m);
+    } finally {
+      env.sessions.remove('sess-2');
+    }
+    const off = await ctl(['pool']);
+    expect(off.code).toBe(0);
+    expect(off.out).toContain('pooled mode is off');
+    // A second admin server whose guard runs a pool.
+    const pooled = await buildAdminServer({
+      ...env.deps,
+      pool: () => ({ backend: 'exchange', minIdle: 2, max: 4, idle: 1, lent: 1, dedicated: 0, opening: 0, waiting: 3, sessions: [{ backendSession: '1:40001', state: 'idle', idleSeconds: 12 }, { backendSession: '2:40002', state: 'lent' }] }),
+    });
+    try {
+      await pooled.listen({ host: '127.0.0.1', port: 0 });
+      const a = pooled.server.address() as { port: number };
+      let out = '';
+      const code = await runCtl(['--admin', `127.0.0.1:${a.port}`, '--token', RW_TOKEN, 'pool'], { stdout: (x) => (out += x), stderr: () => undefined, env: {} });
+      expect(code).toBe(0);
+      expect(out).toContain('backend exchange: 1 idle, 1 lent, 0 dedicated, 0 opening (min idle 2, max 4); 3 client(s) waiting');
+      expect(out).toMatch(/^1:40001 +idle +12s$/m);
+      expect(out).toMatch(/^2:40002 +lent +-$/m);
+    } finally {
+      await pooled.close();
+    }
+  });
+
   test('rules history, rollback, show; audit; reload-recipients', async () => {
     const v0 = env.store.current().version;
     await ctl(['accepted-domains', 'add', 'rollback.example']);

@@ -1,4 +1,4 @@
-/** Live sessions (close one with 421) and the recipient list reload. */
+/** Live sessions (close one with 421), the backend session pool, and the recipient list reload. */
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
 import type { AdminDeps } from '../admin-server.js';
@@ -11,6 +11,10 @@ export function registerSessionRoutes(api: FastifyInstance, deps: AdminDeps): vo
   api.get('/sessions', { schema: { tags: ['sessions'], summary: 'Live SMTP sessions: client, HELO, sender, state, bytes, age' } }, async () => ({
     sessions: deps.sessions.list(),
   }));
+
+  api.get('/pool', { schema: { tags: ['sessions'], summary: 'Pooled mode: backend sessions (idle, lent, dedicated), clients waiting, sizes' } }, async () =>
+    deps.pool ? { enabled: true, ...deps.pool() } : { enabled: false },
+  );
 
   api.delete('/sessions/:id', { schema: { tags: ['sessions'], summary: 'Close a session with 421', params: SessionParams } }, async (req) => {
     const { id } = req.params as { id: string };
