@@ -364,7 +364,8 @@ describe('backend leg, one backend connection per client', () => {
   });
 
   describe('outbound: XCLIENT (backend.xclient)', () => {
-    test('smtp-server with XCLIENT: ADDR, PORT and NAME are sent after the greeting; the backend sees the client', async () => {
+    /** smtp-server honouring XCLIENT, with the client address it believed at each MAIL. */
+    async function startXclientBackend(): Promise<{ xb: RecordingBackend; remote: string[] }> {
       const remote: string[] = [];
       const xb = await startRecordingBackend({
         server: {
@@ -375,6 +376,11 @@ describe('backend leg, one backend connection per client', () => {
           },
         },
       });
+      return { xb, remote };
+    }
+
+    test('smtp-server with XCLIENT: ADDR, PORT and NAME are sent after the greeting; the backend sees the client', async () => {
+      const { xb, remote } = await startXclientBackend();
       const front = await startGuard({ backendPort: xb.port, config: { timeouts: { drain: '1s' }, backend: { xclient: true }, smtp: { hostname: 'guard.example.com', errorDelay: '0s' } } });
       try {
         const d = await Dialog.connect(front.port, { localAddress: STRANGER });
@@ -397,16 +403,7 @@ describe('backend leg, one backend connection per client', () => {
 
     for (const { mode, config } of MODES) {
       test(`${mode} mode: a client behind a balancer (inbound PROXY v2) is named to the backend with the carried address and port`, async () => {
-        const remote: string[] = [];
-        const xb = await startRecordingBackend({
-          server: {
-            useXClient: true,
-            onMailFrom(_a, session, cb) {
-              remote.push(session.remoteAddress);
-              cb();
-            },
-          },
-        });
+        const { xb, remote } = await startXclientBackend();
         const front = await startGuard({
           backendPort: xb.port,
           config: withMode(config, {
