@@ -35,6 +35,7 @@ import { BackendPool } from './session/backend-pool.js';
 import { parseDuration } from './limits/schema.js';
 import type { BackendProvider, GuardServices, ListenerRuntime } from './session/services.js';
 import { buildAdminServer } from './admin/admin-server.js';
+import { DEFAULT_RECENT_REFUSALS, RefusalRing } from './observability/refusal-ring.js';
 
 import { VERSION } from './version.js';
 
@@ -246,6 +247,8 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
 
   let shuttingDown = false;
   const registry = new SessionRegistry();
+  // The console's recent refusals exist only where the admin listener can show them.
+  const refusals = config.admin.enabled ? new RefusalRing(config.admin.recentRefusals ?? DEFAULT_RECENT_REFUSALS) : undefined;
   const services: GuardServices = {
     config,
     timeouts,
@@ -261,6 +264,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
     registry,
     metrics,
     log,
+    refusals,
     shuttingDown: () => shuttingDown,
   };
 
@@ -290,7 +294,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
   // then opens no connection beyond pool.max (the backend's per-source limit).
   const checkBackend = async (): Promise<boolean> => (pool !== undefined && pool.live > 0) || backendReady(targets, timeouts.backendConnectMs, config.backend.proxyProtocol);
   const admin = config.admin.enabled
-    ? await buildAdminServer({ config, rules, bans, sessions: registry, metrics, validator, limiter, log: log.child({ component: 'admin' }), env, checkBackend, ...(pool ? { pool: () => pool.snapshot() } : {}) })
+    ? await buildAdminServer({ config, rules, bans, sessions: registry, metrics, validator, limiter, log: log.child({ component: 'admin' }), env, checkBackend, ...(refusals ? { refusals } : {}), ...(pool ? { pool: () => pool.snapshot() } : {}) })
     : undefined;
   let adminAddr: { host: string; port: number } | undefined;
   // Optional listener serving only /metrics (config `metrics`), e.g. for a scraper on another network.

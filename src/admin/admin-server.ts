@@ -22,6 +22,8 @@ import { registerCheckRoutes } from './routes/check-routes.js';
 import { registerHealthRoutes } from './routes/health-routes.js';
 import { registerRuleRoutes } from './routes/rule-routes.js';
 import { registerSessionRoutes } from './routes/session-routes.js';
+import type { RefusalRing } from '../observability/refusal-ring.js';
+import { crossSiteGuard, registerConsole, registerConsoleApiRoutes } from './console/console-routes.js';
 
 export { assertAdminSafe, isLoopbackAddress, ADMIN_TOKEN_ENV, AdminConfigError } from './admin-tokens.js';
 
@@ -38,6 +40,8 @@ export interface AdminDeps {
   checkBackend: () => Promise<boolean>;
   /** Pooled mode: the pool's state now (GET /api/v1/pool); absent in per-client mode. */
   pool?: () => PoolSnapshot;
+  /** Recent refusals for the web console (GET /api/v1/refusals). */
+  refusals?: RefusalRing;
 }
 
 /** Largest request body (a whole rules section fits many times over). */
@@ -86,15 +90,18 @@ export async function buildAdminServer(deps: AdminDeps): Promise<FastifyInstance
   });
 
   registerHealthRoutes(app, deps, auth);
+  registerConsole(app);
   app.get(`${ADMIN_API_PREFIX}/openapi.json`, { schema: { hide: true } }, async () => app.swagger());
 
   await app.register(
     async (api) => {
+      api.addHook('onRequest', crossSiteGuard());
       api.addHook('onRequest', bearerAuth(auth));
       registerRuleRoutes(api, deps);
       registerCheckRoutes(api, deps);
       registerBanRoutes(api, deps);
       registerSessionRoutes(api, deps);
+      registerConsoleApiRoutes(api, deps, auth);
     },
     { prefix: ADMIN_API_PREFIX },
   );

@@ -125,6 +125,7 @@ export const ConfigSchema = Type.Object(
         port: Type.Integer({ minimum: 0, maximum: 65535 }),
         tokenFile: Type.Optional(Type.String({ description: 'YAML list of { id, token, scope: ro|rw }' })),
         metricsAuth: Type.Boolean({ description: 'require a token for /metrics' }),
+        recentRefusals: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000, description: 'refusals kept in memory for the web console (default 1000)' })),
       },
       { additionalProperties: false },
     ),

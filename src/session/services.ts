@@ -12,6 +12,7 @@ import type { BackendLink, BackendFailure, BackendTarget } from './backend-link.
 import type { Reply } from '../smtp/reply.js';
 import type tls from 'node:tls';
 import type { BackendPool } from './backend-pool.js';
+import type { RefusalSink } from '../observability/refusal-ring.js';
 
 /** Recipient validation as the session sees it (src/directory implements it). */
 export interface RecipientLookup {
@@ -55,5 +56,7 @@ export interface GuardServices {
   readonly registry: SessionRegistry;
   readonly metrics: Metrics;
   readonly log: Logger;
+  /** Recent refusals for the admin console (the same fields as the refusal log lines). */
+  readonly refusals?: RefusalSink | undefined;
   shuttingDown(): boolean;
 }

@@ -576,6 +576,7 @@ export class SmtpSession {
     this.countMailVerdict(verdict);
     if (verdict.action !== 'accept') {
       this.log.info({ helo: cap(this.helo), mailFrom: cap(sender), ruleId: verdict.ruleId, reply: replyText(verdict.reply) }, 'sender refused');
+      this.noteRefusal('sender', sender, undefined, verdict.ruleId, verdict.reply);
       return this.localReply(verdict.reply);
     }
     const limited = await this.limit('message', { sender });
@@ -632,6 +633,7 @@ export class SmtpSession {
         { helo: cap(this.helo), mailFrom: cap(this.tx.sender), rcpt: cap(rcpt), ruleId: verdict.ruleId, reply: replyText(verdict.reply), lookup: lookupSource },
         'rcpt refused',
       );
+      this.noteRefusal('rcpt', this.tx.sender, rcpt, verdict.ruleId, verdict.reply);
       const event: LimitEvent | undefined = RELAY_RULES.has(verdict.ruleId) ? 'relay-denied' : verdict.ruleId === 'recipient-unknown' ? 'unknown-recipient' : undefined;
       if (event && (await this.limit(event, {}, verdict.reply))) return;
       return this.localReply(verdict.reply);
@@ -654,6 +656,11 @@ export class SmtpSession {
       // here (a barrier may hold it); a ban stops reading and closes after the pending replies.
       if (r.code >= 500 && /^5\.1\.(1|10)\b/.test(r.enhanced ?? r.lines[0] ?? '')) void this.limit('unknown-recipient', {}, r).catch((err: unknown) => this.internalError(err));
     });
+  }
+
+  /** The admin console's ring of recent refusals: what the refusal log line just said, no more. */
+  private noteRefusal(kind: 'rcpt' | 'sender', mailFrom: string | undefined, rcpt: string | undefined, ruleId: string, r: Reply): void {
+    this.svc.refusals?.record({ kind, sessionId: this.id, clientIp: this.clientIp, listener: this.listener.config.name, helo: this.helo, authUser: this.authUser, mailFrom, rcpt, ruleId, reply: replyText(r) });
   }
 
   private onData(): void {
