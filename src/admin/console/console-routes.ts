@@ -122,7 +122,8 @@ export function crossSiteGuard(): onRequestHookHandler {
 
 function sameHost(origin: string, host: string | undefined): boolean {
   try {
-    return host !== undefined && new URL(origin).host.toLowerCase() === host.toLowerCase();
+    // Both through URL, so a default port ("localhost:80" and "http://localhost") compares equal.
+    return host !== undefined && new URL(origin).host === new URL(`http://${host}`).host;
   } catch {
     return false;
   }
