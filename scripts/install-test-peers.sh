@@ -27,6 +27,7 @@ CAPS=(
   "promtool|prometheus|command -v promtool"
   "prometheus (a real scraper)|prometheus|command -v prometheus"
   "openssl (s_client, certificates)|openssl|command -v openssl"
+  "chromium that renders a page headless (the web console's browser tests)|chromium|d=\$(mktemp -d) && timeout 60 chromium --headless --no-sandbox --disable-gpu --user-data-dir=\"\$d\" --dump-dom about:blank 2>/dev/null | grep -q '<html'; r=\$?; rm -rf \"\$d\"; exit \$r"
 )
 
 check_only=0

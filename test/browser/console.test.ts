@@ -373,10 +373,27 @@ describe.each(MODES)('web console ($mode)', ({ mode, config }) => {
   });
 
   test('the Now page and the dry-run form', async () => {
+    // Some mail for the picture: three messages delivered, counted per minute.
+    const delivered = backend.messages.length;
+    const d = await Dialog.connect(g.port, { localAddress: '127.0.0.2' });
+    try {
+      expect((await d.reply()).code).toBe(220);
+      expect((await d.cmd('EHLO partner.test')).code).toBe(250);
+      for (let i = 0; i < 3; i++) {
+        expect((await d.cmd('MAIL FROM:<news@partner.test>')).code).toBe(250);
+        expect((await d.cmd('RCPT TO:<user@example.com>')).code).toBe(250);
+        expect((await d.cmd('DATA')).code).toBe(354);
+        expect((await d.cmd(`Subject: ${i}\r\n\r\nhello ${i}\r\n.`)).code).toBe(250);
+      }
+    } finally {
+      d.socket.destroy();
+    }
+    await backend.waitForMessages(delivered + 3);
     const w = await watched();
     await signIn(w, RW);
     await go(w, '#/now', '[data-testid=sessions-open]');
     await w.page.waitForFunction(() => [...document.querySelectorAll('.now td a')].some((a) => a.textContent === '127.0.0.9'));
+    await w.page.waitForFunction(() => Number(document.querySelector('[data-testid=messages-min] .tile-value')?.textContent) >= 3);
     expect(await w.page.$eval('[data-testid=pool]', (e) => e.textContent)).toMatch(mode === 'pooled' ? /^Pool: \d+ idle/ : /Per-client mode/);
     await shot(w, 'now', screenshots);
     await go(w, '#/test', '.check-form');

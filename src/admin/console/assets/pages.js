@@ -243,8 +243,8 @@ function refusalsPage(root, query) {
         class: e.id === selected ? 'row selected' : 'row', 'data-id': e.id, tabindex: 0,
         onclick: () => open(e), onkeydown: (/** @type {KeyboardEvent} */ ev) => { if (ev.key === 'Enter') open(e); },
       },
-      h('td', {}, clock(e.time)), h('td', {}, e.clientIp), h('td', { class: 'wrap' }, e.helo ?? ''), h('td', { class: 'wrap' }, e.mailFrom === '' ? '<>' : e.mailFrom ?? ''),
-      h('td', { class: 'wrap' }, e.rcpt ?? ''), h('td', {}, e.reply), h('td', {}, h('code', {}, e.ruleId))))));
+      h('td', { class: 'nowrap' }, clock(e.time)), h('td', { class: 'nowrap' }, e.clientIp), h('td', { class: 'wrap' }, e.helo ?? ''), h('td', { class: 'wrap' }, e.mailFrom === '' ? '<>' : e.mailFrom ?? ''),
+      h('td', { class: 'wrap' }, e.rcpt ?? ''), h('td', {}, e.reply), h('td', {}, h('code', {}, e.ruleId)))), 'refusals'));
   };
   /** @param {any} e */
   const open = (e) => {
