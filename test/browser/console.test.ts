@@ -249,7 +249,7 @@ describe.each(MODES)('web console ($mode)', ({ mode, config }) => {
     expect(w.errors).toEqual([]);
   });
 
-  test('a hostile HELO and addresses full of markup are shown as text and run nothing', async () => {
+  test('a hostile HELO and addresses full of markup are shown as text and run nothing; Sessions shows that client live and closes it', async () => {
     // The sender is refused by a sender rule (so the guard, not the backend, answers it); the
     // recipient by relay-denied.
     const d = await Dialog.connect(g.port, { localAddress: '127.0.0.11' });
@@ -285,6 +285,12 @@ describe.each(MODES)('web console ($mode)', ({ mode, config }) => {
       await go(w, '#/sessions', '[data-testid=sessions] tbody tr[data-id]');
       await w.page.waitForFunction((helo) => [...document.querySelectorAll('[data-testid=sessions] td')].some((td) => td.textContent === helo), {}, EVIL_HELO);
       await shot(w, 'sessions', screenshots);
+      // Close it from the console: the client gets 421 and the connection ends.
+      await w.page.click('[data-testid=sessions] tbody tr[data-id] button');
+      await confirm(w);
+      const bye = await live.reply();
+      expect(bye.code).toBe(421);
+      await w.page.waitForFunction(() => !document.querySelector('[data-testid=sessions] tbody tr[data-id]'), { timeout: 5000 });
       // Nothing the client sent became an element, ran, or broke the CSP.
       expect(await w.page.evaluate(() => document.querySelectorAll('img, iframe, object, embed').length)).toBe(0);
       expect(await w.page.evaluate(() => [...document.scripts].map((s) => new URL(s.src).pathname))).toEqual(['/console/console.js']);
@@ -416,5 +422,39 @@ describe.each(MODES)('web console ($mode)', ({ mode, config }) => {
       expect(phone.errors).toEqual([]);
     }
     expect(w.errors).toEqual([]);
+  });
+
+  test('the refusal ring holds what the refusal log lines hold and no more, bounded by admin.recentRefusals', async () => {
+    const before = (await api('GET', '/refusals?limit=1')).json.total as number;
+    // 60 relay attempts, more than the ring's 50: 4 sessions of 15 pipelined RCPTs (under the
+    // hard error limit of 20, which would close a session).
+    for (let k = 0; k < 4; k++) {
+      const d = await Dialog.connect(g.port, { localAddress: '127.0.0.13' });
+      try {
+        expect((await d.reply()).code).toBe(220);
+        expect((await d.cmd('EHLO flood.test')).code).toBe(250);
+        expect((await d.cmd('MAIL FROM:<spam@flood.test>')).code).toBe(250);
+        d.send(Array.from({ length: 15 }, (_, i) => `RCPT TO:<v${k * 15 + i}@elsewhere.test>\r\n`).join(''));
+        const replies = await d.replyN(15);
+        expect(replies.every((r) => r.code === 550)).toBe(true);
+      } finally {
+        d.socket.destroy();
+      }
+    }
+    const r = (await api('GET', '/refusals?limit=1000')).json as { refusals: Record<string, unknown>[]; held: number; capacity: number; total: number };
+    expect(r.capacity).toBe(50);
+    expect(r.held).toBe(50);
+    expect(r.refusals).toHaveLength(50);
+    expect(r.total).toBe(before + 60);
+    // Newest first: the last 50 of the batch.
+    expect(r.refusals.map((e) => e['rcpt'])).toEqual(Array.from({ length: 50 }, (_, i) => `v${59 - i}@elsewhere.test`));
+    const logged = g.logs.filter((l) => l['msg'] === 'rcpt refused' && l['clientIp'] === '127.0.0.13');
+    expect(logged).toHaveLength(60);
+    for (const e of r.refusals) {
+      const line = logged.find((l) => l['rcpt'] === e['rcpt'] && l['sessionId'] === e['sessionId']);
+      expect(line, String(e['rcpt'])).toBeDefined();
+      for (const k of ['clientIp', 'listener', 'helo', 'mailFrom', 'rcpt', 'ruleId', 'reply', 'sessionId']) expect(e[k], k).toBe(line![k]);
+      expect(Object.keys(e).sort()).toEqual(['clientIp', 'helo', 'id', 'kind', 'listener', 'mailFrom', 'rcpt', 'reply', 'ruleId', 'sessionId', 'time']);
+    }
   });
 });

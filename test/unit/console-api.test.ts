@@ -164,6 +164,21 @@ describe('console routes', () => {
     expect(o['bans']).toEqual({ active: 0 });
   });
 
+  test('with no token configured (loopback only) the console goes straight in: whoami says the API is open', async () => {
+    const open = await makeAdminDeps({ tokenFile: null });
+    const openApp = await buildAdminServer(open.deps);
+    try {
+      expect((await openApp.inject({ url: '/api/v1/whoami' })).json()).toEqual({ id: 'local', scope: 'rw', open: true });
+      expect((await openApp.inject({ url: '/api/v1/refusals' })).json()).toEqual({ refusals: [], held: 0, capacity: 0, total: 0 });
+      // Open or not, a cross-site write is refused.
+      const r = await openApp.inject({ method: 'POST', url: '/api/v1/rules/reload', headers: { 'sec-fetch-site': 'cross-site' } });
+      expect(r.statusCode).toBe(403);
+    } finally {
+      await openApp.close();
+      await open.cleanup();
+    }
+  });
+
   describe('cross-site writes are refused; curl, ctl and the console itself are not', () => {
     const ban = { target: '203.0.113.7', reason: 'test', duration: '1h' };
     const cases: { name: string; headers: Record<string, string>; want: number }[] = [
