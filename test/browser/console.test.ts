@@ -9,7 +9,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import puppeteer, { type Browser, type BrowserContext, type Page } from 'puppeteer-core';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import { Dialog } from '../helpers/dialog.js';
 import { MODES, withMode } from '../helpers/modes.js';
 import { startRecordingBackend, type RecordingBackend } from '../helpers/recording-backend.js';
@@ -24,6 +24,9 @@ const SHOTS = path.resolve('docs/console');
 const EVIL_HELO = '<img/src=x/onerror=alert(1)>';
 const EVIL_FROM = '"<img/src=x/onerror=alert(2)>"@evil.test';
 const EVIL_RCPT = '"\\"><script>alert(3)</script>"@elsewhere.test';
+
+// A browser on a busy 2-core CI machine: generous ceilings; the waits themselves are event-driven.
+vi.setConfig({ testTimeout: 60_000, hookTimeout: 60_000 });
 
 let browser: Browser;
 let userDir: string;
@@ -66,7 +69,7 @@ async function openPage(base: string, viewport = { width: 1280, height: 860 }): 
     // (401 before sign-in, 400/403/412 from the API) are expected. Script errors and CSP violations are not.
     if (m.type() === 'error' && !/^Failed to load resource: the server responded with a status of 4\d\d /.test(m.text())) w.errors.push(`console: ${m.text()}`);
   });
-  page.setDefaultTimeout(5000);
+  page.setDefaultTimeout(15_000);
   await page.goto(`${base}/console/`);
   return w;
 }

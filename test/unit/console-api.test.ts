@@ -9,6 +9,10 @@ import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import type { FastifyInstance } from 'fastify';
 import { buildAdminServer } from '../../src/admin/admin-server.js';
 import { CONSOLE_CSP } from '../../src/admin/console/console-routes.js';
+import { ConsoleActivity, SAMPLE_INTERVAL_MS } from '../../src/admin/console/console-activity.js';
+import { createMetrics } from '../../src/observability/metrics.js';
+import { SessionRegistry } from '../../src/session/session-registry.js';
+import { Registry } from 'prom-client';
 import { FIELD_CAP, RefusalRing, type RefusalRecord } from '../../src/observability/refusal-ring.js';
 import { bearer, makeAdminDeps, RO_TOKEN, RW_TOKEN, type AdminTestEnv } from '../helpers/admin-deps.js';
 
@@ -72,6 +76,54 @@ describe('RefusalRing', () => {
 
   test('a capacity below 1 is refused', () => {
     expect(() => new RefusalRing(0)).toThrow(RangeError);
+  });
+});
+
+describe('ConsoleActivity (the Now page numbers)', () => {
+  test('per-minute delivered messages and refusals from 10 s samples, an hour at most', async () => {
+    let now = Date.UTC(2026, 0, 1, 3, 0, 0);
+    const metrics = createMetrics(new Registry(), { defaultMetrics: false });
+    const ring = new RefusalRing(5, () => now);
+    const activity = new ConsoleActivity({
+      config: { limits: { store: 'memory', maxEntries: 100 }, backends: [] },
+      metrics, sessions: new SessionRegistry(), bans: { list: () => [] }, refusals: ring,
+      rules: { current: () => ({ raw: { limits: { enabled: true } } }) }, now: () => now,
+    });
+    // Two hours of traffic: per minute 3 delivered (and 1 bounced, not counted) and 2 refused.
+    for (let t = 0; t < 2 * 360; t++) {
+      await activity.sample();
+      now += SAMPLE_INTERVAL_MS;
+      if (t % 6 === 0) {
+        metrics.messages.inc({ outcome: 'delivered' }, 3);
+        metrics.messages.inc({ outcome: 'rejected_by_backend' });
+        ring.record(refusal(1));
+        ring.record(refusal(2));
+      }
+    }
+    const o = await activity.overview();
+    expect(o.perMinute).toHaveLength(60);
+    expect(o.perMinute.slice(0, -1).every((m) => m.messages === 3 && m.refusals === 2)).toBe(true);
+    expect(o.lastMinute).toEqual({ messages: 3, refusals: 2 });
+    // The ring holds 5, its total counts all: per-minute refusals come from the total.
+    expect(o.recentRefusals).toEqual({ held: 5, capacity: 5, total: 240 });
+    expect(o.limits).toEqual({ store: 'memory', enabled: true, fallback: false, storeErrors: 0 });
+    expect(o.backends).toEqual([]);
+  });
+
+  test('a young guard shows only the minutes it has lived', async () => {
+    let now = Date.UTC(2026, 0, 1, 3, 0, 30);
+    const metrics = createMetrics(new Registry(), { defaultMetrics: false });
+    const activity = new ConsoleActivity({
+      config: { limits: { store: 'memory', maxEntries: 100 }, backends: [] },
+      metrics, sessions: new SessionRegistry(), bans: { list: () => [] },
+      rules: { current: () => ({ raw: { limits: { enabled: false } } }) }, now: () => now,
+    });
+    await activity.sample();
+    metrics.messages.inc({ outcome: 'delivered' }, 2);
+    now += 40_000;
+    const o = await activity.overview();
+    expect(o.perMinute.map((m) => m.messages)).toEqual([0, 2]);
+    expect(o.lastMinute.messages).toBe(2);
   });
 });
 
