@@ -32,10 +32,20 @@ function poll(fn, ms) {
   };
 }
 
-/** @param {string} ip */
+/**
+ * The client's network as the limits count it: /24 for IPv4, /64 for IPv6.
+ * @param {string} ip
+ */
 function prefixOf(ip) {
   const m = /^(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(ip);
-  return m ? `${m[1]}.${m[2]}.${m[3]}.0/24` : undefined;
+  if (m) return `${m[1]}.${m[2]}.${m[3]}.0/24`;
+  if (!ip.includes(':') || ip.includes('.')) return undefined;
+  const [head = '', tail = ''] = ip.split('::');
+  const left = head ? head.split(':') : [];
+  const right = ip.includes('::') && tail ? tail.split(':') : [];
+  const groups = ip.includes('::') ? [...left, ...new Array(Math.max(0, 8 - left.length - right.length)).fill('0'), ...right] : left;
+  if (groups.length !== 8 || !groups.every((g) => /^[0-9a-f]{1,4}$/i.test(g))) return undefined;
+  return `${groups.slice(0, 4).map((g) => g.toLowerCase().replace(/^0+(?=.)/, '')).join(':')}::/64`;
 }
 
 /**
