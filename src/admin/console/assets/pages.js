@@ -415,8 +415,11 @@ function rulesPage(root) {
     const entries = aud.ok ? aud.body.entries : [];
     const current = hist.ok ? hist.body.versions[0]?.id : undefined;
     replace(history, h('h2', {}, 'History'), hist.ok ? table(['time', 'by', 'operation', 'sections', 'version', ''], hist.body.versions.map((/** @type {any} */ v) => {
+      const changes = entries.filter((/** @type {any} */ a) => a.version === v.id);
       const diffs = h('div', { class: 'diffs', hidden: true },
-        entries.filter((/** @type {any} */ a) => a.version === v.id).map((/** @type {any} */ a) => h('div', {}, h('h4', {}, `${a.section} (${a.operation})`), diffView(a.before, a.after))));
+        changes.length > 0
+          ? changes.map((/** @type {any} */ a) => h('div', {}, h('h4', {}, `${a.section} (${a.operation})`), diffView(a.before, a.after)))
+          : h('p', { class: 'muted small' }, v.operation === 'load' ? 'loaded from the rules files at start (no recorded change)' : 'no change recorded in the newest 200 audit entries'));
       return h('tr', { 'data-id': v.id },
         h('td', {}, new Date(v.time).toLocaleString()), h('td', {}, v.actor), h('td', {}, v.operation), h('td', {}, v.sections.join(', ')),
         h('td', {}, h('code', {}, String(v.id).slice(0, 12))),
