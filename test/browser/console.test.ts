@@ -175,7 +175,10 @@ describe.each(MODES)('web console ($mode)', ({ mode, config }) => {
     await w.page.type('#token', 'not-a-token-at-all-0000');
     await w.page.click('#login-form button[type=submit]');
     await w.page.waitForFunction(() => document.querySelector('[data-field="token"] .field-error')?.textContent === 'this token is not valid');
-    expect(await w.page.$eval('#nav', (e) => (e as HTMLElement).hidden)).toBe(true);
+    // Not one page link or control is shown before sign-in, and the error is said once.
+    expect(await w.page.$eval('#nav', (e) => getComputedStyle(e).display)).toBe('none');
+    expect(await w.page.$eval('#logout', (e) => getComputedStyle(e).display)).toBe('none');
+    expect(await w.page.$$eval('[role=alert]', (es) => es.map((e) => e.textContent).filter((t) => t))).toEqual(['this token is not valid']);
     expect(ok).toEqual([]);
     await shot(w, 'login', screenshots);
     expect(w.dialogs).toEqual([]);

@@ -86,8 +86,7 @@ form.addEventListener('submit', async (ev) => {
   if (t === '') return;
   const r = await api('GET', '/whoami', { token: t });
   if (r.status === 401) {
-    showError(form, 'this token is not valid', {});
-    /** @type {HTMLElement} */ (form.querySelector('[data-field="token"] .field-error')).textContent = 'this token is not valid';
+    showError(form, 'this token is not valid', {}, 'token');
     return;
   }
   if (!r.ok) {
