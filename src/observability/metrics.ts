@@ -153,7 +153,7 @@ function createMetricsShape(register: Registry = new Registry(), opts: { default
       labelNames: ['result'] as const, registers,
     }),
     poolReplacements: new Counter({
-      name: 'relay_guard_pool_replacements_total', help: 'Pooled backend sessions replaced, by reason (closed, unexpected_reply, health_check)',
+      name: 'relay_guard_pool_replacements_total', help: 'Pooled backend sessions replaced, by reason (closed, unexpected_reply, health_check, tls_failed)',
       labelNames: ['reason'] as const, registers,
     }),
     buildInfo: new Gauge({

@@ -52,6 +52,10 @@ export interface MailPreambleCommand {
 
 let nextSerial = 0;
 
+function newReplyParser(): ReplyParser {
+  return new ReplyParser({ maxLineBytes: 4096, maxLines: 200 });
+}
+
 export function isFailure(r: Reply | { failure: BackendFailure }): r is { failure: BackendFailure } {
   return 'failure' in r;
 }
@@ -70,7 +74,14 @@ export class BackendLink extends EventEmitter {
   /** QUIT was written: a polite close has nothing more to say. */
   private quitSent = false;
   private messageOpen = false;
-  private readonly parser = new ReplyParser({ maxLineBytes: 4096, maxLines: 200 });
+  private parser = newReplyParser();
+  /**
+   * The backend said 220 to STARTTLS: the next bytes must be its TLS handshake. Plaintext read in
+   * the meantime (after the 220 line, in the same segment or later) is never parsed as a reply;
+   * it only marks the connection as tainted, and startTls() then refuses to upgrade it.
+   */
+  private awaitingHandshake = false;
+  private plaintextAfterStartTls = false;
   private readonly inflight: Pending[] = [];
   private readonly queue: Queued[] = [];
   private timer: NodeJS.Timeout | undefined;
@@ -117,10 +128,21 @@ export class BackendLink extends EventEmitter {
    * RFC 3207 on the backend leg: after the backend's 220 to STARTTLS, run the client handshake on
    * this connection and carry on over TLS. Only with nothing in flight. Resolves with an error
    * message on failure (the link is then closed) or undefined on success.
+   *
+   * Any byte the backend sent after its 220 and before the handshake (a reply, half a reply, a
+   * capability line) fails the upgrade and closes the link: read over TLS later, it would pass for
+   * a reply the backend gave inside the protected channel (the backend-side mirror of
+   * CVE-2011-0411). After the handshake a fresh parser reads the replies: nothing buffered in
+   * plaintext survives into the TLS session.
    */
   startTls(options: tls.ConnectionOptions, timeoutMs: number): Promise<string | undefined> {
     if (this.closed) return Promise.resolve('closed');
     if (this.outstanding > 0) throw new Error('BackendLink.startTls with commands in flight');
+    if (!this.awaitingHandshake) throw new Error('BackendLink.startTls without a 220 to STARTTLS');
+    if (this.plaintextAfterStartTls) {
+      this.fail('protocol');
+      return Promise.resolve('plaintext after the STARTTLS 220, before the handshake');
+    }
     const plain = this.sock;
     plain.removeAllListeners('data');
     plain.removeAllListeners('close');
@@ -140,6 +162,8 @@ export class BackendLink extends EventEmitter {
         secure.off('close', onClose);
         if (err === undefined) {
           this.tls = true;
+          this.awaitingHandshake = false;
+          this.parser = newReplyParser();
           this.attach(secure);
         } else this.fail('protocol');
         resolve(err);
@@ -304,8 +328,14 @@ export class BackendLink extends EventEmitter {
   };
 
   private onData(chunk: Buffer): void {
+    if (this.awaitingHandshake) {
+      // Plaintext between the 220 to STARTTLS and the handshake: never a reply (see startTls).
+      this.plaintextAfterStartTls = true;
+      return;
+    }
     const events = this.parser.push(chunk);
-    for (const ev of events) {
+    for (let i = 0; i < events.length; i++) {
+      const ev = events[i]!;
       if (ev.kind === 'error') {
         this.fail('protocol');
         return;
@@ -320,6 +350,16 @@ export class BackendLink extends EventEmitter {
       if (head.verb === 'EHLO' && ev.reply.code === 250) this.capabilities = ehloKeywords(ev.reply);
       else if (head.verb === 'DATA') this.messageOpen = ev.reply.code === 354;
       else if (head.verb === 'DATA-END') this.messageOpen = false;
+      else if (head.verb === 'STARTTLS' && ev.reply.code === 220) {
+        // RFC 3207 §4: from here on the backend's next bytes are its TLS handshake. What this
+        // segment holds after the 220 (more replies, or the start of one) is plaintext that must
+        // never be read as a reply: count it, and let startTls refuse the upgrade.
+        this.awaitingHandshake = true;
+        this.plaintextAfterStartTls = i + 1 < events.length || this.parser.pending;
+        this.parser = newReplyParser();
+        head.handler(ev.reply);
+        return;
+      }
       head.handler(ev.reply);
       if (this.closed) return;
     }

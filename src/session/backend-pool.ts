@@ -24,6 +24,10 @@ import type { Metrics } from '../observability/metrics.js';
 import { advertisedAttributes, formatXclientLines, xforwardBeforeMail, type ForwardedClient } from './xclient.js';
 import { sendCommand } from './backend-tls.js';
 
+/** Delay before a pooled session whose preparation (backend STARTTLS) failed is opened again. */
+const PREPARE_RETRY_MS = 500;
+const PREPARE_RETRY_MAX_MS = 30_000;
+
 /** The client a transaction is for (XFORWARD / XCLIENT attributes). */
 export type PoolClient = ForwardedClient;
 
@@ -79,6 +83,9 @@ export class BackendPool extends EventEmitter {
   private opening = 0;
   private readonly waiters: Array<(link: BackendLink | undefined) => void> = [];
   private healthTimer: NodeJS.Timeout | undefined;
+  private retryTimer: NodeJS.Timeout | undefined;
+  /** Preparations (backend STARTTLS) failed in a row. */
+  private prepareFailures = 0;
   private closed = false;
   private readonly label: string;
   /** The XCLIENT lines a session last accepted: the client it carries now. */
@@ -238,6 +245,7 @@ export class BackendPool extends EventEmitter {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.healthTimer);
+    clearTimeout(this.retryTimer);
     for (const w of this.waiters.splice(0)) w(undefined);
     for (const e of this.idle.splice(0)) e.link.close(true);
   }
@@ -356,7 +364,15 @@ export class BackendPool extends EventEmitter {
       return;
     }
     const link = r.link;
-    const prepared = r.greeting.code === 220 && (!this.opts.prepare || (await this.opts.prepare(link)));
+    const greeted = r.greeting.code === 220;
+    const prepared = greeted && (!this.opts.prepare || (await this.opts.prepare(link)));
+    if (greeted && !prepared) {
+      // The backend leg's STARTTLS failed (a bad certificate, or plaintext after its 220): this
+      // session is dropped, never used. Another is opened a little later (not at once: a backend
+      // that always fails must not be hammered).
+      this.opts.metrics.poolReplacements.inc({ reason: 'tls_failed' });
+      this.retrySoon();
+    }
     const ready = await new Promise<boolean>((resolve) => {
       if (!prepared || link.isClosed) return resolve(false);
       link.send('EHLO', Buffer.from(`EHLO ${this.opts.ehloName}\r\n`, 'latin1'), (e) => {
@@ -371,6 +387,7 @@ export class BackendPool extends EventEmitter {
       link.close(!this.closed);
       return;
     }
+    this.prepareFailures = 0;
     this.opts.metrics.backendConnectDuration.observe((performance.now() - started) / 1000);
     this.opts.metrics.backendUp.set({ backend: this.label }, 1);
     this.opts.metrics.backendConnections.inc({ backend: this.label });
@@ -385,6 +402,21 @@ export class BackendPool extends EventEmitter {
       }
     });
     this.giveBack(link);
+  }
+
+  /**
+   * topUp once, later (one timer at a time): PREPARE_RETRY_MS after the first failure in a row,
+   * doubling with each further one up to PREPARE_RETRY_MAX_MS; a prepared session resets it.
+   */
+  private retrySoon(): void {
+    this.prepareFailures++;
+    if (this.retryTimer !== undefined || this.closed) return;
+    const delay = Math.min(PREPARE_RETRY_MS * 2 ** Math.min(this.prepareFailures - 1, 16), PREPARE_RETRY_MAX_MS);
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.topUp();
+    }, delay);
+    this.retryTimer.unref();
   }
 
   private healthCheck(): void {
