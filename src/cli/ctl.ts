@@ -22,11 +22,12 @@ Rules (SECTION: ${SECTION_NAMES.join(', ')}):
   SECTION list                      show a section
   SECTION add VALUE                 add one item, e.g. relay-networks add 198.51.100.0/24
                                     (senders: VALUE is a JSON rule object)
-  SECTION remove VALUE              remove one item (senders: the rule id)
+  SECTION remove VALUE [--force]    remove one item (senders: the rule id); removing the last
+                                    accepted domain is refused (409) unless --force
   rules show                        every section with its ETag
   rules history                     versions, newest first
   rules reload                      re-read the rules files now (hand edits), as SIGHUP does
-  rules rollback VERSION            make a previous version current again
+  rules rollback VERSION [--force]  make a previous version current again
   audit [--limit N]                 who changed what, newest first
 
 Why is this refused?
@@ -46,6 +47,7 @@ Options:
   --token TOKEN       bearer token (default: $RELAY_GUARD_ADMIN_TOKEN; prefer the variable,
                       a command line is visible to other local users)
   --json              print the API's JSON answer as is
+  --force             allow a change that leaves no accepted domain
   -h, --help          this help
 `;
 
@@ -63,6 +65,7 @@ const OPTIONS = {
   duration: { type: 'string' },
   reason: { type: 'string' },
   limit: { type: 'string' },
+  force: { type: 'boolean' },
 } as const;
 
 type Values = { [K in keyof typeof OPTIONS]?: (typeof OPTIONS)[K]['type'] extends 'boolean' ? boolean : string };
@@ -173,7 +176,7 @@ async function dispatch(p: string[], v: Values, api: Api, io: CtlIo): Promise<nu
       if (spec.kind !== 'list') throw new UsageError(`${cmd} is not a list: change it with PUT /api/v1/rules/${cmd}`);
       const value = need(p, 2, 'VALUE');
       noMore(p, 3);
-      if (sub === 'remove') return finish(await api('DELETE', `/rules/${cmd}/${enc(value)}`), () => `removed ${value} from ${cmd}\n`);
+      if (sub === 'remove') return finish(await api('DELETE', `/rules/${cmd}/${enc(value)}${v.force ? '?force=true' : ''}`), () => `removed ${value} from ${cmd}\n`);
       let item: unknown = value;
       if (cmd === 'senders') {
         try {
@@ -210,7 +213,7 @@ async function dispatch(p: string[], v: Values, api: Api, io: CtlIo): Promise<nu
       if (sub === 'rollback') {
         const version = need(p, 2, 'VERSION');
         noMore(p, 3);
-        return finish(await api('POST', '/rules/rollback', { version }), (b) => `rolled back to ${version} (now version ${String(b['version'])})\n`);
+        return finish(await api('POST', `/rules/rollback${v.force ? '?force=true' : ''}`, { version }), (b) => `rolled back to ${version} (now version ${String(b['version'])})\n`);
       }
       throw new UsageError(`unknown action ${JSON.stringify(sub)} for rules (show, history, reload, rollback VERSION)`);
     }

@@ -59,6 +59,14 @@ export interface RulesStoreOptions {
   overlay?: RulesOverlay;
 }
 
+export interface ChangeOptions {
+  /** An ETag list (If-Match): the change is refused with 412 when the section's ETag is not in it. */
+  ifMatch?: string;
+  actor: string;
+  /** Allow a change that leaves no accepted domain at all (refused with 409 otherwise). */
+  force?: boolean;
+}
+
 export interface RulesOverlay {
   acceptedDomains?: string[];
   relayNetworks?: string[];
@@ -66,7 +74,8 @@ export interface RulesOverlay {
 
 /** The rules directory cannot be loaded at start. Names file, line and key of the first problem. */
 export class RulesLoadError extends Error {
-  readonly code = 'RG_ERR_RULES_LOAD';
+  /** RG_ERR_RULES_EMPTY_FILE when the first problem is an empty file, else RG_ERR_RULES_LOAD. */
+  readonly code: string;
   readonly errors: RuleError[];
   readonly file: string | undefined;
   readonly line: number | undefined;
@@ -75,6 +84,7 @@ export class RulesLoadError extends Error {
   constructor(errors: RuleError[]) {
     super(`invalid rules: ${errors.map(formatRuleError).join('; ')}`);
     this.name = 'RulesLoadError';
+    this.code = errors[0]?.code === 'RG_ERR_RULES_EMPTY_FILE' ? 'RG_ERR_RULES_EMPTY_FILE' : 'RG_ERR_RULES_LOAD';
     this.errors = errors;
     this.file = errors[0]?.file;
     this.line = errors[0]?.line;
@@ -150,18 +160,18 @@ export class RulesStore extends EventEmitter {
     return { value: structuredClone(value), etag: etagOf(value) };
   }
 
-  replaceSection(name: string, value: unknown, opts: { ifMatch?: string; actor: string }): Promise<ChangeResult> {
+  replaceSection(name: string, value: unknown, opts: ChangeOptions): Promise<ChangeResult> {
     return this.#serialise(async () => {
       if (!isSectionName(name)) return unknownSection(name);
       const pre = this.#precondition(name, opts.ifMatch);
       if (pre) return pre;
       const errors = validateSection(name, value);
       if (errors.length > 0) return invalid(errors);
-      return this.#apply(withSection(this.#raw, name, structuredClone(value)), [name], opts.actor, 'replace', name);
+      return this.#apply(withSection(this.#raw, name, structuredClone(value)), [name], opts, 'replace', name);
     });
   }
 
-  addItem(name: string, item: unknown, opts: { ifMatch?: string; actor: string }): Promise<ChangeResult> {
+  addItem(name: string, item: unknown, opts: ChangeOptions): Promise<ChangeResult> {
     return this.#serialise(async () => {
       if (!isSectionName(name)) return unknownSection(name);
       const pre = this.#precondition(name, opts.ifMatch);
@@ -175,12 +185,12 @@ export class RulesStore extends EventEmitter {
         if (stableStringify(existing) === stableStringify(item)) return this.#okResult(name); // idempotent
         return { ok: false, status: 409, code: 'RG_ERR_RULES_DUPLICATE_ID', message: `${name} already holds an item with id ${JSON.stringify(key)}` };
       }
-      return this.#apply(withSection(this.#raw, name, [...list, structuredClone(item)]), [name], opts.actor, 'add', name);
+      return this.#apply(withSection(this.#raw, name, [...list, structuredClone(item)]), [name], opts, 'add', name);
     });
   }
 
   /** Remove one item: a string entry, or a sender rule by id (string) or by value. */
-  removeItem(name: string, item: unknown, opts: { ifMatch?: string; actor: string }): Promise<ChangeResult> {
+  removeItem(name: string, item: unknown, opts: ChangeOptions): Promise<ChangeResult> {
     return this.#serialise(async () => {
       if (!isSectionName(name)) return unknownSection(name);
       if (SECTIONS[name].kind !== 'list') return { ok: false, status: 400, code: 'RG_ERR_RULES_NOT_A_LIST', message: `section ${name} is not a list` };
@@ -192,7 +202,7 @@ export class RulesStore extends EventEmitter {
       if (kept.length === list.length) {
         return { ok: false, status: 404, code: 'RG_ERR_RULES_ITEM_NOT_FOUND', message: `${JSON.stringify(typeof item === 'string' ? item : key)} is not in ${name}` };
       }
-      return this.#apply(withSection(this.#raw, name, kept), [name], opts.actor, 'remove', name);
+      return this.#apply(withSection(this.#raw, name, kept), [name], opts, 'remove', name);
     });
   }
 
@@ -206,6 +216,7 @@ export class RulesStore extends EventEmitter {
       const loaded = await loadRulesDir(this.#dir);
       let errors: RuleError[] | undefined;
       if (!loaded.ok) errors = loaded.errors;
+      else if (vanished(this.#known, loaded.texts, this.#dir).length > 0) errors = vanished(this.#known, loaded.texts, this.#dir);
       else {
         const compiled = compileWithOverlay(loaded.raw, this.#overlay);
         if (!compiled.ok) errors = await locateErrors(this.#dir, compiled.errors);
@@ -233,12 +244,12 @@ export class RulesStore extends EventEmitter {
     return this.#history.list();
   }
 
-  rollback(versionId: string, opts: { actor: string }): Promise<ChangeResult> {
+  rollback(versionId: string, opts: { actor: string; force?: boolean }): Promise<ChangeResult> {
     return this.#serialise(async () => {
       const raw = this.#history.rawOf(versionId);
       if (raw === undefined) return { ok: false, status: 404, code: 'RG_ERR_RULES_VERSION_NOT_FOUND', message: `no rules version ${JSON.stringify(versionId)} in history` };
       const changed = SECTION_NAMES.filter((n) => stableStringify(raw[SECTIONS[n].rawKey]) !== stableStringify(this.#raw[SECTIONS[n].rawKey]));
-      return this.#apply(raw, changed, opts.actor, 'rollback');
+      return this.#apply(raw, changed, opts, 'rollback');
     });
   }
 
@@ -276,10 +287,13 @@ export class RulesStore extends EventEmitter {
     return { ok: true, etag: section === undefined ? `"${s.version}"` : etagOf(s.raw[SECTIONS[section].rawKey]), version: s.version, snapshot: s };
   }
 
-  async #apply(raw: RawRules, changed: SectionName[], actor: string, operation: AuditOperation, section?: SectionName): Promise<ChangeResult> {
+  async #apply(raw: RawRules, changed: SectionName[], opts: { actor: string; force?: boolean }, operation: AuditOperation, section?: SectionName): Promise<ChangeResult> {
+    const actor = opts.actor;
     const compiled = compileWithOverlay(raw, this.#overlay);
     if (!compiled.ok) return invalid(compiled.errors);
     if (compiled.snapshot.version === this.#snapshot.version || changed.length === 0) return this.#okResult(section);
+    const emptied = emptiesAcceptedDomains(this.#raw, raw, this.#overlay);
+    if (emptied && opts.force !== true) return emptied;
     for (const name of changed) {
       const text = formatSectionText(name, raw[SECTIONS[name].rawKey]);
       await writeFileAtomic(join(this.#dir, SECTIONS[name].file), text);
@@ -386,6 +400,19 @@ function withSection(raw: Readonly<RawRules>, name: SectionName, value: unknown)
   return { ...(structuredClone(raw) as RawRules), [SECTIONS[name].rawKey]: value };
 }
 
+/**
+ * A change that leaves no accepted domain (files and command line) while some are accepted now:
+ * every local recipient would become a permanent 550 at once. Refused unless the admin forces it.
+ */
+function emptiesAcceptedDomains(before: RawRules, after: RawRules, overlay: RulesOverlay | undefined): ChangeResult | undefined {
+  const extra = overlay?.acceptedDomains?.length ?? 0;
+  if (after.acceptedDomains.length + extra > 0 || before.acceptedDomains.length + extra === 0) return undefined;
+  return {
+    ok: false, status: 409, code: 'RG_ERR_RULES_EMPTY_ACCEPTED_DOMAINS',
+    message: 'this change leaves no accepted domain: every recipient would be refused with 550 (and senders bounce real mail); repeat it with ?force=true (ctl --force) if that is what you mean',
+  };
+}
+
 function unknownSection(name: string): ChangeResult {
   return { ok: false, status: 404, code: 'RG_ERR_RULES_UNKNOWN_SECTION', message: `unknown rules section ${JSON.stringify(name)} (known: ${SECTION_NAMES.join(', ')})` };
 }
@@ -425,6 +452,22 @@ async function readSectionTexts(dir: string): Promise<Map<string, string | null>
     }
   }
   return texts;
+}
+
+/**
+ * Section files the store had read or written that are gone now. A vanished file is not a new
+ * policy (a half-done `mv`, a deploy that lost a file): the reload keeps the rules in force. Writing
+ * `[]` (or the default value) is how a section is emptied on purpose.
+ */
+function vanished(known: ReadonlyMap<string, string | null>, now: ReadonlyMap<string, string | null>, dir: string): RuleError[] {
+  const out: RuleError[] = [];
+  for (const name of SECTION_NAMES) {
+    const file = SECTIONS[name].file;
+    if ((known.get(file) ?? null) !== null && (now.get(file) ?? null) === null) {
+      out.push({ code: 'RG_ERR_RULES_FILE_VANISHED', section: name, file: join(dir, file), message: `${join(dir, file)} disappeared: the rules in force are kept (write [] or the default value to empty the section on purpose)` });
+    }
+  }
+  return out;
 }
 
 /** Read and schema-check every section file; a missing file is the section's default. */

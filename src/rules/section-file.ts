@@ -13,9 +13,18 @@ export type SectionParse =
   | { ok: true; value: unknown; lineOf: (path: string) => number | undefined }
   | { ok: false; errors: RuleError[] };
 
-/** Parse and schema-check a section file's text. Empty text (or only comments) means the default. */
+/**
+ * Parse and schema-check a section file's text. A file with no YAML value at all (0 bytes, only
+ * whitespace or only comments) is refused with RG_ERR_RULES_EMPTY_FILE: it is the commonest
+ * truncated hand edit, and read as "no domains" it would turn local mail into 550s. An explicit `[]`
+ * (or `{}`) is a value and stays valid; a missing file is the section's default.
+ */
 export function parseSectionText(name: SectionName, text: string, file: string): SectionParse {
   const spec = SECTIONS[name];
+  if (isEmptyYaml(text)) {
+    const hint = spec.kind === 'list' ? 'write [] for an empty list' : 'write {} or remove the file for the defaults';
+    return { ok: false, errors: [{ code: 'RG_ERR_RULES_EMPTY_FILE', section: name, file, message: `${file} is empty (no YAML value, only whitespace or comments): refused as a truncated edit; ${hint}` }] };
+  }
   const lc = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lc, uniqueKeys: true });
   if (doc.errors.length > 0) {
@@ -29,7 +38,7 @@ export function parseSectionText(name: SectionName, text: string, file: string):
   }
   const lineOf = (path: string): number | undefined => lineOfPath(doc, lc, path);
   const js: unknown = doc.toJS();
-  const value = js === null || js === undefined ? structuredClone(spec.defaultValue) : js;
+  const value = js === undefined ? structuredClone(spec.defaultValue) : js;
   const errors = validateSection(name, value).map((e) => ({ ...e, file, ...lineField(lineOf(e.path ?? '')) }));
   return errors.length > 0 ? { ok: false, errors } : { ok: true, value, lineOf };
 }
@@ -63,6 +72,11 @@ export function validateItem(name: SectionName, item: unknown): RuleError[] {
 export function formatSectionText(name: SectionName, value: unknown): string {
   const spec = SECTIONS[name];
   return `# ${spec.description}\n# Managed by relay-guard: changes through the admin API rewrite this file; hand edits are picked up live.\n${stringify(value)}`;
+}
+
+/** True for text that holds no YAML node: nothing but whitespace and `#` comment lines. */
+export function isEmptyYaml(text: string): boolean {
+  return text.split(/\r?\n|\r/).every((l) => /^\s*(#.*)?$/.test(l));
 }
 
 function lineField(line: number | undefined): { line?: number } {

@@ -41,9 +41,11 @@ describe('SECTIONS table', () => {
 });
 
 describe('section files', () => {
-  test('empty or comment-only file is the default', () => {
-    expect(parseSectionText('senders', '# nothing yet\n', 'senders.yaml')).toMatchObject({ ok: true, value: [] });
-    expect(parseSectionText('policy', '', 'policy.yaml')).toMatchObject({ ok: true, value: { antiSpoofing: false, rules: {} } });
+  test('empty or comment-only file is refused (a truncated edit); an explicit [] is a value', () => {
+    expect(parseSectionText('senders', '# nothing yet\n', 'senders.yaml')).toMatchObject({ ok: false, errors: [{ code: 'RG_ERR_RULES_EMPTY_FILE', file: 'senders.yaml' }] });
+    expect(parseSectionText('policy', '', 'policy.yaml')).toMatchObject({ ok: false, errors: [{ code: 'RG_ERR_RULES_EMPTY_FILE', file: 'policy.yaml' }] });
+    expect(parseSectionText('senders', '# nothing yet\n[]\n', 'senders.yaml')).toMatchObject({ ok: true, value: [] });
+    expect(parseSectionText('policy', '{}\n', 'policy.yaml')).toMatchObject({ ok: true, value: {} });
   });
 
   test('schema errors carry file, line and key', () => {

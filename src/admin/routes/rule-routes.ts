@@ -26,9 +26,14 @@ const IfMatchHeaders = Type.Object({
   'if-match': Type.Optional(Type.String({ description: 'ETag from a previous GET: the change is refused with 412 if the section changed since' })),
 });
 
-function ifMatchOf(req: FastifyRequest): { ifMatch?: string } {
+const ForceQuery = Type.Object({
+  force: Type.Optional(Type.Union([Type.Literal('true'), Type.Literal('false')], { description: 'true: allow a change that leaves no accepted domain (409 otherwise)' })),
+});
+
+function ifMatchOf(req: FastifyRequest): { ifMatch?: string; force?: boolean } {
   const h = req.headers['if-match'];
-  return typeof h === 'string' && h.trim() !== '' ? { ifMatch: h.trim() } : {};
+  const force = (req.query as { force?: string } | undefined)?.force === 'true' ? { force: true } : {};
+  return typeof h === 'string' && h.trim() !== '' ? { ifMatch: h.trim(), ...force } : force;
 }
 
 function unknownSection(section: string): never {
@@ -57,9 +62,9 @@ export function registerRuleRoutes(api: FastifyInstance, deps: AdminDeps): void 
 
   api.get('/rules/history', { schema: { tags: ['rules'], summary: 'Rule set versions, newest first' } }, async () => ({ versions: store.history() }));
 
-  api.post('/rules/rollback', { schema: { tags: ['rules'], summary: 'Make a previous version current again', body: RollbackBody } }, async (req, reply) => {
+  api.post('/rules/rollback', { schema: { tags: ['rules'], summary: 'Make a previous version current again', body: RollbackBody, querystring: ForceQuery } }, async (req, reply) => {
     const { version } = req.body as { version: string };
-    return sendChange(reply, undefined, await store.rollback(version, { actor: actorOf(req) }));
+    return sendChange(reply, undefined, await store.rollback(version, { ...ifMatchOf(req), actor: actorOf(req) }));
   });
 
   api.post(
@@ -91,7 +96,7 @@ export function registerRuleRoutes(api: FastifyInstance, deps: AdminDeps): void 
 
     api.put(
       `/rules/${name}`,
-      { schema: { tags, summary: `Replace the whole ${name} section`, headers: IfMatchHeaders, body: spec.schema } },
+      { schema: { tags, summary: `Replace the whole ${name} section`, headers: IfMatchHeaders, querystring: ForceQuery, body: spec.schema } },
       async (req, reply) => sendChange(reply, name, await store.replaceSection(name, req.body, { ...ifMatchOf(req), actor: actorOf(req) })),
     );
 
@@ -102,7 +107,7 @@ export function registerRuleRoutes(api: FastifyInstance, deps: AdminDeps): void 
       );
       api.delete(
         `/rules/${name}/:value`,
-        { schema: { tags, summary: `Remove one item (URL-encoded${name === 'senders' ? ' rule id' : ''}) from ${name}`, headers: IfMatchHeaders, params: ItemParams } },
+        { schema: { tags, summary: `Remove one item (URL-encoded${name === 'senders' ? ' rule id' : ''}) from ${name}`, headers: IfMatchHeaders, querystring: ForceQuery, params: ItemParams } },
         async (req, reply) => sendChange(reply, name, await store.removeItem(name, (req.params as { value: string }).value, { ...ifMatchOf(req), actor: actorOf(req) })),
       );
     } else {
