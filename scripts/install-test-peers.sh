@@ -27,6 +27,8 @@ CAPS=(
   "promtool|prometheus|command -v promtool"
   "prometheus (a real scraper)|prometheus|command -v prometheus"
   "openssl (s_client, certificates)|openssl|command -v openssl"
+  "rbldnsd (a real DNSBL server for the DNS list tests)|rbldnsd|test -x /usr/sbin/rbldnsd && id rbldns"
+  "postgrey (a real Postfix policy service: greylisting)|postgrey|test -x /usr/sbin/postgrey && id postgrey && perl -MBerkeleyDB -MNet::Server -e1"
   "chromium that renders a page headless (the web console's browser tests)|chromium|d=\$(mktemp -d) && timeout 60 chromium --headless --no-sandbox --disable-gpu --user-data-dir=\"\$d\" --dump-dom about:blank 2>/dev/null | grep -q '<html'; r=\$?; rm -rf \"\$d\"; exit \$r"
 )
 
@@ -73,7 +75,7 @@ if [ ${#missing_caps[@]} -gt 0 ]; then
   probe
 fi
 # Installing must not leave daemons on the machine's ports; tests start private instances.
-for svc in postfix redis-server slapd haproxy prometheus; do
+for svc in postfix redis-server slapd haproxy prometheus rbldnsd postgrey; do
   $SUDO systemctl stop "$svc" >/dev/null 2>&1 || $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done
 if [ ${#missing_caps[@]} -gt 0 ]; then

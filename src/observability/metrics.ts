@@ -156,6 +156,39 @@ function createMetricsShape(register: Registry = new Registry(), opts: { default
       name: 'relay_guard_pool_replacements_total', help: 'Pooled backend sessions replaced, by reason (closed, unexpected_reply, health_check, tls_failed)',
       labelNames: ['reason'] as const, registers,
     }),
+    dnsblAnswers: new Counter({
+      name: 'relay_guard_dnsbl_answers_total',
+      help: 'DNS list queries by list (configured zone) and result (listed: A records, not_listed: NXDOMAIN or no A record, error, timeout); cache hits are not queries',
+      labelNames: ['list', 'result'] as const, registers,
+    }),
+    dnsblCacheHits: new Counter({
+      name: 'relay_guard_dnsbl_cache_hits_total', help: 'DNS list lookups answered from the cache, by list (configured zone)',
+      labelNames: ['list'] as const, registers,
+    }),
+    dnsblQueryDuration: new Histogram({
+      name: 'relay_guard_dnsbl_query_duration_seconds', help: 'Time a DNS list took to answer (or to time out), by list (configured zone)',
+      labelNames: ['list'] as const,
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers,
+    }),
+    dnsblVerdicts: new Counter({
+      name: 'relay_guard_dnsbl_verdicts_total', help: 'Clients scored against the DNS lists at connect, by verdict (pass, refuse; trusted clients are not scored)',
+      labelNames: ['verdict'] as const, registers,
+    }),
+    policyServiceAnswers: new Counter({
+      name: 'relay_guard_policy_service_answers_total',
+      help: 'Answers of Postfix policy services by service (configured name) and action (ok, dunno, reject, defer, defer_if_permit, defer_if_reject, code_4xx, code_5xx, prepend, unknown)',
+      labelNames: ['service', 'action'] as const, registers,
+    }),
+    policyServiceErrors: new Counter({
+      name: 'relay_guard_policy_service_errors_total',
+      help: 'Policy service requests without an answer, by service (configured name) and kind (timeout, connect, closed, protocol, overload); onError decides what the client gets',
+      labelNames: ['service', 'kind'] as const, registers,
+    }),
+    policyServiceDuration: new Histogram({
+      name: 'relay_guard_policy_service_duration_seconds', help: 'Time from a policy request to its answer (or failure), by service (configured name)',
+      labelNames: ['service'] as const,
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers,
+    }),
     buildInfo: new Gauge({
       name: 'relay_guard_build_info', help: 'Always 1; the version label says which build runs',
       labelNames: ['version'] as const, registers,
@@ -365,6 +398,7 @@ function zeroKnownSeries(m: ReturnType<typeof createMetricsShape>): void {
   each(m.recipientLookups, { source: ['list', 'ldap', 'cache'], result: ['known', 'unknown', 'error'] });
   each(m.limitHits, { limit: ['none'], action: ['tempfail', 'close', 'tarpit', 'ban'] });
   each(m.refusedVerbs, { verb: ['VRFY', 'EXPN', 'BDAT', 'TURN', 'ETRN', 'ATRN', 'XEXCH50', 'X-LINK2STATE', 'other'] });
+  each(m.dnsblVerdicts, { verdict: ['pass', 'refuse'] });
   m.limitStoreFallback.set(0);
   m.bansActive.set({ source: 'manual' }, 0);
   m.bansActive.set({ source: 'automatic' }, 0);
