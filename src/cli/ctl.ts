@@ -35,7 +35,10 @@ Why is this refused?
 
 Bans and sessions:
   bans list
-  bans add TARGET [--duration 1h] [--reason TEXT]   TARGET: an address or CIDR network
+  bans add TARGET [--duration 1h] [--reason TEXT] [--force]
+                                    TARGET: an address or CIDR network; --force is needed for a
+                                    network covering the Internet (wider than IPv4 /8 or IPv6 /16,
+                                    or an IPv6 transition prefix such as 2002::/16)
   bans remove TARGET
   sessions list
   sessions close ID                 close a live session with 421
@@ -55,6 +58,7 @@ const OPTIONS = {
   admin: { type: 'string' },
   token: { type: 'string' },
   json: { type: 'boolean' },
+  force: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
   ip: { type: 'string' },
   rcpt: { type: 'string' },
@@ -249,7 +253,7 @@ async function dispatch(p: string[], v: Values, api: Api, io: CtlIo): Promise<nu
       if (sub === 'add') {
         const target = need(p, 2, 'TARGET');
         noMore(p, 3);
-        const body = { target, reason: v.reason ?? 'banned with relay-guard ctl', ...(v.duration ? { duration: v.duration } : {}) };
+        const body = { target, reason: v.reason ?? 'banned with relay-guard ctl', ...(v.duration ? { duration: v.duration } : {}), ...(v.force ? { force: true } : {}) };
         return finish(await api('POST', '/bans', body), (b) => {
           const ban = (b['ban'] ?? {}) as Json;
           return `banned ${String(ban['target'])} ${ban['expiresAt'] ? `until ${String(ban['expiresAt'])}` : 'permanently'}\n`;

@@ -13,6 +13,7 @@ import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import type { Clock } from '../clock.js';
 import type { Metrics } from '../observability/metrics.js';
 import { formatIp, ipInNetwork, maskIp, parseHostAddress, type IpNetwork } from '../smtp/ip-address.js';
+import { internetWideReason } from '../policy/wide-networks.js';
 
 export type BanSource = 'manual' | 'automatic';
 
@@ -34,6 +35,11 @@ export interface BanInput {
   durationMs?: number;
   reason: string;
   source: BanSource;
+  /**
+   * A manual ban of a network that covers the Internet (wider than IPv4 /8 or IPv6 /16, or covering
+   * an IPv6 transition prefix such as 2002::/16: see wide-networks.ts) is refused without this.
+   */
+  force?: boolean;
 }
 
 /** A local change of the list, as told to change listeners. Expiry and eviction are not changes. */
@@ -48,10 +54,10 @@ export const SHARED_MIN_PREFIX: Readonly<Record<4 | 6, number>> = { 4: 8, 6: 16 
 
 /** Whether a normalised target may be shared with or taken from other guards. */
 export function isShareableTarget(n: { network?: IpNetwork }): boolean {
-  return !n.network || n.network.prefix >= SHARED_MIN_PREFIX[n.network.family];
+  return !n.network || (n.network.prefix >= SHARED_MIN_PREFIX[n.network.family] && internetWideReason(n.network) === undefined);
 }
 
-export type BanErrorCode = 'RG_ERR_BANS_BAD_TARGET' | 'RG_ERR_BANS_BAD_INPUT' | 'RG_ERR_BANS_FULL' | 'RG_ERR_BANS_BAD_FILE';
+export type BanErrorCode = 'RG_ERR_BANS_BAD_TARGET' | 'RG_ERR_BANS_BAD_INPUT' | 'RG_ERR_BANS_TOO_WIDE' | 'RG_ERR_BANS_FULL' | 'RG_ERR_BANS_BAD_FILE';
 
 export class BanError extends Error {
   override readonly name = 'BanError';
@@ -169,6 +175,10 @@ export class BanList {
     if (input.source !== 'manual' && input.source !== 'automatic') throw new BanError('RG_ERR_BANS_BAD_INPUT', 'ban source must be manual or automatic');
     if (input.durationMs !== undefined && !(Number.isFinite(input.durationMs) && input.durationMs > 0)) {
       throw new BanError('RG_ERR_BANS_BAD_INPUT', 'ban duration must be a positive number of milliseconds');
+    }
+    const wide = network && input.source === 'manual' && input.force !== true ? internetWideReason(network) : undefined;
+    if (wide !== undefined) {
+      throw new BanError('RG_ERR_BANS_TOO_WIDE', `${wide}: a ban of it would refuse every client (or every IPv4 client); send force: true (ctl: --force) if that is really meant`);
     }
     const reason = String(input.reason ?? '').replace(/[\r\n\t]+/g, ' ').trim().slice(0, MAX_REASON_CHARS);
     const now = this.clock.now();

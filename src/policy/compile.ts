@@ -12,7 +12,8 @@ import {
 import { AcceptedDomains } from './accepted-domains.js';
 import { contentHash, deepFreeze } from './content-hash.js';
 import { canonicalDomain } from './domain-name.js';
-import { formatNetwork, parseNetwork, type IpNetwork } from '../smtp/ip-address.js';
+import { parseNetwork, type IpNetwork } from '../smtp/ip-address.js';
+import { internetWideReason } from './wide-networks.js';
 import { NetworkSet } from './network-set.js';
 import type { PolicyRules, RuleMode, RuleReply, SenderRule } from './rule-types.js';
 import { compileSenderPattern, type SenderPattern } from './sender-pattern.js';
@@ -74,8 +75,6 @@ const MUST_ENFORCE: Partial<Record<OverridableRuleId, string>> = {
 
 /** Second-level labels that, under a two-letter country code, form a public suffix (co.uk, com.au, ne.jp, …). */
 const PUBLIC_SECOND_LEVEL = new Set(['ac', 'co', 'com', 'edu', 'go', 'gob', 'gov', 'govt', 'ltd', 'mil', 'ne', 'net', 'nic', 'or', 'org', 'plc', 'sch']);
-
-const MIN_RELAY_PREFIX = { 4: 8, 6: 16 } as const;
 
 export interface RuleSetting {
   readonly mode: RuleMode;
@@ -150,10 +149,8 @@ export function compileRules(raw: RawRules): CompileResult {
       if (typeof entry !== 'string') return err('RG_ERR_RULES_BAD_NETWORK', section, `entry ${i} is not a string`, path);
       const p = parseNetwork(entry);
       if (!p.ok) return err('RG_ERR_RULES_BAD_NETWORK', section, p.reason, path);
-      if (relay && p.network.prefix < MIN_RELAY_PREFIX[p.network.family]) {
-        return err('RG_ERR_RULES_OPEN_RELAY', section,
-          `"${entry}" (${formatNetwork(p.network)}) is wider than /${MIN_RELAY_PREFIX[p.network.family]} for IPv${p.network.family}: it would let any client relay`, path);
-      }
+      const wide = relay ? internetWideReason(p.network) : undefined;
+      if (wide !== undefined) return err('RG_ERR_RULES_OPEN_RELAY', section, `"${entry}": ${wide}: it would let any client relay`, path);
       nets.push(p.network);
     });
     return new NetworkSet(nets);

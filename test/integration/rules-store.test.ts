@@ -104,6 +104,17 @@ describe('RulesStore load', () => {
     expect(err.message).toMatch(/would let any client relay/);
   });
 
+  test.each(['2002::/16', '2001::/32', '64:ff9b::/96', '::ffff:0:0/96', '2001::/16'])(
+    'a relay network file with the IPv6 transition prefix %s is refused at start, like /0 (issue 16 item 8)',
+    async (net) => {
+      await writeFile(join(dir, 'relay-networks.yaml'), `- 198.51.100.0/24\n- ${net}\n`);
+      const err = (await RulesStore.open(dir, { log: memoryLogger(logs) }).catch((x: unknown) => x)) as RulesLoadError;
+      expect(err).toBeInstanceOf(RulesLoadError);
+      expect(err.errors[0]).toMatchObject({ code: 'RG_ERR_RULES_OPEN_RELAY', section: 'relay-networks', line: 2, path: '/1' });
+      expect(err.message).toMatch(/would let any client relay/);
+    },
+  );
+
   test('YAML syntax errors name the line; unknown keys are refused', async () => {
     await writeFile(join(dir, 'policy.yaml'), 'antiSpoofing: true\nrules:\n  relay-denied: {mode: [\n');
     const e1 = (await RulesStore.open(dir, { log: memoryLogger(logs) }).catch((x: unknown) => x)) as RulesLoadError;

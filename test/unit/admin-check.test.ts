@@ -190,6 +190,26 @@ describe('bans', () => {
     expect(env.bans.list()).toEqual([]);
   });
 
+  // issue 16 item 8: a ban that covers every address (or every IPv4 host via a transition prefix) needs force
+  test.each(['0.0.0.0/0', '::/0', '::ffff:0:0/96', '0.0.0.0/7', '2002::/16', '2001::/32', '64:ff9b::/96', '2000::/3'])(
+    'a ban of %s without force → 400 RG_ERR_BANS_TOO_WIDE and no ban; with force: true it is made',
+    async (target) => {
+      const res = await call('POST', '/api/v1/bans', { target, reason: 'oops' });
+      expect(res.statusCode).toBe(400);
+      expect(res.json()).toMatchObject({ code: 'RG_ERR_BANS_TOO_WIDE' });
+      expect((res.json() as { message: string }).message).toContain('force');
+      expect(env.bans.list()).toEqual([]);
+      const forced = await call('POST', '/api/v1/bans', { target, reason: 'really', force: true });
+      expect(forced.statusCode).toBe(200);
+      expect(env.bans.list()).toHaveLength(1);
+    },
+  );
+
+  test('force is a boolean, and a narrow ban needs none', async () => {
+    expect((await call('POST', '/api/v1/bans', { target: '0.0.0.0/0', reason: 'x', force: 'yes' })).statusCode).toBe(400);
+    expect((await call('POST', '/api/v1/bans', { target: '2002:c000:200::/40', reason: 'one 6to4 /24' })).statusCode).toBe(200);
+  });
+
   test('removing a target that is not banned → 404; a malformed one → 400', async () => {
     expect((await call('DELETE', `/api/v1/bans/${encodeURIComponent('192.0.2.1')}`)).statusCode).toBe(404);
     expect((await call('DELETE', '/api/v1/bans/not-an-ip')).statusCode).toBe(400);

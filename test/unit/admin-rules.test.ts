@@ -135,6 +135,9 @@ describe('PUT a whole section', () => {
     { name: 'null body', section: 'senders', body: null, field: 'body' },
     // meaning (compileRules): the open-relay guard
     { name: 'relay network 0.0.0.0/0', section: 'relay-networks', body: ['0.0.0.0/0'], field: 'relay-networks' },
+    { name: 'relay network 6to4 2002::/16', section: 'relay-networks', body: ['10.0.0.0/8', '2002::/16'], field: 'relay-networks' },
+    { name: 'relay network Teredo 2001::/32', section: 'relay-networks', body: ['2001::/32'], field: 'relay-networks' },
+    { name: 'relay network NAT64 64:ff9b::/96', section: 'relay-networks', body: ['64:ff9b::/96'], field: 'relay-networks' },
     { name: 'wildcard accepted domain', section: 'accepted-domains', body: ['*'], field: 'accepted-domains' },
   ];
   test.each(invalid)('400 for $name, naming $field, nothing changed', async ({ section, body, field }) => {
@@ -216,6 +219,17 @@ describe('POST and DELETE one item', () => {
     expect(res.statusCode).toBe(400);
     expect((res.json() as { message: string }).message).toContain('relay-networks');
   });
+
+  test.each(['2002::/16', '::ffff:0:0/96', '64:ff9b::/96', '2001::/32', '2001::/16', '::/0', '::/64'])(
+    'POST relay network %s (an IPv6 transition prefix or a supernet of one) → 400 RG_ERR_RULES_OPEN_RELAY, nothing changed',
+    async (value) => {
+      const before = env.store.current().version;
+      const res = await call('POST', '/api/v1/rules/relay-networks', { value });
+      expect(res.statusCode).toBe(400);
+      expect(res.json()).toMatchObject({ code: 'RG_ERR_RULES_OPEN_RELAY' });
+      expect(env.store.current().version).toBe(before);
+    },
+  );
 
   test('POST or DELETE on an object section → 400', async () => {
     expect((await call('POST', '/api/v1/rules/policy', { value: 1 })).statusCode).toBe(400);

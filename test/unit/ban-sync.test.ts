@@ -79,6 +79,8 @@ describe('applyRemoteBan', () => {
     ['IPv6 /0', { target: '::/0', source: 'manual' }],
     ['IPv6 /15', { target: '2000::/15', source: 'manual' }],
     ['mapped IPv4 /0', { target: '::ffff:0.0.0.0/96', source: 'manual' }],
+    ['6to4 2002::/16 (every IPv4 host)', { target: '2002::/16', source: 'manual' }],
+    ['Teredo 2001::/32', { target: '2001::/32', source: 'manual' }],
     ['an unknown source', { target: '192.0.2.1', source: 'root' }],
     ['no source', { target: '192.0.2.1' }],
     ['a bad expiresAt', { target: '192.0.2.1', source: 'manual', expiresAt: 'soon' }],
@@ -95,7 +97,7 @@ describe('applyRemoteBan', () => {
   test('the narrowest refused and widest accepted networks', () => {
     const { bans } = list();
     expect(bans.applyRemoteBan({ target: `10.0.0.0/${SHARED_MIN_PREFIX[4]}`, source: 'manual' })?.target).toBe('10.0.0.0/8');
-    expect(bans.applyRemoteBan({ target: `2001::/${SHARED_MIN_PREFIX[6]}`, source: 'manual' })?.target).toBe('2001::/16');
+    expect(bans.applyRemoteBan({ target: `2a01::/${SHARED_MIN_PREFIX[6]}`, source: 'manual' })?.target).toBe('2a01::/16');
   });
 
   test('a reason is cut to 200 characters and control characters become spaces; a bad createdAt becomes now', () => {

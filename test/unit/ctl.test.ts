@@ -125,6 +125,17 @@ describe('incident moves against a live admin API', () => {
     expect((await ctl(['senders', 'remove', 'spam'])).code).toBe(0);
   });
 
+  test('bans add of a network covering every address needs --force (issue 16 item 8)', async () => {
+    const refused = await ctl(['bans', 'add', '2002::/16']);
+    expect(refused.code).toBe(1);
+    expect(refused.err).toContain('RG_ERR_BANS_TOO_WIDE');
+    expect(env.bans.list()).toEqual([]);
+    const forced = await ctl(['bans', 'add', '0.0.0.0/0', '--force', '--reason', 'lockdown']);
+    expect(forced.code).toBe(0);
+    expect(env.bans.check('198.51.100.1')?.reason).toBe('lockdown');
+    expect((await ctl(['bans', 'remove', '0.0.0.0/0'])).code).toBe(0);
+  });
+
   test('bans add, list, remove', async () => {
     const add = await ctl(['bans', 'add', '203.0.113.0/24', '--duration', '1h', '--reason', 'spewing']);
     expect(add.code).toBe(0);

@@ -40,7 +40,7 @@ describe('BanList', () => {
   ];
   test.each(cidrCases)('CIDR: $name', ({ target, ip, hit }) => {
     const bans = new BanList({ clock: new ManualClock() });
-    bans.add({ target, reason: 'r', source: 'manual' });
+    bans.add({ target, reason: 'r', source: 'manual', force: true });
     expect(bans.check(ip) !== undefined).toBe(hit);
   });
 

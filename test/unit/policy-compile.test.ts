@@ -25,6 +25,11 @@ const refusals: RefusalCase[] = [
   { name: 'relay-networks ::/0', rules: { relayNetworks: ['10.0.0.0/8', '::/0'] }, code: 'RG_ERR_RULES_OPEN_RELAY', section: 'relay-networks', path: '/1', message: /wider than \/16 for IPv6/ },
   { name: 'relay-networks /7', rules: { relayNetworks: ['10.0.0.0/7'] }, code: 'RG_ERR_RULES_OPEN_RELAY', section: 'relay-networks', message: /wider than \/8 for IPv4/ },
   { name: 'relay-networks mapped ::ffff:0:0/96 is all of IPv4', rules: { relayNetworks: ['::ffff:0:0/96'] }, code: 'RG_ERR_RULES_OPEN_RELAY', section: 'relay-networks', message: /0\.0\.0\.0\/0/ },
+  // IPv6 transition prefixes carry every IPv4 host: as wide as /0 (issue 16 item 8)
+  ...[
+    '2002::/16', '2002::/20', '2001::/32', '2001::/16', '2001:0:c000:201::/64', '64:ff9b::/96', '64:ff9b::/100', '64:ff9b::/64',
+    '64:ff9b:1::/48', '64:ff9b:1::/96', '::/96', '::/64', '::ffff:0:0:0/96', '2000::/3', '::/1', '::ffff:0:0/100',
+  ].map((net) => ({ name: `relay-networks transition ${net}`, rules: { relayNetworks: ['10.0.0.0/8', net] }, code: 'RG_ERR_RULES_OPEN_RELAY', section: 'relay-networks', path: '/1', message: /would let any client relay/ })),
   // plain mistakes
   { name: 'bad CIDR', rules: { relayNetworks: ['10.0.0.0/33'] }, code: 'RG_ERR_RULES_BAD_NETWORK', section: 'relay-networks', message: /prefix length/ },
   { name: 'host bits set', rules: { neverRelayNetworks: ['10.1.2.3/8'] }, code: 'RG_ERR_RULES_BAD_NETWORK', section: 'never-relay-networks', message: /did you mean 10\.0\.0\.0\/8/ },
@@ -56,7 +61,8 @@ describe('compileRules refuses', () => {
 
 describe('compileRules accepts', () => {
   test.each([
-    { name: 'narrow relay networks at the limit', rules: { relayNetworks: ['10.0.0.0/8', '2001::/16'] } },
+    { name: 'narrow relay networks at the limit', rules: { relayNetworks: ['10.0.0.0/8', 'fd00::/16', '2a00::/16'] } },
+    { name: 'transition prefixes narrow enough: IPv4 /8 or longer inside them', rules: { relayNetworks: ['2002:a00::/24', '64:ff9b::a00:0/104', '2001:0:c000:201::c0ff:fd00/120', '::1', '2002:c000:200::/40', '2001:db8::/32'] } },
     { name: 'wildcard of a registered domain under a ccTLD', rules: { acceptedDomains: ['*.example.co.uk', '*.example.de'] } },
     { name: 'never-relay may be as wide as you like', rules: { neverRelayNetworks: ['0.0.0.0/0', '::/0'] } },
     { name: 'recipient-unknown in warn mode', rules: { policy: { rules: { 'recipient-unknown': { mode: 'warn' as const } } } } },

@@ -11,6 +11,7 @@ const BanBody = Type.Object(
     target: Type.String({ minLength: 1, maxLength: 64, description: 'An IP address or a CIDR network ("192.0.2.7", "198.51.100.0/24")' }),
     duration: Type.Optional(Duration),
     reason: Type.String({ minLength: 1, maxLength: 200, pattern: '^[^\\r\\n\\x00]*$', description: 'Why (logged and listed)' }),
+    force: Type.Optional(Type.Boolean({ description: 'Required to ban a network that covers the Internet (wider than IPv4 /8 or IPv6 /16, or an IPv6 transition prefix such as 2002::/16); else 400 RG_ERR_BANS_TOO_WIDE' })),
   },
   { additionalProperties: false },
 );
@@ -20,7 +21,7 @@ export function registerBanRoutes(api: FastifyInstance, deps: AdminDeps): void {
   api.get('/bans', { schema: { tags: ['bans'], summary: 'Bans in force' } }, async () => ({ bans: deps.bans.list() }));
 
   api.post('/bans', { schema: { tags: ['bans'], summary: 'Ban an address or network', body: BanBody } }, async (req) => {
-    const body = req.body as { target: string; duration?: string; reason: string };
+    const body = req.body as { target: string; duration?: string; reason: string; force?: boolean };
     let durationMs: number | undefined;
     if (body.duration !== undefined) {
       try {
@@ -30,8 +31,8 @@ export function registerBanRoutes(api: FastifyInstance, deps: AdminDeps): void {
       }
       if (durationMs <= 0) throw new AdminError('RG_ERR_ADMIN_VALIDATION', 'body/duration must be longer than 0');
     }
-    const ban = deps.bans.add({ target: body.target, reason: body.reason, source: 'manual', ...(durationMs === undefined ? {} : { durationMs }) });
-    deps.log.info({ actor: actorOf(req), target: ban.target, expiresAt: ban.expiresAt, reason: ban.reason }, 'ban added');
+    const ban = deps.bans.add({ target: body.target, reason: body.reason, source: 'manual', ...(durationMs === undefined ? {} : { durationMs }), ...(body.force === true ? { force: true } : {}) });
+    deps.log.info({ actor: actorOf(req), target: ban.target, expiresAt: ban.expiresAt, reason: ban.reason, ...(body.force === true ? { force: true } : {}) }, 'ban added');
     return { ban };
   });
 
