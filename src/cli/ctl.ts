@@ -50,7 +50,8 @@ Options:
   --token TOKEN       bearer token (default: $RELAY_GUARD_ADMIN_TOKEN; prefer the variable,
                       a command line is visible to other local users)
   --json              print the API's JSON answer as is
-  --force             allow a change that leaves no accepted domain
+  --force             allow a change that leaves no accepted domain, or a ban covering
+                      the Internet
   -h, --help          this help
 `;
 
@@ -58,7 +59,6 @@ const OPTIONS = {
   admin: { type: 'string' },
   token: { type: 'string' },
   json: { type: 'boolean' },
-  force: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
   ip: { type: 'string' },
   rcpt: { type: 'string' },
