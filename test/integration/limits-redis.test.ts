@@ -82,7 +82,7 @@ afterAll(async () => {
 
 describe('RedisLimitStore', () => {
   test('the Lua script runs the same GCRA math as gcraStep (caller time)', async () => {
-    const store = new RedisLimitStore({ url: server.url, keyPrefix: `${prefix}math:`, serverTime: false });
+    const store = new RedisLimitStore({ url: server.url, keyPrefix: `${prefix}math:`, serverTime: false, commandTimeoutMs: 10_000 });
     try {
       await once(store.redis, 'ready', { signal: AbortSignal.timeout(10_000) });
       const rate = { limit: 7, windowMs: 10_000 };
