@@ -1,23 +1,23 @@
 /**
  * POST /api/v1/check: a dry run of one transaction (connect, MAIL FROM, one RCPT TO) through the
- * same policy functions, in the same order, as a live session (src/session/session.ts): ban at
- * connect, submission without AUTH, evaluateMail, evaluateRcpt, then the directory lookup for an
- * accepted domain whose validation is on. Rate limits are not consulted (they are state, not policy).
+ * same code as a live session: the ban at connect, the codec's parse of the MAIL and RCPT lines,
+ * then the envelope judge (src/policy/judge.ts: judgeMail, judgeRcpt with the directory port).
+ * Rate limits are not consulted (they are state, not policy); the answer names the limit event the
+ * verdict would feed. `priorTransactions` / `priorRecipients` say where the session would stand.
  * The answer says which rule decided and every rule consulted: "why was this refused?".
  */
 import { Type, type Static } from '@sinclair/typebox';
 import type { Config, ListenerConfig } from '../config/schema.js';
-import type { RecipientValidator } from '../directory/recipient-validator.js';
+import { maxMessageBytes } from '../config/load-config.js';
 import type { BanList } from '../limits/bans.js';
 import type { RulesSnapshot } from '../policy/compile.js';
 import type { SessionContext } from '../policy/context.js';
+import { commandSyntaxVerdict, judgeMail, judgeRcpt, type EnvelopeContext, type RecipientDirectory } from '../policy/judge.js';
+import type { MailVerdict, PolicyRefusal, RcptVerdict, TraceStep, Warning } from '../policy/verdict.js';
 import { formatIp, parseIp, unmapIPv4 } from '../smtp/ip-address.js';
-import { evaluateRecipientLookup } from '../policy/recipient.js';
-import { evaluateRcpt } from '../policy/relay.js';
-import { evaluateMail } from '../policy/sender.js';
-import type { MailVerdict, RcptVerdict, TraceStep, Warning } from '../policy/verdict.js';
-import { analyzeForwardPath, analyzeReversePath, mailboxAddress } from '../smtp/path.js';
-import { AUTH_REQUIRED, BAD_RECIPIENT_SYNTAX, BAD_SENDER_SYNTAX, BANNED } from '../smtp/replies.js';
+import { parseCommand } from '../smtp/command.js';
+import { analyzeForwardPath, analyzeReversePath } from '../smtp/path.js';
+import { BANNED } from '../smtp/replies.js';
 import { replyText, type Reply } from '../smtp/reply.js';
 import { AdminError } from './errors.js';
 
@@ -28,9 +28,11 @@ export const CheckRequestSchema = Type.Object(
     clientIp: Type.String({ minLength: 1, maxLength: 64, description: 'Client address as the guard would see it (after PROXY protocol)' }),
     helo: Type.Optional(Type.String({ maxLength: 255, pattern: ONE_LINE })),
     authUser: Type.Optional(Type.String({ minLength: 1, maxLength: 255, pattern: ONE_LINE, description: 'Authenticated user name, if the client authenticated' })),
-    mailFrom: Type.String({ maxLength: 1024, pattern: ONE_LINE, description: 'MAIL FROM argument: "<a@b.test>", "a@b.test" or "<>"' }),
-    rcptTo: Type.String({ maxLength: 1024, pattern: ONE_LINE, description: 'RCPT TO argument: "<a@b.test>" or "a@b.test"' }),
+    mailFrom: Type.String({ maxLength: 1024, pattern: ONE_LINE, description: 'MAIL FROM argument, parameters included: "<a@b.test>", "a@b.test", "<>", "<a@b.test> SIZE=1000"' }),
+    rcptTo: Type.String({ maxLength: 1024, pattern: ONE_LINE, description: 'RCPT TO argument, parameters included: "<a@b.test>", "a@b.test", "<a@b.test> NOTIFY=NEVER"' }),
     listener: Type.Optional(Type.String({ maxLength: 64, description: 'Listener name (default: the first listener)' })),
+    priorTransactions: Type.Optional(Type.Integer({ minimum: 0, maximum: 1000000, description: 'Transactions the session has already started (smtp.maxTransactions)' })),
+    priorRecipients: Type.Optional(Type.Integer({ minimum: 0, maximum: 1000000, description: 'Recipients already forwarded in this transaction (smtp.maxRecipients)' })),
   },
   { additionalProperties: false },
 );
@@ -54,24 +56,31 @@ export interface CheckResponse {
   mail: CheckStepResult;
   rcpt?: CheckStepResult;
   lookup?: { result: 'known' | 'unknown' | 'error'; source: string };
+  /** The limit event the deciding verdict feeds in a live session (message, recipient, relay-denied, unknown-recipient). */
+  limitEvent?: string;
   /** Set when a ban refuses the client at connect. */
   ban?: { target: string; reason: string; expiresAt?: string };
 }
 
 export interface CheckDeps {
-  config: Pick<Config, 'listeners'>;
+  config: Pick<Config, 'listeners' | 'smtp'>;
   rules: { current(): RulesSnapshot };
   bans?: Pick<BanList, 'check'>;
-  validator?: Pick<RecipientValidator, 'mode' | 'lookup'>;
+  validator?: RecipientDirectory;
 }
 
 const MAIL_ACCEPTED = '250 2.1.0 OK';
 const RCPT_ACCEPTED = '250 2.1.5 OK';
 
-/** Accept the argument as written after "MAIL FROM:", or a bare address (wrapped in <>). */
+/**
+ * The argument as written after "MAIL FROM:" / "RCPT TO:"; a bare address is wrapped in <> (its
+ * parameters stay after it), and an empty one is "<>".
+ */
 function asPathArgument(s: string): string {
   const t = s.trim();
-  return t.includes('<') ? t : `<${t}>`;
+  if (t.includes('<')) return t;
+  const sp = t.indexOf(' ');
+  return sp < 0 ? `<${t}>` : `<${t.slice(0, sp)}>${t.slice(sp)}`;
 }
 
 function warningsOf(ws: readonly Warning[]): { ruleId: string; reply: string }[] {
@@ -97,13 +106,24 @@ function pickListener(listeners: readonly ListenerConfig[], name: string | undef
   return l;
 }
 
+/** The codec's parse of a MAIL or RCPT line, as the live session parses it; a refusal carries its rule id. */
+function parseEnvelopeLine(verb: 'MAIL' | 'RCPT', arg: string) {
+  const parsed = parseCommand(Buffer.from(`${verb === 'MAIL' ? 'MAIL FROM:' : 'RCPT TO:'}${arg}`, 'utf8'));
+  if (parsed.ok && (parsed.value.verb === 'MAIL' || parsed.value.verb === 'RCPT')) return { ok: true as const, value: parsed.value };
+  if (parsed.ok) throw new Error('parseEnvelopeLine: unexpected verb');
+  if (parsed.kind !== 'syntax') return { ok: false as const, refusal: refusal(parsed.kind, parsed.reply, 'the command line does not parse') };
+  const why = verb === 'MAIL' ? analyzeReversePath(arg) : analyzeForwardPath(arg);
+  const v: PolicyRefusal = commandSyntaxVerdict(verb, parsed.reply, why.ok ? 'address does not parse' : why.reason);
+  return { ok: false as const, refusal: stepOf(v, '') };
+}
+
 export async function dryRunCheck(req: CheckRequest, deps: CheckDeps): Promise<CheckResponse> {
   const ip = parseIp(req.clientIp.trim());
   if (!ip) throw new AdminError('RG_ERR_ADMIN_VALIDATION', 'body/clientIp must be an IPv4 or IPv6 address');
   const clientIp = formatIp(unmapIPv4(ip));
   const listener = pickListener(deps.config.listeners, req.listener);
   const rules = deps.rules.current();
-  const base: SessionContext = {
+  const session: SessionContext = {
     clientIp,
     listener: listener.name,
     listenerKind: listener.kind,
@@ -111,6 +131,13 @@ export async function dryRunCheck(req: CheckRequest, deps: CheckDeps): Promise<C
     tls: false,
     ...(req.authUser !== undefined ? { authUser: req.authUser } : {}),
     ...(req.helo !== undefined ? { helo: req.helo } : {}),
+  };
+  const smtp = deps.config.smtp;
+  const ctx: EnvelopeContext = {
+    session,
+    limits: { maxRecipients: smtp.maxRecipients, maxTransactions: smtp.maxTransactions, maxMessageBytes: maxMessageBytes(deps.config) },
+    backendSmtputf8: true,
+    dsnAllowed: true,
   };
   const final = (step: CheckStepResult, mail: CheckStepResult, extra: Partial<CheckResponse> = {}, warnings: Warning[] = []): CheckResponse => ({
     verdict: step.verdict,
@@ -129,41 +156,19 @@ export async function dryRunCheck(req: CheckRequest, deps: CheckDeps): Promise<C
     return final(step, step, { ban: { target: ban.target, reason: ban.reason, ...(ban.expiresAt ? { expiresAt: ban.expiresAt } : {}) } });
   }
 
-  // MAIL FROM (RFC 6409 §4.3: a submission listener wants AUTH first).
-  if (listener.kind === 'submission' && req.authUser === undefined) {
-    const step = refusal('auth-required', AUTH_REQUIRED, 'submission listener without AUTH');
-    return final(step, step);
-  }
-  const from = analyzeReversePath(asPathArgument(req.mailFrom));
-  if (!from.ok) {
-    const step = refusal('sender-syntax', BAD_SENDER_SYNTAX, from.reason);
-    return final(step, step);
-  }
-  const mailVerdict = evaluateMail(base, from.value.path, rules);
-  const mail = stepOf(mailVerdict, MAIL_ACCEPTED);
-  if (mailVerdict.action !== 'accept') return final(mail, mail, {}, mailVerdict.warnings);
+  // MAIL FROM: the codec's parse, then the judge.
+  const from = parseEnvelopeLine('MAIL', asPathArgument(req.mailFrom));
+  if (!from.ok) return final(from.refusal, from.refusal);
+  if (from.value.verb !== 'MAIL') throw new Error('unreachable');
+  const m = judgeMail(ctx, { heloGiven: true, inTransaction: false, transactions: req.priorTransactions ?? 0 }, from.value.path, from.value.params, rules);
+  const mail = stepOf(m.verdict, MAIL_ACCEPTED);
+  if (m.verdict.action !== 'accept') return final(mail, mail, {}, m.verdict.warnings);
 
   // RCPT TO
-  const to = analyzeForwardPath(asPathArgument(req.rcptTo));
-  if (!to.ok) {
-    const step = refusal('recipient-syntax', BAD_RECIPIENT_SYNTAX, to.reason);
-    return final(step, mail, { rcpt: step }, mailVerdict.warnings);
-  }
-  const path = to.value.path;
-  const ctx: SessionContext = { ...base, mailFrom: from.value.path };
-  let verdict: RcptVerdict = evaluateRcpt(ctx, path, rules);
-  let trace = verdict.trace;
-  let warnings = [...mailVerdict.warnings, ...verdict.warnings];
-  let lookup: CheckResponse['lookup'];
-  const validator = deps.validator;
-  if (verdict.action === 'accept' && verdict.ruleId === 'accepted-domains' && path.kind === 'mailbox' && validator && validator.mode(path.mailbox.domain) !== 'off') {
-    const res = await validator.lookup(mailboxAddress(path.mailbox), path.mailbox.domain);
-    lookup = { result: res.result, source: res.source };
-    const looked = evaluateRecipientLookup(res.result, rules);
-    trace = [...trace, ...looked.trace];
-    warnings = [...warnings, ...looked.warnings];
-    verdict = looked;
-  }
-  const rcpt = { ...stepOf(verdict, RCPT_ACCEPTED), trace };
-  return final(rcpt, mail, { rcpt, ...(lookup ? { lookup } : {}) }, warnings);
+  const to = parseEnvelopeLine('RCPT', asPathArgument(req.rcptTo));
+  if (!to.ok) return final(to.refusal, mail, { rcpt: to.refusal }, m.verdict.warnings);
+  if (to.value.verb !== 'RCPT') throw new Error('unreachable');
+  const r = await judgeRcpt(ctx, { mailFrom: from.value.path, smtputf8: m.smtputf8, recipients: req.priorRecipients ?? 0 }, to.value.path, to.value.params, rules, deps.validator);
+  const rcpt = stepOf(r.verdict, RCPT_ACCEPTED);
+  return final(rcpt, mail, { rcpt, ...(r.lookup ? { lookup: r.lookup } : {}), ...(r.limit ? { limitEvent: r.limit } : {}) }, [...m.verdict.warnings, ...r.verdict.warnings]);
 }

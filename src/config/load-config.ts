@@ -158,6 +158,6 @@ export function resolveTimeouts(c: Config): ResolvedTimeouts {
   };
 }
 
-export function maxMessageBytes(c: Config): number {
+export function maxMessageBytes(c: Pick<Config, 'smtp'>): number {
   return parseSize(c.smtp.maxMessageBytes);
 }

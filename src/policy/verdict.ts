@@ -20,6 +20,9 @@ export type MailVerdict =
   | { action: 'accept'; ruleId: string; trace: TraceStep[]; warnings: Warning[] }
   | { action: 'reject' | 'defer'; ruleId: string; reply: Reply; trace: TraceStep[]; warnings: Warning[] };
 
+/** A refusal, MAIL or RCPT alike. */
+export type PolicyRefusal = { action: 'reject' | 'defer'; ruleId: string; reply: Reply; trace: TraceStep[]; warnings: Warning[] };
+
 /** "reject by relay-denied: 550 5.7.1 Relaying denied [postmaster:dunno routing-tricks:dunno …]". */
 export function explainVerdict(v: RcptVerdict | MailVerdict): string {
   const head = v.action === 'accept' ? `accept by ${v.ruleId}` : `${v.action} by ${v.ruleId}: ${replyText(v.reply)}`;

@@ -4,6 +4,7 @@ import type { Config, ListenerConfig } from '../config/schema.js';
 import type { ResolvedTimeouts } from '../config/load-config.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { RulesSnapshot } from '../policy/compile.js';
+import type { RecipientDirectory } from '../policy/judge.js';
 import type { RateLimiter } from '../limits/limiter.js';
 import type { BanList } from '../limits/bans.js';
 import type { BackendCapacity } from './backend-capacity.js';
@@ -14,15 +15,9 @@ import type tls from 'node:tls';
 import type { BackendPool } from './backend-pool.js';
 import type { RefusalSink } from '../observability/refusal-ring.js';
 
-/** Recipient validation as the session sees it (src/directory implements it). */
-export interface RecipientLookup {
-  mode(domain: string): 'off' | 'list' | 'ldap';
-  lookup(address: string, domain: string): Promise<{ result: 'known' | 'unknown' | 'error'; source: string; detail?: string }>;
-}
-
 /**
- * "Get a backend session": per-client connect today; a pool of pre-greeted sessions is the
- * other implementation of the same interface (DESIGN.md).
+ * Per-client mode: "connect a backend session for this client" (guard.ts runs the connector
+ * pipeline). Pooled mode does not use it: the session borrows from `pool` instead.
  */
 export interface BackendProvider {
   connect(): Promise<{ ok: true; link: BackendLink; greeting: Reply } | { ok: false; failure: BackendFailure; target?: BackendTarget }>;
@@ -48,7 +43,8 @@ export interface GuardServices {
   readonly rules: { current(): RulesSnapshot };
   readonly limiter: RateLimiter | undefined;
   readonly bans: BanList | undefined;
-  readonly validator: RecipientLookup | undefined;
+  /** Recipient validation: the envelope judge's directory port (src/directory implements it). */
+  readonly validator: RecipientDirectory | undefined;
   readonly backends: BackendProvider;
   /** Pooled mode (backend.pool.enabled): backend sessions lent per transaction. */
   readonly pool: BackendPool | undefined;

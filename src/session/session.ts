@@ -1,7 +1,8 @@
 /**
  * SmtpSession: the state machine of one client connection and its backend connection.
- * It asks and executes; it never decides: replies to refusals come from the policy engine,
- * the limiter and the codec. Flow (README "Protocol hardening" says what each step guarantees):
+ * It asks and executes: MAIL and RCPT verdicts come from the envelope judge (src/policy/judge.ts),
+ * limits from the limiter, protocol refusals from the codec; the session writes them, counts them
+ * by rule id and logs each refusal once. Flow (README "Protocol hardening" says what each step guarantees):
  *   admission (bans, limits, capacity) → backend connect + greeting → command loop
  *   (PIPELINING order kept by ReplySequencer; DATA, AUTH, STARTTLS are barriers) →
  *   DATA streamed through EndOfDataScanner → backend verdict relayed → close.
@@ -19,10 +20,9 @@ import type { EsmtpParam, ForwardPath, ReversePath } from '../smtp/path.js';
 import { formatReply, reply, replyClass, replyText, type ProtocolErrorKind, type Reply } from '../smtp/reply.js';
 import * as R from '../smtp/replies.js';
 import type { SessionContext } from '../policy/context.js';
-import { evaluateRcpt, isTrusted } from '../policy/relay.js';
-import { evaluateMail } from '../policy/sender.js';
-import { evaluateRecipientLookup } from '../policy/recipient.js';
-import type { RcptVerdict, MailVerdict } from '../policy/verdict.js';
+import { isTrusted } from '../policy/relay.js';
+import { commandSyntaxVerdict, judgeMail, judgeRcpt, RELAY_RULES, type EnvelopeContext, type EnvelopeLimits, type RcptJudgement } from '../policy/judge.js';
+import type { RcptVerdict, MailVerdict, PolicyRefusal } from '../policy/verdict.js';
 import type { RulesSnapshot } from '../policy/compile.js';
 import type { LimitDecision, LimitEvent } from '../limits/limiter.js';
 import { verbLabel, type Metrics } from '../observability/metrics.js';
@@ -39,12 +39,6 @@ function cap(s: string | undefined, n = 256): string | undefined {
   return s === undefined ? undefined : s.length > n ? `${s.slice(0, n)}…` : s;
 }
 
-/** ESMTP parameters we pass to the backend, by command (the keywords we advertise). */
-const MAIL_PARAMS = new Set(['SIZE', 'BODY', 'RET', 'ENVID', 'SMTPUTF8']);
-const RCPT_PARAMS = new Set(['NOTIFY', 'ORCPT']);
-const RELAY_RULES = new Set(['relay-denied', 'routing-tricks', 'encapsulated-address']);
-const UNSUPPORTED_PARAM = reply(555, '5.5.4', 'Unsupported parameter');
-
 /** Session ids: 48 random bits each, drawn from a block fetched 512 ids at a time (one CSPRNG call per block). */
 const ID_BYTES = 6;
 let idBlock = Buffer.alloc(0);
@@ -59,11 +53,6 @@ function newSessionId(): string {
   return id;
 }
 const AUTH_LINE_BYTES = 12288;
-const NON_ASCII_ADDRESS = reply(553, '5.6.7', 'Non-ASCII address requires SMTPUTF8');
-
-function isAscii(s: string): boolean {
-  return !/[^\x00-\x7f]/.test(s);
-}
 
 export class SmtpSession {
   readonly id = newSessionId();
@@ -119,6 +108,7 @@ export class SmtpSession {
   /** Pooled mode: this session holds its backend session for good (AUTH). */
   private linkDedicated = false;
   private authState: { mechanism: string; step: number; slot?: ReplySlot } | undefined;
+  private readonly envelopeLimits: EnvelopeLimits;
 
   constructor(
     socket: net.Socket,
@@ -130,6 +120,7 @@ export class SmtpSession {
     this.clientIp = opts.clientIp;
     this.clientPort = opts.clientPort;
     this.tlsActive = opts.tls;
+    this.envelopeLimits = { maxRecipients: svc.config.smtp.maxRecipients, maxTransactions: svc.config.smtp.maxTransactions, maxMessageBytes: svc.maxMessageBytes };
     this.ended = new Promise((r) => (this.resolveEnded = r));
     this.reader = new CommandLineReader({ maxLineBytes: svc.config.smtp.maxLineBytes });
     this.seq = new ReplySequencer((wire, replies) => this.writeReplies(wire, replies));
@@ -456,7 +447,7 @@ export class SmtpSession {
     const parsed = parseCommand(line);
     if (!parsed.ok) {
       this.svc.metrics.commands.inc({ verb: 'other' });
-      this.protocolError(parsed.kind, parsed.reply);
+      this.protocolError(parsed.kind, parsed.reply, line);
       return;
     }
     const cmd = parsed.value;
@@ -550,44 +541,21 @@ export class SmtpSession {
   }
 
   private async onMail(path: ReversePath, params: readonly EsmtpParam[]): Promise<void> {
-    if (!this.helo) return this.localReply(reply(503, '5.5.1', 'Send HELO/EHLO first'));
     // A transaction whose backend session was lost (pooled) ends with the client's next MAIL too.
     if (this.tx.lost) this.tx.reset();
-    if (this.tx.mailSent) return this.localReply(reply(503, '5.5.1', 'Nested MAIL command'));
-    if (this.listener.config.kind === 'submission' && !this.authUser) return this.localReply(R.AUTH_REQUIRED);
-    if (this.transactions >= this.svc.config.smtp.maxTransactions) return this.localReply(R.TOO_MANY_TRANSACTIONS);
-    const kept: EsmtpParam[] = [];
-    for (const p of params) {
-      if (!MAIL_PARAMS.has(p.keyword)) return this.localReply(UNSUPPORTED_PARAM);
-      if (p.keyword === 'BODY' && !/^(7BIT|8BITMIME)$/i.test(p.value ?? '')) return this.localReply(UNSUPPORTED_PARAM);
-      if (p.keyword === 'SIZE') {
-        const size = Number(p.value);
-        if (!/^[0-9]{1,20}$/.test(p.value ?? '')) return this.localReply(R.SYNTAX_ERROR);
-        if (size > this.svc.maxMessageBytes) return this.localReply(R.MESSAGE_TOO_LARGE);
-        this.tx.declaredSize = size;
-      }
-      kept.push(p);
-    }
+    const j = judgeMail(this.envelope(), { heloGiven: !!this.helo, inTransaction: this.tx.mailSent, transactions: this.transactions }, path, params, this.rules());
     const sender = path.kind === 'null' ? '' : mailboxAddress(path.mailbox);
-    const smtputf8 = kept.some((p) => p.keyword === 'SMTPUTF8');
-    // RFC 6531 §3.4: a non-ASCII address needs SMTPUTF8 on MAIL; a legacy backend would misread it.
-    if (!smtputf8 && !isAscii(sender)) return this.localReply(NON_ASCII_ADDRESS);
-    const verdict: MailVerdict = evaluateMail(this.context(path), path, this.rules());
-    this.countMailVerdict(verdict);
-    if (verdict.action !== 'accept') {
-      this.log.info({ helo: cap(this.helo), mailFrom: cap(sender), ruleId: verdict.ruleId, reply: replyText(verdict.reply) }, 'sender refused');
-      this.noteRefusal('sender', sender, undefined, verdict.ruleId, verdict.reply);
-      return this.localReply(verdict.reply);
-    }
-    const limited = await this.limit('message', { sender });
-    if (limited) return;
+    if (j.verdict.action !== 'accept') return this.refuseMail(sender, j.verdict);
+    this.countMailVerdict(j.verdict);
+    if (j.limit && (await this.limit(j.limit, { sender }))) return;
     if (!this.link && this.svc.pool && !(await this.borrowLink())) return;
     this.transactions++;
     this.tx.mailSent = true;
     this.tx.mailFrom = path;
     this.tx.sender = sender;
-    this.tx.smtputf8 = smtputf8;
-    this.forward({ verb: 'MAIL', path, params: kept }, (r) => {
+    this.tx.smtputf8 = j.smtputf8;
+    this.tx.declaredSize = j.declaredSize;
+    this.forward({ verb: 'MAIL', path, params: j.params }, (r) => {
       if (r.code >= 300) {
         this.tx.reset();
         // Pooled: commands pipelined behind the refused MAIL are still out on this backend session;
@@ -598,51 +566,25 @@ export class SmtpSession {
   }
 
   private async onRcpt(path: ForwardPath, params: readonly EsmtpParam[]): Promise<void> {
-    if (!this.tx.mailSent) return this.localReply(reply(503, '5.5.1', 'Need MAIL before RCPT'));
-    if (this.tx.lost) {
+    if (this.tx.mailSent && this.tx.lost) {
       this.tx.refused++;
       return this.localReply(R.BACKEND_FAILED_IN_TRANSACTION);
     }
-    if (this.tx.rcptForwarded >= this.svc.config.smtp.maxRecipients) {
-      this.tx.refused++;
-      return this.localReply(R.TOO_MANY_RECIPIENTS);
+    const state = { mailFrom: this.tx.mailSent ? this.tx.mailFrom : undefined, smtputf8: this.tx.smtputf8, recipients: this.tx.rcptForwarded };
+    const j = await judgeRcpt(this.envelope(), state, path, params, this.rules(), this.svc.validator);
+    if (this.phase === 'closed') return;
+    if (j.verdict.action !== 'accept') {
+      this.refuseRcpt(j, j.verdict);
+      if (j.limit && (await this.limit(j.limit, {}, j.verdict.reply))) return;
+      return this.localReply(j.verdict.reply);
     }
-    for (const p of params) if (!RCPT_PARAMS.has(p.keyword)) return this.localReply(UNSUPPORTED_PARAM);
-    const rcpt = path.kind === 'postmaster' ? 'postmaster' : mailboxAddress(path.mailbox);
-    if (!this.tx.smtputf8 && !isAscii(rcpt)) {
-      this.tx.refused++;
-      return this.localReply(NON_ASCII_ADDRESS);
-    }
-    const rules = this.rules();
-    const ctx = this.context(this.tx.mailFrom);
-    let verdict: RcptVerdict = evaluateRcpt(ctx, path, rules);
-    let lookupSource: string | undefined;
-    const validator = this.svc.validator;
-    // postmaster@<our domain> must always be accepted (RFC 5321 §4.5.1), listed or not.
-    const validate = path.kind === 'mailbox' && path.mailbox.localPart.toLowerCase() !== 'postmaster';
-    if (verdict.action === 'accept' && verdict.ruleId === 'accepted-domains' && path.kind === 'mailbox' && validate && validator && validator.mode(path.mailbox.domain) !== 'off') {
-      const res = await validator.lookup(rcpt, path.mailbox.domain);
-      lookupSource = res.source;
-      verdict = evaluateRecipientLookup(res.result, rules);
-    }
-    this.countRcptVerdict(verdict);
-    if (verdict.action !== 'accept') {
-      this.tx.refused++;
-      this.rcptRefused++;
-      this.log.info(
-        { helo: cap(this.helo), mailFrom: cap(this.tx.sender), rcpt: cap(rcpt), ruleId: verdict.ruleId, reply: replyText(verdict.reply), lookup: lookupSource },
-        'rcpt refused',
-      );
-      this.noteRefusal('rcpt', this.tx.sender, rcpt, verdict.ruleId, verdict.reply);
-      const event: LimitEvent | undefined = RELAY_RULES.has(verdict.ruleId) ? 'relay-denied' : verdict.ruleId === 'recipient-unknown' ? 'unknown-recipient' : undefined;
-      if (event && (await this.limit(event, {}, verdict.reply))) return;
-      return this.localReply(verdict.reply);
-    }
-    if (await this.limit('recipient', { sender: this.tx.sender })) return;
+    this.countRcptVerdict(j.verdict);
+    if (j.limit && (await this.limit(j.limit, { sender: this.tx.sender }))) return;
+    if (this.svc.log.isLevelEnabled('debug')) this.log.debug({ rcpt: cap(j.rcpt), ruleId: j.verdict.ruleId, lookup: j.lookup?.source }, 'rcpt accepted');
     this.tx.rcptForwarded++;
-    const kept = params.filter((p) => RCPT_PARAMS.has(p.keyword));
+    const rcpt = j.rcpt;
     const serial = this.tx.serial;
-    this.forward({ verb: 'RCPT', path, params: kept }, (r) => {
+    this.forward({ verb: 'RCPT', path, params: j.params }, (r) => {
       // The transaction ended before this reply came (its MAIL was refused): nothing to count.
       if (serial !== this.tx.serial) return;
       if (r.code < 300) {
@@ -658,19 +600,44 @@ export class SmtpSession {
     });
   }
 
+  /** A refused MAIL: one count by rule id, one 'sender refused' line, one console record; then the reply. */
+  private refuseMail(sender: string | undefined, v: PolicyRefusal): void {
+    this.countMailVerdict(v);
+    this.log.info({ helo: cap(this.helo), mailFrom: cap(sender), ruleId: v.ruleId, reply: replyText(v.reply) }, 'sender refused');
+    this.noteRefusal('sender', sender, undefined, v.ruleId, v.reply);
+    this.localReply(v.reply);
+  }
+
+  /** A refused RCPT: one count by rule id, one 'rcpt refused' line, one console record (the caller replies). */
+  private refuseRcpt(j: Pick<RcptJudgement, 'rcpt' | 'lookup'>, v: PolicyRefusal): void {
+    this.tx.refused++;
+    this.rcptRefused++;
+    this.countRcptVerdict(v);
+    this.log.info(
+      { helo: cap(this.helo), mailFrom: cap(this.tx.sender), rcpt: cap(j.rcpt), ruleId: v.ruleId, reply: replyText(v.reply), lookup: j.lookup?.source },
+      'rcpt refused',
+    );
+    this.noteRefusal('rcpt', this.tx.sender, j.rcpt, v.ruleId, v.reply);
+  }
+
+  /** The facts the envelope judge decides on, beyond the session context. */
+  private envelope(): EnvelopeContext {
+    return { session: this.context(), limits: this.envelopeLimits, backendSmtputf8: true, dsnAllowed: true };
+  }
+
   /** The admin console's ring of recent refusals: what the refusal log line just said, no more. */
   private noteRefusal(kind: 'rcpt' | 'sender', mailFrom: string | undefined, rcpt: string | undefined, ruleId: string, r: Reply): void {
     this.svc.refusals?.record({ kind, sessionId: this.id, clientIp: this.clientIp, listener: this.listener.config.name, helo: this.helo, authUser: this.authUser, mailFrom, rcpt, ruleId, reply: replyText(r) });
   }
 
   private onData(): void {
-    if (!this.tx.mailSent) return this.localReply(reply(503, '5.5.1', 'Need MAIL command'));
+    if (!this.tx.mailSent) return this.refuseCommand('mail-required', reply(503, '5.5.1', 'Need MAIL command'));
     if (this.tx.lost) {
       // The end of that transaction: the client may start the next one with or without RSET.
       this.tx.reset();
       return this.localReply(R.BACKEND_FAILED_IN_TRANSACTION);
     }
-    if (this.tx.rcptForwarded === 0) return this.localReply(R.NO_VALID_RECIPIENTS);
+    if (this.tx.rcptForwarded === 0) return this.refuseCommand('no-valid-recipients', R.NO_VALID_RECIPIENTS);
     // Barrier: nothing after DATA is read until the backend has answered it (RFC 2920 §3.1).
     this.block();
     const slot = this.seq.later();
@@ -736,8 +703,16 @@ export class SmtpSession {
     this.block();
   }
 
+  /** DATA out of sequence: counted as a sequence error, logged once with its rule id. */
+  private refuseCommand(ruleId: string, r: Reply): void {
+    this.svc.metrics.protocolErrors.inc({ kind: 'bad_sequence' });
+    this.log.info({ ruleId, reply: replyText(r) }, 'command refused');
+    this.localReply(r);
+  }
+
   private refuseVerb(verb: string): void {
     this.svc.metrics.refusedVerbs.inc({ verb: verbLabel(verb) });
+    this.log.info({ ruleId: 'verb-not-allowed', verb: verbLabel(verb), reply: replyText(R.VERB_NOT_ALLOWED) }, 'command refused');
     this.localReply(R.VERB_NOT_ALLOWED);
   }
 
@@ -1106,9 +1081,27 @@ export class SmtpSession {
     this.client.write(formatReply(r));
   }
 
-  private protocolError(kind: ProtocolErrorKind, r: Reply): void {
+  /**
+   * A command the codec refused: counted by kind, logged once. A MAIL or RCPT whose address does
+   * not parse is also a verdict (sender-syntax, recipient-syntax), as /api/v1/check reports it.
+   */
+  private protocolError(kind: ProtocolErrorKind, r: Reply, line?: Buffer): void {
     this.svc.metrics.protocolErrors.inc({ kind });
     if (r.close) this.outcome = kind;
+    const verb = line && kind === 'syntax' ? /^(MAIL|RCPT) /i.exec(line.toString('latin1', 0, 5))?.[1]?.toUpperCase() : undefined;
+    if (verb === 'MAIL' || verb === 'RCPT') {
+      const arg = cap(line!.toString('utf8', 5), 256);
+      const v = commandSyntaxVerdict(verb, r, 'address does not parse');
+      if (verb === 'MAIL') {
+        this.countMailVerdict(v);
+        this.log.info({ helo: cap(this.helo), mailFrom: arg, ruleId: v.ruleId, reply: replyText(r) }, 'sender refused');
+        this.noteRefusal('sender', arg, undefined, v.ruleId, r);
+      } else {
+        this.refuseRcpt({ rcpt: arg ?? '', lookup: undefined }, v);
+      }
+    } else {
+      this.log.info({ ruleId: kind, reply: replyText(r) }, 'command refused');
+    }
     this.localReply(r);
     if (!r.close && this.svc.limiter) this.run(this.limit('protocol-error', {}).then(() => undefined));
   }
@@ -1192,7 +1185,7 @@ export class SmtpSession {
   private limitSubject(extra: { sender?: string } = {}) {
     return {
       clientIp: this.clientIp,
-      trusted: this.phase === 'admission' ? isTrusted(this.context(), this.rules()) : this.trusted(),
+      trusted: this.trusted(),
       ...(this.authUser !== undefined ? { authUser: this.authUser } : {}),
       ...(extra.sender !== undefined ? { sender: extra.sender === '' ? '<>' : extra.sender } : {}),
     };
