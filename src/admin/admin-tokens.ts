@@ -42,7 +42,7 @@ interface StoredToken extends TokenIdentity {
 export class AdminConfigError extends Error {
   override readonly name = 'AdminConfigError';
   constructor(
-    readonly code: 'RG_ERR_ADMIN_NO_TOKEN' | 'RG_ERR_ADMIN_TOKEN_FILE',
+    readonly code: 'RG_ERR_ADMIN_NO_TOKEN' | 'RG_ERR_ADMIN_TOKEN_FILE' | 'RG_ERR_ADMIN_PLACEHOLDER_TOKEN',
     message: string,
     options?: { cause?: unknown },
   ) {
@@ -54,6 +54,28 @@ function digest(token: string): Buffer {
   return createHash('sha256').update(token, 'utf8').digest();
 }
 
+/**
+ * Tokens that are example values, never secrets: the placeholders our deploy files once shipped
+ * (deploy/kubernetes/secret.yaml, the compose demo) and any token that says to replace it.
+ */
+const PLACEHOLDER_TOKENS = new Set(['replace-me-with-openssl-rand-hex-32', 'demo-admin-token-change-me']);
+const PLACEHOLDER_PATTERN = /(^|[^a-z])(replace[-_ ]?me|change[-_ ]?me|change[-_ ]?it)([^a-z]|$)/i;
+
+/** True for a token copied from an example instead of generated (the guard refuses to start with one). */
+export function isPlaceholderToken(token: string): boolean {
+  const t = token.trim();
+  return PLACEHOLDER_TOKENS.has(t) || PLACEHOLDER_PATTERN.test(t);
+}
+
+function refusePlaceholder(token: string, where: string): void {
+  if (isPlaceholderToken(token)) {
+    throw new AdminConfigError(
+      'RG_ERR_ADMIN_PLACEHOLDER_TOKEN',
+      `${where} is an example placeholder, not a secret: set a generated token (openssl rand -hex 32)`,
+    );
+  }
+}
+
 export class AdminTokens {
   private constructor(private readonly tokens: readonly StoredToken[]) {}
 
@@ -61,9 +83,17 @@ export class AdminTokens {
   static load(config: Pick<Config, 'admin'>, env: NodeJS.ProcessEnv): AdminTokens {
     const out: StoredToken[] = [];
     const envToken = env[ADMIN_TOKEN_ENV];
-    if (typeof envToken === 'string' && envToken.trim().length > 0) out.push({ id: 'env', scope: 'rw', digest: digest(envToken.trim()) });
+    if (typeof envToken === 'string' && envToken.trim().length > 0) {
+      refusePlaceholder(envToken, ADMIN_TOKEN_ENV);
+      out.push({ id: 'env', scope: 'rw', digest: digest(envToken.trim()) });
+    }
     const file = config.admin.tokenFile;
-    if (file !== undefined) for (const t of readTokenFile(file)) out.push({ id: t.id, scope: t.scope, digest: digest(t.token) });
+    if (file !== undefined) {
+      for (const t of readTokenFile(file)) {
+        refusePlaceholder(t.token, `the token of "${t.id}" in admin token file ${file}`);
+        out.push({ id: t.id, scope: t.scope, digest: digest(t.token) });
+      }
+    }
     return new AdminTokens(out);
   }
 
@@ -126,7 +156,7 @@ export function isLoopbackAddress(address: string): boolean {
 
 /**
  * Refuse an admin API reachable from the network without a token (the CLI and the guard call this
- * at start). Also throws when the token file is unreadable or invalid.
+ * at start). Also throws when the token file is unreadable or invalid, or a token is a placeholder.
  */
 export function assertAdminSafe(config: Pick<Config, 'admin'>, env: NodeJS.ProcessEnv): void {
   if (!config.admin.enabled) return;

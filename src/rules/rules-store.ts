@@ -16,7 +16,8 @@
  */
 import { EventEmitter } from 'node:events';
 import { watch, type FSWatcher } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { constants as fsConstants } from 'node:fs';
+import { access, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Metrics } from '../observability/metrics.js';
 import { compileRules, type RawRules, type RuleError, type RulesSnapshot } from '../policy/compile.js';
@@ -73,6 +74,36 @@ export interface RulesOverlay {
 }
 
 /** The rules directory cannot be loaded at start. Names file, line and key of the first problem. */
+/**
+ * The rules directory cannot be written: the store records a version under .history/ at start and
+ * persists admin API changes and the audit log there, so it refuses to start (main.ts: one line, exit 2).
+ */
+export class RulesDirError extends Error {
+  readonly code = 'RG_ERR_RULES_DIR_NOT_WRITABLE';
+  constructor(
+    readonly dir: string,
+    reason: string,
+    options?: { cause?: unknown },
+  ) {
+    super(
+      `rules directory ${dir} is not writable (${reason}): the guard records rule versions and the audit log there, so mount a writable volume on it or point --rules-dir (rulesDir) at a writable directory`,
+      options,
+    );
+    this.name = 'RulesDirError';
+  }
+}
+
+async function assertWritableDir(dir: string, open: () => Promise<void>): Promise<void> {
+  try {
+    await access(dir, fsConstants.W_OK);
+    await open();
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EROFS' || code === 'EACCES' || code === 'EPERM' || code === 'ENOENT') throw new RulesDirError(dir, code, { cause: err });
+    throw err;
+  }
+}
+
 export class RulesLoadError extends Error {
   /** RG_ERR_RULES_EMPTY_FILE when the first problem is an empty file, else RG_ERR_RULES_LOAD. */
   readonly code: string;
@@ -137,8 +168,12 @@ export class RulesStore extends EventEmitter {
     if (!loaded.ok) throw new RulesLoadError(loaded.errors);
     const compiled = compileWithOverlay(loaded.raw, opts.overlay);
     if (!compiled.ok) throw new RulesLoadError(await locateErrors(dir, compiled.errors));
-    const history = await RulesHistory.open(join(dir, '.history'), opts.historyLimit ?? 20);
-    const audit = await AuditLog.open(join(dir, '.audit.jsonl'));
+    let history!: RulesHistory;
+    let audit!: AuditLog;
+    await assertWritableDir(dir, async () => {
+      history = await RulesHistory.open(join(dir, '.history'), opts.historyLimit ?? 20);
+      audit = await AuditLog.open(join(dir, '.audit.jsonl'));
+    });
     const store = new RulesStore(dir, opts, loaded.raw, compiled.snapshot, loaded.texts, history, audit);
     if (history.latest()?.id !== compiled.snapshot.version) {
       await history.record(versionMeta(compiled.snapshot.version, 'startup', 'load', []), loaded.raw);

@@ -1,9 +1,10 @@
-import { writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { afterEach, describe, expect, test } from 'vitest';
 import { assertAdminSafe, buildAdminServer } from '../../src/admin/admin-server.js';
-import { AdminTokens, isLoopbackAddress } from '../../src/admin/admin-tokens.js';
+import { AdminTokens, isLoopbackAddress, isPlaceholderToken } from '../../src/admin/admin-tokens.js';
 import { DEFAULT_CONFIG } from '../../src/config/schema.js';
 import { bearer, ENV_TOKEN, makeAdminDeps, RO_TOKEN, RW_TOKEN, type AdminTestEnv, type AdminTestOptions } from '../helpers/admin-deps.js';
 
@@ -188,5 +189,41 @@ describe('health, metrics, OpenAPI', () => {
     expect(doc.paths['/api/v1/rules/relay-networks']?.['put']?.requestBody).toBeDefined();
     // Catch-all routes are not documented.
     expect(doc.paths).not.toHaveProperty(['/api/v1/rules/{section}']);
+  });
+});
+
+describe('placeholder tokens are refused (issue 17: an example Secret must never become the token)', () => {
+  const admin = (address: string, tokenFile?: string) => ({ admin: { ...DEFAULT_CONFIG.admin, address, ...(tokenFile ? { tokenFile } : {}) } });
+  test.each([
+    'replace-me-with-openssl-rand-hex-32',
+    'demo-admin-token-change-me',
+    '  replace-me-with-openssl-rand-hex-32\n',
+    'CHANGEME',
+    'please_replace_me_0123456789',
+    'changeit',
+  ])('RELAY_GUARD_ADMIN_TOKEN=%j is refused on any address, loopback included', (token) => {
+    for (const address of ['0.0.0.0', '127.0.0.1']) {
+      expect(() => assertAdminSafe(admin(address), { RELAY_GUARD_ADMIN_TOKEN: token })).toThrow(
+        expect.objectContaining({ code: 'RG_ERR_ADMIN_PLACEHOLDER_TOKEN', message: expect.stringMatching(/^RELAY_GUARD_ADMIN_TOKEN is an example placeholder, not a secret: set a generated token/) }),
+      );
+    }
+  });
+
+  test.each([ENV_TOKEN, '9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08', 'replacement-policy-token-7f3a9c1e', 'exchangemeister-0123456789abcdef'])('a real token %j is accepted', (token) => {
+    expect(isPlaceholderToken(token)).toBe(false);
+    expect(() => assertAdminSafe(admin('0.0.0.0'), { RELAY_GUARD_ADMIN_TOKEN: token })).not.toThrow();
+  });
+
+  test('a placeholder in the token file is refused, naming the entry but not echoing the value', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'rg-placeholder-'));
+    try {
+      const file = join(dir, 'tokens.yaml');
+      await writeFile(file, '- id: ops\n  token: replace-me-with-openssl-rand-hex-32\n  scope: rw\n');
+      const run = (): void => assertAdminSafe(admin('0.0.0.0', file), {});
+      expect(run).toThrow(expect.objectContaining({ code: 'RG_ERR_ADMIN_PLACEHOLDER_TOKEN', message: expect.stringContaining('"ops"') }));
+      expect(run).not.toThrow(/rand-hex/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
