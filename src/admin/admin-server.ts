@@ -23,7 +23,8 @@ import { registerHealthRoutes } from './routes/health-routes.js';
 import { registerRuleRoutes } from './routes/rule-routes.js';
 import { registerSessionRoutes } from './routes/session-routes.js';
 import type { RefusalRing } from '../observability/refusal-ring.js';
-import { crossSiteGuard, registerConsole, registerConsoleApiRoutes } from './console/console-routes.js';
+import { registerConsole, registerConsoleApiRoutes } from './console/console-routes.js';
+import { adminHostGuard, crossSiteGuard } from './browser-guards.js';
 
 export { assertAdminSafe, isLoopbackAddress, ADMIN_TOKEN_ENV, AdminConfigError } from './admin-tokens.js';
 
@@ -75,6 +76,10 @@ export async function buildAdminServer(deps: AdminDeps): Promise<FastifyInstance
     schemaErrorFormatter: (errors, dataVar) => formatValidationErrors(errors, dataVar),
   });
   installErrorHandlers(app, deps);
+  // Before any route and any token check: a foreign Host (DNS rebinding) and a cross-site write are
+  // refused whatever the request carries (browser-guards.ts).
+  app.addHook('onRequest', adminHostGuard({ hostNames: deps.config.admin.hostNames ?? [], ipLiterals: !auth.open }));
+  app.addHook('onRequest', crossSiteGuard());
 
   await app.register(swagger, {
     openapi: {
@@ -95,7 +100,6 @@ export async function buildAdminServer(deps: AdminDeps): Promise<FastifyInstance
 
   await app.register(
     async (api) => {
-      api.addHook('onRequest', crossSiteGuard());
       api.addHook('onRequest', bearerAuth(auth));
       registerRuleRoutes(api, deps);
       registerCheckRoutes(api, deps);

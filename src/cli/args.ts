@@ -25,6 +25,8 @@ Options (flags override the configuration file):
                            (backend.pool; keep N below the backend's per-source limit)
   --admin HOST:PORT        admin API and /metrics listener               [127.0.0.1:8025]
   --no-admin               do not start the admin API
+  --admin-host-name NAME   a name the admin listener answers to in Host (repeatable; localhost and
+                           loopback addresses always, any IP address when a token is set)
   --log-level LEVEL        fatal|error|warn|info|debug|trace|silent      [info]
   --help, --version
 
@@ -64,6 +66,8 @@ export function planFromArgs(values: Record<string, unknown>, packageRulesDir: s
     over.admin = { ...over.admin, address: host, port };
   }
   if (values['no-admin']) over.admin = { ...over.admin, enabled: false };
+  const adminHostNames = (values['admin-host-name'] as string[] | undefined) ?? [];
+  if (adminHostNames.length > 0) over.admin = { ...over.admin, hostNames: [...(over.admin.hostNames ?? []), ...adminHostNames] };
   if (values.pool !== undefined) {
     const text = values.pool as string;
     const max = /^[0-9]{1,4}$/.test(text) ? Number(text) : NaN;
@@ -97,6 +101,7 @@ export const OPTIONS = {
   'rules-dir': { type: 'string' },
   admin: { type: 'string' },
   'no-admin': { type: 'boolean' },
+  'admin-host-name': { type: 'string', multiple: true },
   pool: { type: 'string' },
   'log-level': { type: 'string' },
   help: { type: 'boolean', short: 'h' },

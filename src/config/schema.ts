@@ -125,6 +125,12 @@ export const ConfigSchema = Type.Object(
         port: Type.Integer({ minimum: 0, maximum: 65535 }),
         tokenFile: Type.Optional(Type.String({ description: 'YAML list of { id, token, scope: ro|rw }' })),
         metricsAuth: Type.Boolean({ description: 'require a token for /metrics' }),
+        hostNames: Type.Optional(
+          Type.Array(Type.String({ pattern: '^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\\.?$', maxLength: 253 }), {
+            maxItems: 100,
+            description: 'names besides localhost and loopback literals that requests to the admin listener may carry in Host (DNS rebinding protection)',
+          }),
+        ),
         recentRefusals: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000, description: 'refusals kept in memory for the web console (default 1000)' })),
       },
       { additionalProperties: false },

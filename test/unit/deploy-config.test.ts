@@ -29,6 +29,14 @@ describe('relay-guard.yaml files in deploy/', () => {
     expect(c.listeners[0]).toMatchObject({ name: 'mx', port });
   });
 
+  test('compose: every name Prometheus scrapes is an admin host name (else 421 RG_ERR_ADMIN_HOST)', () => {
+    const c = parseConfigText(read('compose/relay-guard.yaml'), 'compose/relay-guard.yaml');
+    const prom = parseYaml(read('compose/prometheus.yml')) as { scrape_configs: Array<{ static_configs?: Array<{ targets: string[] }> }> };
+    const hosts = prom.scrape_configs.flatMap((s) => (s.static_configs ?? []).flatMap((x) => x.targets)).filter((t) => t.endsWith(':8025')).map((t) => t.split(':')[0]);
+    expect(hosts.length).toBeGreaterThan(0);
+    for (const h of hosts) expect(c.admin.hostNames ?? []).toContain(h);
+  });
+
   test('the schema check is real: an unknown key is refused', () => {
     expect(() => parseConfigText(`${read('systemd/relay-guard.yaml')}\nrulesDirectory: /x\n`, 'bad.yaml')).toThrow(/unknown key/);
   });

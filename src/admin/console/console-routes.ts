@@ -14,15 +14,14 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { Type } from '@sinclair/typebox';
-import type { FastifyInstance, FastifyReply, onRequestHookHandler } from 'fastify';
+import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { AdminDeps } from '../admin-server.js';
 import { identify, OPEN_ACTOR, type AuthState } from '../bearer-auth.js';
 import { AdminError, type ErrorBody } from '../errors.js';
 import { ConsoleActivity } from './console-activity.js';
 
 export const CONSOLE_PATH = '/console/';
-/** Sent by the console on every API request; a cross-site page cannot add it without a CORS preflight, which this server never grants. */
-export const CONSOLE_HEADER = 'x-relay-guard-console';
+export { CONSOLE_HEADER } from '../browser-guards.js';
 
 export const CONSOLE_CSP = [
   "default-src 'self'",
@@ -95,38 +94,6 @@ export function registerConsole(app: FastifyInstance): void {
   app.get(`${CONSOLE_PATH}:file`, { schema: { hide: true, params: Type.Object({ file: Type.String({ maxLength: 64 }) }) } }, async (req, reply) =>
     send((req.params as { file: string }).file, reply),
   );
-}
-
-/**
- * Cross-site protection of the whole admin API (the console's own layer; the admin server's Host and
- * Origin checks come first): a write that a browser sends must come from this origin and carry the
- * console header. Browsers mark every request with Sec-Fetch-Site and writes with Origin; curl and
- * `relay-guard ctl` send neither and are not affected.
- */
-export function crossSiteGuard(): onRequestHookHandler {
-  return async function refuseCrossSite(req, reply) {
-    if (['GET', 'HEAD', 'OPTIONS'].includes(req.method)) return;
-    const site = req.headers['sec-fetch-site'];
-    const origin = req.headers.origin;
-    if (site === undefined && origin === undefined) return;
-    let why: string | undefined;
-    if (site !== undefined && site !== 'same-origin' && site !== 'none') why = `a ${String(site)} request`;
-    else if (origin !== undefined && origin !== 'null' && !sameHost(origin, req.headers.host)) why = 'a request from another origin';
-    else if (origin === 'null') why = 'a request from an opaque origin';
-    else if (site !== undefined && req.headers[CONSOLE_HEADER] !== '1') why = `a browser request without the ${CONSOLE_HEADER} header`;
-    if (why === undefined) return;
-    const body: ErrorBody = { statusCode: 403, code: 'RG_ERR_ADMIN_FORBIDDEN', message: `cross-site protection: ${why} may not change anything` };
-    return reply.code(403).send(body);
-  };
-}
-
-function sameHost(origin: string, host: string | undefined): boolean {
-  try {
-    // Both through URL, so a default port ("localhost:80" and "http://localhost") compares equal.
-    return host !== undefined && new URL(origin).host === new URL(`http://${host}`).host;
-  } catch {
-    return false;
-  }
 }
 
 const RefusalsQuery = Type.Object(
