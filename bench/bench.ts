@@ -1,5 +1,5 @@
 /**
- * npm run bench [-- --quick] [-- --reps N] [-- --profile] [-- --no-build] [-- --only W,…] [-- --paths P,…]
+ * npm run bench [-- --quick] [-- --reps N] [-- --profile] [-- --no-build] [-- --only W,…] [-- --paths P,…] [-- --baseline DIR]
  *
  * Backend: Postfix smtp-sink. Load: Postfix smtp-source. Paths, interleaved per repetition
  * (A B C D E A B C D E …): direct to the sink, a plain Node pipe proxy, relay-guard (dist/, limits
@@ -10,6 +10,9 @@
  * --paths picks among guard, pooled, floor, endpoint, haproxy. Reports medians of msgs/s, MB/s and the proxy's CPU time (utime+stime from
  * /proc/PID/stat) per 1000 messages, each as a ratio to the pipe measured in the same run; the
  * added latency per round trip of a lock-step session pinned to one CPU; RSS per idle session.
+ * --baseline DIR: also measure another checkout's built guard (DIR/dist/cli/main.js, e.g. a `git worktree` of
+ * the commit before a change, built with `npm run build`) as paths "base" and "base-pooled", interleaved with
+ * the others, so before and after come from one run on one machine state.
  * Writes bench/results/bench-<time>.json and .md. --profile: also profile the guard (node --cpu-prof)
  * under the 1 KB workload (--profile-workload W, --profile-path guard|pooled) and print the hot spots.
  */
@@ -35,6 +38,7 @@ const { values: opts } = parseArgs({
     'profile-workload': { type: 'string' },
     'profile-path': { type: 'string' },
     paths: { type: 'string' },
+    baseline: { type: 'string' },
   },
   strict: true,
 });
@@ -66,10 +70,15 @@ const WORKLOADS: Workload[] = [
   { id: 'lockstep', label: 'lock-step single session pinned to CPU 0', sessions: 1, messages: Math.round(1000 * scale), size: 1024, rcpts: 1, persistent: true, pinned: true },
 ].filter((w) => !opts.only || opts.only.split(',').includes(w.id));
 
-type PathId = 'direct' | 'pipe' | 'guard' | 'pooled' | 'floor' | 'endpoint' | 'haproxy';
-/** direct and pipe are always measured (the ratios need them); --paths picks among the others. */
-const PATH_IDS: PathId[] = (['direct', 'pipe', 'guard', 'pooled', 'floor', 'endpoint', 'haproxy'] as const).filter(
-  (p) => p === 'direct' || p === 'pipe' || !opts.paths || opts.paths.split(',').includes(p),
+type PathId = 'direct' | 'pipe' | 'guard' | 'pooled' | 'base' | 'base-pooled' | 'floor' | 'endpoint' | 'haproxy';
+/** The guard built in another checkout (--baseline DIR), measured beside this one. */
+const BASELINE_MAIN = opts.baseline ? path.resolve(opts.baseline, 'dist', 'cli', 'main.js') : undefined;
+/** direct and pipe are always measured (the ratios need them); --paths picks among the others; base paths only with --baseline. */
+const PATH_IDS: PathId[] = (['direct', 'pipe', 'guard', 'pooled', 'base', 'base-pooled', 'floor', 'endpoint', 'haproxy'] as const).filter(
+  (p) =>
+    p === 'direct' ||
+    p === 'pipe' ||
+    ((p !== 'base' && p !== 'base-pooled') || BASELINE_MAIN !== undefined) && (!opts.paths || opts.paths.split(',').includes(p)),
 );
 const PROXY_IDS = PATH_IDS.filter((p): p is Exclude<PathId, 'direct'> => p !== 'direct');
 /** Pooled mode: a few warm backend sessions, fewer than the 20 parallel clients of one-per-conn. */
@@ -164,6 +173,8 @@ async function main(): Promise<void> {
     if (p === 'pipe') paths.pipe = await startPipe(sink.port);
     else if (p === 'guard') paths.guard = await startGuardProcess({ backendPort: sink.port });
     else if (p === 'pooled') paths.pooled = await startGuardProcess({ backendPort: sink.port, pool: POOL });
+    else if (p === 'base') paths.base = { ...(await startGuardProcess({ backendPort: sink.port, main: BASELINE_MAIN })), name: 'base' };
+    else if (p === 'base-pooled') paths['base-pooled'] = { ...(await startGuardProcess({ backendPort: sink.port, pool: POOL, main: BASELINE_MAIN })), name: 'base-pooled' };
     else if (p === 'floor') paths.floor = await startPoolFloor(sink.port, POOL.max);
     else if (p === 'endpoint') paths.endpoint = await startNodeEndpoint();
     else paths.haproxy = await startHaproxyTcp(sink.port);
@@ -247,7 +258,7 @@ function renderMarkdown(rows: Row[], idle: Partial<Record<PathId, IdleResult>>, 
   const row = (w: string, p: PathId): Row | undefined => rows.find((x) => x.workload === w && x.path === p);
   const num = (x: number | undefined, digits = 2): string => (x === undefined ? '–' : fmt(x, digits));
   const div = (a: number | undefined, b: number | undefined): number | undefined => (a === undefined || b === undefined || b === 0 ? undefined : a / b);
-  const guards = PATH_IDS.filter((p) => p === 'guard' || p === 'pooled');
+  const guards = PATH_IDS.filter((p) => p === 'guard' || p === 'pooled' || p === 'base' || p === 'base-pooled');
   const hasHaproxy = PATH_IDS.includes('haproxy');
   out.push(`## relay-guard bench (${new Date().toISOString()}, ${reps} repetitions${quick ? ', quick' : ''}, medians)`, '');
   out.push('### CPU per message, ratio to the plain Node pipe (lower is better)', '');
