@@ -24,6 +24,8 @@
 #   env SMOKE_KEEP=1 keeps the work directory; SMOKE_REBUILD_BASE=1 rebuilds the local base image;
 #   SMOKE_SKIP_BUILD=1 tests the image already built (while working on this script; not a release check).
 set -euo pipefail
+# The whole script is one compound command, read before it runs: editing the file meanwhile is safe.
+{
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VERSION=$(node -p "require('$REPO/package.json').version")
@@ -125,7 +127,6 @@ else
   T_BUILD=$(date +%s)
   podman build --no-cache --isolation chroot --format docker --build-arg "NODE_IMAGE=$BASE" \
     --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
-    --ignorefile "$CTX/deploy/container/Dockerfile.dockerignore" \
     -f "$CTX/deploy/container/Dockerfile" -t "$IMAGE" "$CTX" >"$WORK/build.log" 2>&1 || {
     tail -30 "$WORK/build.log"
     fail "podman build"
@@ -324,3 +325,5 @@ ok "on the volume: accepted-domains.yaml has smoke.test, .audit.jsonl $(wc -l <"
 start_guard second
 checks second
 stop_guard second
+exit 0
+}

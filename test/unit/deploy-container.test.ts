@@ -45,6 +45,10 @@ describe('Dockerfile', () => {
     expect(instructions.filter((l) => /^COPY .*rules/.test(l))).toEqual(['COPY rules ./rules', 'COPY --from=build --chown=relay-guard:relay-guard /src/rules ./rules']);
   });
 
+  test('the root .dockerignore (podman, legacy builder, docker-compose 1.29) is the same as Dockerfile.dockerignore (BuildKit)', () => {
+    expect(read('.dockerignore')).toBe(read('deploy/container/Dockerfile.dockerignore'));
+  });
+
   test('the .dockerignore admits the shipped rule files only and excludes the runtime files after them', () => {
     const lines = read('deploy/container/Dockerfile.dockerignore')
       .split('\n')
