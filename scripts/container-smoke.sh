@@ -92,7 +92,10 @@ build_local_base() {
   tar -C "$root" -cf - . | podman import \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt' \
-    --change 'CMD ["node"]' - "$LOCAL_BASE" >/dev/null
+    --change 'CMD ["node"]' - "$LOCAL_BASE" >"$WORK/import.log" 2>&1 || {
+    cat "$WORK/import.log"
+    fail "podman import"
+  }
   rm -rf "$root"
 }
 if podman image exists "$OFFICIAL_BASE" || timeout 60 podman pull -q "$OFFICIAL_BASE" >/dev/null 2>&1; then
@@ -171,7 +174,8 @@ ok "rules/ in the image: exactly the $(echo "$shipped" | wc -l) shipped rule fil
 # ── 4. run from the image's files: own network namespace, read-only root, uid 10025 ──
 ip netns add "$NS"
 ip netns exec "$NS" ip link set lo up
-# in_image VOLUME CMD...: run CMD in the image as 10025 on a read-only root; VOLUME ('' for none) on rules/.
+# in_image VOLUME CMD...: run CMD in the image as 10025 on a read-only root (no writable /tmp either, as
+# with docker run --read-only); VOLUME ('' for none) on rules/.
 # It execs (ip netns exec → unshare → bash → chroot → env → CMD, one process): call it in a subshell
 # or in the background, where $! is then CMD's own pid.
 in_image() {
@@ -187,7 +191,6 @@ in_image() {
     mount -t tmpfs -o mode=0755,size=1m tmpfs "$root/dev"
     for d in null zero random urandom; do touch "$root/dev/$d"; mount --bind "/dev/$d" "$root/dev/$d"; done
     mount -t proc proc "$root/proc"
-    mount -t tmpfs -o mode=1777,size=16m tmpfs "$root/tmp"
     if [ -n "$vol" ]; then mount --bind "$vol" "$root$rules"; fi
     envs=("${@:1:$nenv}")
     shift "$nenv"
