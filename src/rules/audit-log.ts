@@ -4,7 +4,7 @@
  */
 import { open, readFile } from 'node:fs/promises';
 
-export type AuditOperation = 'replace' | 'add' | 'remove' | 'rollback' | 'reload';
+export type AuditOperation = 'replace' | 'add' | 'remove' | 'rollback' | 'reload' | 'import' | 'seed';
 
 export interface AuditEntry {
   /** ISO 8601 time of the change. */

@@ -20,15 +20,15 @@ import { constants as fsConstants } from 'node:fs';
 import { access, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Metrics } from '../observability/metrics.js';
-import { compileRules, type RawRules, type RuleError, type RulesSnapshot } from '../policy/compile.js';
-import { contentHash, deepFreeze, stableStringify } from '../policy/content-hash.js';
-import { canonicalDomain } from '../policy/domain-name.js';
-import { formatNetwork, parseNetwork } from '../smtp/ip-address.js';
+import type { RawRules, RuleError, RulesSnapshot } from '../policy/compile.js';
 import { writeFileAtomic } from './atomic-write.js';
 import { AuditLog, type AuditEntry, type AuditOperation } from './audit-log.js';
 import { RulesHistory, type Version } from './history.js';
 import { SECTIONS, SECTION_NAMES, isSectionName, type SectionName } from './schemas.js';
-import { formatSectionText, parseSectionText, validateItem, validateSection } from './section-file.js';
+import { formatSectionText, parseSectionText } from './section-file.js';
+import { changedSections, compileWithOverlay, etagOf, formatRuleError, okResult, planChange, type ChangeOptions, type ChangeRequest, type ChangeResult, type RulesOverlay } from './rules-change.js';
+
+export { formatRuleError, type ChangeOptions, type ChangeResult, type RulesOverlay } from './rules-change.js';
 
 export type { AuditEntry } from './audit-log.js';
 export type { Version } from './history.js';
@@ -38,10 +38,6 @@ export type MinimalLogger = {
   warn(o: object, m: string): void;
   error(o: object, m: string): void;
 };
-
-export type ChangeResult =
-  | { ok: true; etag: string; version: string; snapshot: RulesSnapshot }
-  | { ok: false; status: 400 | 404 | 409 | 412; code: string; message: string; errors?: RuleError[] };
 
 export interface RulesStoreOptions {
   log: MinimalLogger;
@@ -58,19 +54,6 @@ export interface RulesStoreOptions {
    * getSection() nor in snapshot.raw.
    */
   overlay?: RulesOverlay;
-}
-
-export interface ChangeOptions {
-  /** An ETag list (If-Match): the change is refused with 412 when the section's ETag is not in it. */
-  ifMatch?: string;
-  actor: string;
-  /** Allow a change that leaves no accepted domain at all (refused with 409 otherwise). */
-  force?: boolean;
-}
-
-export interface RulesOverlay {
-  acceptedDomains?: string[];
-  relayNetworks?: string[];
 }
 
 /** The rules directory cannot be loaded at start. Names file, line and key of the first problem. */
@@ -121,12 +104,6 @@ export class RulesLoadError extends Error {
     this.line = errors[0]?.line;
     this.key = errors[0]?.path;
   }
-}
-
-export function formatRuleError(e: RuleError): string {
-  const where = e.file === undefined ? e.section : `${e.file}${e.line === undefined ? '' : `:${e.line}`}`;
-  const key = e.path !== undefined && e.path !== '' && !e.message.startsWith(e.path) ? ` (at ${e.path})` : '';
-  return `${where}: ${e.message}${key}`;
 }
 
 type LoadResult = { ok: true; raw: RawRules; texts: Map<string, string | null> } | { ok: false; errors: RuleError[] };
@@ -196,49 +173,21 @@ export class RulesStore extends EventEmitter {
   }
 
   replaceSection(name: string, value: unknown, opts: ChangeOptions): Promise<ChangeResult> {
-    return this.#serialise(async () => {
-      if (!isSectionName(name)) return unknownSection(name);
-      const pre = this.#precondition(name, opts.ifMatch);
-      if (pre) return pre;
-      const errors = validateSection(name, value);
-      if (errors.length > 0) return invalid(errors);
-      return this.#apply(withSection(this.#raw, name, structuredClone(value)), [name], opts, 'replace', name);
-    });
+    return this.#change({ op: 'replace', section: name, value }, opts);
   }
 
   addItem(name: string, item: unknown, opts: ChangeOptions): Promise<ChangeResult> {
-    return this.#serialise(async () => {
-      if (!isSectionName(name)) return unknownSection(name);
-      const pre = this.#precondition(name, opts.ifMatch);
-      if (pre) return pre;
-      const errors = validateItem(name, item);
-      if (errors.length > 0) return invalid(errors, errors[0]?.code === 'RG_ERR_RULES_NOT_A_LIST' ? errors[0].code : undefined);
-      const list = this.#raw[SECTIONS[name].rawKey] as readonly unknown[];
-      const key = itemKey(name, item);
-      const existing = list.find((x) => itemKey(name, x) === key);
-      if (existing !== undefined) {
-        if (stableStringify(existing) === stableStringify(item)) return this.#okResult(name); // idempotent
-        return { ok: false, status: 409, code: 'RG_ERR_RULES_DUPLICATE_ID', message: `${name} already holds an item with id ${JSON.stringify(key)}` };
-      }
-      return this.#apply(withSection(this.#raw, name, [...list, structuredClone(item)]), [name], opts, 'add', name);
-    });
+    return this.#change({ op: 'add', section: name, item }, opts);
   }
 
   /** Remove one item: a string entry, or a sender rule by id (string) or by value. */
   removeItem(name: string, item: unknown, opts: ChangeOptions): Promise<ChangeResult> {
-    return this.#serialise(async () => {
-      if (!isSectionName(name)) return unknownSection(name);
-      if (SECTIONS[name].kind !== 'list') return { ok: false, status: 400, code: 'RG_ERR_RULES_NOT_A_LIST', message: `section ${name} is not a list` };
-      const pre = this.#precondition(name, opts.ifMatch);
-      if (pre) return pre;
-      const list = this.#raw[SECTIONS[name].rawKey] as readonly unknown[];
-      const key = itemKey(name, item);
-      const kept = list.filter((x) => itemKey(name, x) !== key);
-      if (kept.length === list.length) {
-        return { ok: false, status: 404, code: 'RG_ERR_RULES_ITEM_NOT_FOUND', message: `${JSON.stringify(typeof item === 'string' ? item : key)} is not in ${name}` };
-      }
-      return this.#apply(withSection(this.#raw, name, kept), [name], opts, 'remove', name);
-    });
+    return this.#change({ op: 'remove', section: name, item }, opts);
+  }
+
+  /** Several sections in one audited change (ctl rules import); sections not named are kept. */
+  importSections(sections: Record<string, unknown>, opts: ChangeOptions): Promise<ChangeResult> {
+    return this.#change({ op: 'import', sections }, opts);
   }
 
   /** Re-read every file (file change, SIGHUP). An invalid rule set keeps the old snapshot. */
@@ -257,7 +206,7 @@ export class RulesStore extends EventEmitter {
         if (!compiled.ok) errors = await locateErrors(this.#dir, compiled.errors);
         else {
           this.#known = loaded.texts;
-          const changed = SECTION_NAMES.filter((n) => stableStringify(loaded.raw[SECTIONS[n].rawKey]) !== stableStringify(this.#raw[SECTIONS[n].rawKey]));
+          const changed = changedSections(this.#raw, loaded.raw);
           if (changed.length > 0) await this.#commit(loaded.raw, compiled.snapshot, changed, 'file', 'reload');
           this.#metrics?.rulesReloads.inc({ result: 'success' });
           this.#metrics?.rulesLastReload.set(Date.now() / 1000);
@@ -280,12 +229,9 @@ export class RulesStore extends EventEmitter {
   }
 
   rollback(versionId: string, opts: { actor: string; force?: boolean }): Promise<ChangeResult> {
-    return this.#serialise(async () => {
-      const raw = this.#history.rawOf(versionId);
-      if (raw === undefined) return { ok: false, status: 404, code: 'RG_ERR_RULES_VERSION_NOT_FOUND', message: `no rules version ${JSON.stringify(versionId)} in history` };
-      const changed = SECTION_NAMES.filter((n) => stableStringify(raw[SECTIONS[n].rawKey]) !== stableStringify(this.#raw[SECTIONS[n].rawKey]));
-      return this.#apply(raw, changed, opts, 'rollback');
-    });
+    const raw = this.#history.rawOf(versionId);
+    if (raw === undefined) return Promise.resolve({ ok: false, status: 404, code: 'RG_ERR_RULES_VERSION_NOT_FOUND', message: `no rules version ${JSON.stringify(versionId)} in history` });
+    return this.#change({ op: 'rollback', raw }, opts);
   }
 
   /** Newest first. */
@@ -309,35 +255,21 @@ export class RulesStore extends EventEmitter {
     return run;
   }
 
-  #precondition(name: SectionName, ifMatch: string | undefined): ChangeResult | undefined {
-    if (ifMatch === undefined || ifMatch === '*') return undefined;
-    const etag = etagOf(this.#raw[SECTIONS[name].rawKey]);
-    const offered = ifMatch.split(',').map((t) => t.trim().replace(/^W\//, ''));
-    if (offered.includes(etag)) return undefined;
-    return { ok: false, status: 412, code: 'RG_ERR_RULES_PRECONDITION_FAILED', message: `${name} was changed by someone else (current ETag ${etag}); fetch it again and retry` };
-  }
-
-  #okResult(section: SectionName | undefined): ChangeResult {
-    const s = this.#snapshot;
-    return { ok: true, etag: section === undefined ? `"${s.version}"` : etagOf(s.raw[SECTIONS[section].rawKey]), version: s.version, snapshot: s };
-  }
-
-  async #apply(raw: RawRules, changed: SectionName[], opts: { actor: string; force?: boolean }, operation: AuditOperation, section?: SectionName): Promise<ChangeResult> {
-    const actor = opts.actor;
-    const compiled = compileWithOverlay(raw, this.#overlay);
-    if (!compiled.ok) return invalid(compiled.errors);
-    if (compiled.snapshot.version === this.#snapshot.version || changed.length === 0) return this.#okResult(section);
-    const emptied = emptiesAcceptedDomains(this.#raw, raw, this.#overlay);
-    if (emptied && opts.force !== true) return emptied;
-    for (const name of changed) {
-      const text = formatSectionText(name, raw[SECTIONS[name].rawKey]);
-      await writeFileAtomic(join(this.#dir, SECTIONS[name].file), text);
-      this.#known.set(SECTIONS[name].file, text);
-    }
-    await this.#commit(raw, compiled.snapshot, changed, actor, operation);
-    for (const name of changed) this.#metrics?.rulesChanges.inc({ section: name, operation });
-    this.#log.info({ actor, operation, sections: changed, version: compiled.snapshot.version }, 'rules changed');
-    return this.#okResult(section);
+  #change(req: ChangeRequest, opts: { ifMatch?: string; force?: boolean; actor: string }): Promise<ChangeResult> {
+    return this.#serialise(async () => {
+      const plan = planChange(this.#raw, this.#snapshot.version, req, opts, this.#overlay);
+      if (plan.kind === 'refused') return plan.result;
+      if (plan.kind === 'noop') return okResult(this.#snapshot, plan.section);
+      for (const name of plan.changed) {
+        const text = formatSectionText(name, plan.raw[SECTIONS[name].rawKey]);
+        await writeFileAtomic(join(this.#dir, SECTIONS[name].file), text);
+        this.#known.set(SECTIONS[name].file, text);
+      }
+      await this.#commit(plan.raw, plan.snapshot, plan.changed, opts.actor, plan.operation);
+      for (const name of plan.changed) this.#metrics?.rulesChanges.inc({ section: name, operation: plan.operation });
+      this.#log.info({ actor: opts.actor, operation: plan.operation, sections: plan.changed, version: plan.snapshot.version }, 'rules changed');
+      return okResult(this.#snapshot, plan.section);
+    });
   }
 
   /** Record history and audit, then swap the snapshot and tell listeners. */
@@ -398,81 +330,8 @@ export class RulesStore extends EventEmitter {
 
 // ── helpers ──
 
-function compileWithOverlay(raw: RawRules, overlay: RulesOverlay | undefined): ReturnType<typeof compileRules> {
-  if (!overlay || ((overlay.acceptedDomains?.length ?? 0) === 0 && (overlay.relayNetworks?.length ?? 0) === 0)) return compileRules(raw);
-  const merged: RawRules = {
-    ...raw,
-    acceptedDomains: [...new Set([...raw.acceptedDomains, ...(overlay.acceptedDomains ?? [])])],
-    relayNetworks: [...new Set([...raw.relayNetworks, ...(overlay.relayNetworks ?? [])])],
-  };
-  const r = compileRules(merged);
-  // snapshot.raw stays the files' content, so nothing from the command line is ever written back
-  // by a client that edits what it read; the matchers (and the version) include the overlay.
-  if (r.ok) return { ok: true, snapshot: Object.freeze({ ...r.snapshot, raw: deepFreeze(structuredClone(raw)) }) };
-  // An error at an index past the file's own entries comes from the command line.
-  return {
-    ok: false,
-    errors: r.errors.map((e) => {
-      const index = Number(e.path?.split('/')[1]);
-      const fileLen = e.section === 'accepted-domains' ? raw.acceptedDomains.length : e.section === 'relay-networks' ? raw.relayNetworks.length : Infinity;
-      if (!(index >= fileLen)) return e;
-      const { path: _path, ...rest } = e;
-      void _path;
-      return { ...rest, file: 'command line', message: `${e.message} (from the command line)` };
-    }),
-  };
-}
-
-function etagOf(value: unknown): string {
-  return `"${contentHash(value)}"`;
-}
-
 function versionMeta(id: string, actor: string, operation: string, sections: string[]): Version {
   return { id, time: new Date().toISOString(), actor, operation, sections };
-}
-
-function withSection(raw: Readonly<RawRules>, name: SectionName, value: unknown): RawRules {
-  return { ...(structuredClone(raw) as RawRules), [SECTIONS[name].rawKey]: value };
-}
-
-/**
- * A change that leaves no accepted domain (files and command line) while some are accepted now:
- * every local recipient would become a permanent 550 at once. Refused unless the admin forces it.
- */
-function emptiesAcceptedDomains(before: RawRules, after: RawRules, overlay: RulesOverlay | undefined): ChangeResult | undefined {
-  const extra = overlay?.acceptedDomains?.length ?? 0;
-  if (after.acceptedDomains.length + extra > 0 || before.acceptedDomains.length + extra === 0) return undefined;
-  return {
-    ok: false, status: 409, code: 'RG_ERR_RULES_EMPTY_ACCEPTED_DOMAINS',
-    message: 'this change leaves no accepted domain: every recipient would be refused with 550 (and senders bounce real mail); repeat it with ?force=true (ctl --force) if that is what you mean',
-  };
-}
-
-function unknownSection(name: string): ChangeResult {
-  return { ok: false, status: 404, code: 'RG_ERR_RULES_UNKNOWN_SECTION', message: `unknown rules section ${JSON.stringify(name)} (known: ${SECTION_NAMES.join(', ')})` };
-}
-
-function invalid(errors: RuleError[], code?: string): ChangeResult {
-  return { ok: false, status: 400, code: code ?? errors[0]?.code ?? 'RG_ERR_RULES_INVALID', message: errors.map(formatRuleError).join('; '), errors };
-}
-
-/**
- * Identity of a list item: sender rules by id; domains and networks by canonical form, so that
- * "Example.COM." and "example.com", or "10.0.0.0/8" and "10.0.0.0/08", are the same item.
- */
-function itemKey(name: SectionName, item: unknown): string {
-  if (name === 'senders') {
-    if (typeof item === 'string') return item;
-    return typeof item === 'object' && item !== null && typeof (item as { id?: unknown }).id === 'string' ? (item as { id: string }).id : stableStringify(item);
-  }
-  if (typeof item !== 'string') return stableStringify(item);
-  if (name === 'accepted-domains') {
-    const wildcard = item.startsWith('*.');
-    const d = canonicalDomain(wildcard ? item.slice(2) : item);
-    return d.ok ? `${wildcard ? '*.' : ''}${d.domain}` : item;
-  }
-  const n = parseNetwork(item);
-  return n.ok ? formatNetwork(n.network) : item;
 }
 
 async function readSectionTexts(dir: string): Promise<Map<string, string | null>> {
