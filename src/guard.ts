@@ -3,6 +3,7 @@
  * knows them all. It listens (SMTP listeners, admin API) but never exits the process.
  */
 import path from 'node:path';
+import { hostname } from 'node:os';
 import http from 'node:http';
 import { isIP, type AddressInfo, type Socket } from 'node:net';
 import { readFileSync } from 'node:fs';
@@ -13,6 +14,8 @@ import type { Config } from './config/schema.js';
 import { maxMessageBytes, resolveTimeouts, type ResolvedTimeouts } from './config/load-config.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
 import { RulesStore } from './rules/rules-store.js';
+import { SharedRulesStore } from './rules/shared-rules-store.js';
+import type { RulesService } from './rules/rules-service.js';
 import { SECTIONS, SECTION_NAMES } from './rules/schemas.js';
 import { RateLimiter } from './limits/limiter.js';
 import { BanList } from './limits/bans.js';
@@ -55,7 +58,7 @@ export interface GuardDeps {
 export interface Guard {
   readonly services: GuardServices;
   readonly metrics: Metrics;
-  readonly rules: RulesStore;
+  readonly rules: RulesService;
   readonly listeners: readonly SmtpListener[];
   readonly admin: FastifyInstance | undefined;
   start(): Promise<void>;
@@ -79,7 +82,20 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
   const timeouts: ResolvedTimeouts = resolveTimeouts(config);
   const rulesDir = path.resolve(config.rulesDir);
 
-  const rules = await RulesStore.open(rulesDir, { log: log.child({ component: 'rules' }), metrics, watch: true, ...(deps.overlay ? { overlay: deps.overlay } : {}) });
+  const guardName = config.guardName ?? hostname();
+  let adminAddr: { host: string; port: number } | undefined;
+  const rules: RulesService = config.rulesStore
+    ? await SharedRulesStore.open({
+        url: config.rulesStore,
+        guardName,
+        rulesDir,
+        cacheFile: path.resolve(config.rulesStoreCache ?? path.join(rulesDir, '.rules-store-cache.json')),
+        log: log.child({ component: 'rules' }),
+        metrics,
+        admin: () => (adminAddr ? `${adminAddr.host}:${adminAddr.port}` : undefined),
+        ...(deps.overlay ? { overlay: deps.overlay } : {}),
+      })
+    : await RulesStore.open(rulesDir, { log: log.child({ component: 'rules' }), metrics, watch: true, guardName, ...(deps.overlay ? { overlay: deps.overlay } : {}) });
 
   const bans = new BanList({ file: config.limits.bansFile ?? path.join(rulesDir, 'bans.yaml'), clock, metrics });
   let store: LimitStore = new MemoryLimitStore({ max: config.limits.maxEntries, clock });
@@ -296,7 +312,6 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
   const admin = config.admin.enabled
     ? await buildAdminServer({ config, rules, bans, sessions: registry, metrics, validator, limiter, log: log.child({ component: 'admin' }), env, checkBackend, ...(refusals ? { refusals } : {}), ...(pool ? { pool: () => pool.snapshot() } : {}) })
     : undefined;
-  let adminAddr: { host: string; port: number } | undefined;
   // Optional listener serving only /metrics (config `metrics`), e.g. for a scraper on another network.
   const metricsServer =
     config.metrics.port !== undefined
@@ -352,7 +367,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
       await pool?.close();
       if (metricsServer) await new Promise<void>((resolve) => metricsServer.close(() => resolve()));
       if (admin) await admin.close();
-      rules.close();
+      await rules.close();
       for (const m of tlsManagers.values()) m.close();
       await validator.close();
       await banSync?.close();

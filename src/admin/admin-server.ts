@@ -11,7 +11,7 @@ import type { RecipientValidator } from '../directory/recipient-validator.js';
 import type { BanList } from '../limits/bans.js';
 import type { RateLimiter } from '../limits/limiter.js';
 import type { Metrics } from '../observability/metrics.js';
-import type { RulesStore } from '../rules/rules-store.js';
+import type { RulesService } from '../rules/rules-service.js';
 import type { SessionRegistry } from '../session/session-registry.js';
 import type { PoolSnapshot } from '../session/backend-pool.js';
 import { bearerAuth, type AuthState } from './bearer-auth.js';
@@ -30,7 +30,7 @@ export { assertAdminSafe, isLoopbackAddress, ADMIN_TOKEN_ENV, AdminConfigError }
 
 export interface AdminDeps {
   config: Config;
-  rules: RulesStore;
+  rules: RulesService;
   bans: BanList;
   sessions: SessionRegistry;
   metrics: Metrics;

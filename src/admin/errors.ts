@@ -42,6 +42,11 @@ export const ADMIN_ERRORS = {
   RG_ERR_RULES_DUPLICATE_ID: 409,
   RG_ERR_RULES_EMPTY_ACCEPTED_DOMAINS: 409,
   RG_ERR_RULES_PRECONDITION_FAILED: 412,
+  RG_ERR_RULES_CONFLICT: 409,
+  RG_ERR_RULES_STORE_INVALID: 400,
+  RG_ERR_RULES_STORE_TAMPERED: 400,
+  // The shared rules store is unreachable: said to the client (rule changes and fleet-wide reads wait for it).
+  RG_ERR_RULES_STORE_UNAVAILABLE: 503,
   RG_ERR_BANS_BAD_TARGET: 400,
   RG_ERR_BANS_BAD_INPUT: 400,
   RG_ERR_BANS_TOO_WIDE: 400,
@@ -96,7 +101,7 @@ export function clientErrorBody(err: unknown): ErrorBody | undefined {
   }
   if (isKnownCode(e.code)) {
     const status = ADMIN_ERRORS[e.code];
-    return status >= 500 ? undefined : { statusCode: status, code: e.code, message: String(e.message) };
+    return status >= 500 && status !== 503 ? undefined : { statusCode: status, code: e.code, message: String(e.message) };
   }
   const status = typeof e.statusCode === 'number' ? e.statusCode : undefined;
   if (status !== undefined && status >= 400 && status < 500) {

@@ -21,6 +21,9 @@ Options (flags override the configuration file):
   --recipients-file FILE   validate recipients of every accepted domain against FILE
                            (one address per line, '#' comments, '@domain' = catch-all)
   --rules-dir DIR          directory of the rule files                   [rules]
+  --rules-store URL        share the rules with a fleet of guards: redis://HOST:PORT[/DB]
+                           (the rules directory then only seeds an empty store)
+  --guard-name NAME        this guard's name in the fleet and the audit log [host name]
   --pool N                 pooled mode: at most N backend sessions, lent per transaction
                            (backend.pool; keep N below the backend's per-source limit)
   --admin HOST:PORT        admin API and /metrics listener               [127.0.0.1:8025]
@@ -76,6 +79,8 @@ export function planFromArgs(values: Record<string, unknown>, packageRulesDir: s
     over.backend = { ...over.backend, pool: { ...pool, enabled: true, max, minIdle: Math.min(pool.minIdle, max) } };
   }
   if (values['rules-dir']) over.rulesDir = values['rules-dir'] as string;
+  if (values['rules-store']) over.rulesStore = values['rules-store'] as string;
+  if (values['guard-name']) over.guardName = values['guard-name'] as string;
   if (values['recipients-file']) over.recipientsFile = values['recipients-file'] as string;
   if (values['log-level']) over.log = { level: values['log-level'] as Config['log']['level'] };
   const demo = !file && backends.length === 0;
@@ -99,6 +104,8 @@ export const OPTIONS = {
   'relay-network': { type: 'string', multiple: true },
   'recipients-file': { type: 'string' },
   'rules-dir': { type: 'string' },
+  'rules-store': { type: 'string' },
+  'guard-name': { type: 'string' },
   admin: { type: 'string' },
   'no-admin': { type: 'boolean' },
   'admin-host-name': { type: 'string', multiple: true },

@@ -4,7 +4,12 @@
  * Exit status: 0 done, 1 the API refused or could not be reached, 2 usage error.
  */
 import { parseArgs } from 'node:util';
+import { mkdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { writeFileAtomic } from '../rules/atomic-write.js';
+import { formatRuleError } from '../rules/rules-change.js';
 import { SECTIONS, SECTION_NAMES, isSectionName } from '../rules/schemas.js';
+import { formatSectionText, parseSectionText } from '../rules/section-file.js';
 
 export interface CtlIo {
   stdout: (s: string) => void;
@@ -28,6 +33,10 @@ Rules (SECTION: ${SECTION_NAMES.join(', ')}):
   rules history                     versions, newest first
   rules reload                      re-read the rules files now (hand edits), as SIGHUP does
   rules rollback VERSION [--force]  make a previous version current again
+  rules export DIR                  write every section to DIR as rule files (keep them in git)
+  rules import DIR [--force]        push the rule files of DIR as one audited change (checked
+                                    here and by the guard: schema, empty files, open relay)
+  fleet                             guards sharing the rules store: version, behind or not
   audit [--limit N]                 who changed what, newest first
 
 Why is this refused?
@@ -207,7 +216,7 @@ async function dispatch(p: string[], v: Values, api: Api, io: CtlIo): Promise<nu
       if (sub === 'history') {
         noMore(p, 2);
         return finish(await api('GET', '/rules/history'), (b) =>
-          table(['VERSION', 'TIME', 'ACTOR', 'OPERATION', 'SECTIONS'], ((b['versions'] ?? []) as Json[]).map((x) => [x['id'], x['time'], x['actor'], x['operation'], (x['sections'] as string[] | undefined)?.join(',') ?? ''])),
+          table(['VERSION', 'TIME', 'ACTOR', 'GUARD', 'OPERATION', 'SECTIONS'], ((b['versions'] ?? []) as Json[]).map((x) => [x['id'], x['time'], x['actor'], x['guard'] ?? '-', x['operation'], (x['sections'] as string[] | undefined)?.join(',') ?? ''])),
         );
       }
       if (sub === 'reload') {
@@ -219,13 +228,68 @@ async function dispatch(p: string[], v: Values, api: Api, io: CtlIo): Promise<nu
         noMore(p, 3);
         return finish(await api('POST', `/rules/rollback${v.force ? '?force=true' : ''}`, { version }), (b) => `rolled back to ${version} (now version ${String(b['version'])})\n`);
       }
-      throw new UsageError(`unknown action ${JSON.stringify(sub)} for rules (show, history, reload, rollback VERSION)`);
+      if (sub === 'export') {
+        const dir = need(p, 2, 'DIR');
+        noMore(p, 3);
+        const a = await api('GET', '/rules');
+        if (a.status >= 400) return finish(a, () => '');
+        const sections = ((a.body ?? {}) as Json)['sections'] as Record<string, { value: unknown }> | undefined;
+        await mkdir(dir, { recursive: true });
+        const written: string[] = [];
+        for (const name of SECTION_NAMES) {
+          const s = sections?.[name];
+          if (!s) continue;
+          await writeFileAtomic(join(dir, SECTIONS[name].file), formatSectionText(name, s.value));
+          written.push(SECTIONS[name].file);
+        }
+        io.stdout(v.json ? `${JSON.stringify({ dir, files: written, version: (a.body as Json)['version'] }, null, 2)}\n` : `exported ${written.length} rule files to ${dir} (version ${String((a.body as Json)['version'])})\n`);
+        return 0;
+      }
+      if (sub === 'import') {
+        const dir = need(p, 2, 'DIR');
+        noMore(p, 3);
+        const sections: Record<string, unknown> = {};
+        const problems: string[] = [];
+        for (const name of SECTION_NAMES) {
+          const file = join(dir, SECTIONS[name].file);
+          let text: string;
+          try {
+            text = await readFile(file, 'utf8');
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+            throw new UsageError(`cannot read ${file}: ${(err as Error).message}`);
+          }
+          const parsed = parseSectionText(name, text, file);
+          if (parsed.ok) sections[name] = parsed.value;
+          else problems.push(...parsed.errors.map((e) => formatRuleError(e)));
+        }
+        if (problems.length > 0) {
+          io.stderr(`relay-guard ctl: rules not imported, the files of ${dir} are invalid:\n${problems.map((x) => `  ${x}\n`).join('')}`);
+          return 1;
+        }
+        if (Object.keys(sections).length === 0) throw new UsageError(`no rule files in ${dir} (expected ${SECTION_NAMES.map((n) => SECTIONS[n].file).join(', ')})`);
+        return finish(await api('PUT', `/rules${v.force ? '?force=true' : ''}`, { sections }), (b) => `imported ${Object.keys(sections).length} sections from ${dir} (now version ${String(b['version'])})\n`);
+      }
+      throw new UsageError(`unknown action ${JSON.stringify(sub)} for rules (show, history, reload, rollback VERSION, export DIR, import DIR)`);
+    }
+    case 'fleet': {
+      noMore(p, 1);
+      return finish(await api('GET', '/fleet'), (b) => {
+        const store = b['store'] as Json | undefined;
+        const head = b['shared'] === true && store
+          ? `rules store ${String(store['url'])}: ${store['up'] === true ? 'up' : 'UNREACHABLE'}${store['rev'] !== undefined ? `, revision ${String(store['rev'])} (${String(store['version'])})${store['valid'] === false ? ' REFUSED (invalid entry)' : ''}` : ''}\n`
+          : 'no shared rules store: this guard has its own rules directory\n';
+        return head + table(
+          ['GUARD', 'REV', 'VERSION', 'BEHIND', 'SEEN', 'STORE', 'ADMIN'],
+          ((b['guards'] ?? []) as Json[]).map((g) => [`${String(g['name'])}${g['self'] === true ? ' *' : ''}`, g['rev'], g['version'], g['behind'] === true ? 'BEHIND' : 'no', `${String(g['lastSeenSeconds'])}s ago`, g['storeUp'] === true ? 'up' : 'down', g['admin'] ?? '-']),
+        );
+      });
     }
     case 'audit': {
       noMore(p, 1);
       if (v.limit !== undefined && !/^[0-9]{1,6}$/.test(v.limit)) throw new UsageError('--limit must be a number');
       return finish(await api('GET', `/audit${v.limit ? `?limit=${v.limit}` : ''}`), (b) =>
-        table(['TIME', 'ACTOR', 'OPERATION', 'SECTION', 'VERSION'], ((b['entries'] ?? []) as Json[]).map((x) => [x['time'], x['actor'], x['operation'], x['section'], x['version']])),
+        table(['TIME', 'ACTOR', 'GUARD', 'OPERATION', 'SECTION', 'VERSION'], ((b['entries'] ?? []) as Json[]).map((x) => [x['time'], x['actor'], x['guard'] ?? '-', x['operation'], x['section'], x['version']])),
       );
     }
     case 'check': {

@@ -113,6 +113,12 @@ export const ConfigSchema = Type.Object(
       { additionalProperties: false },
     ),
     rulesDir: Type.String(),
+    rulesStore: Type.Optional(Type.String({
+      pattern: '^rediss?://[^\\s]+$',
+      description: 'shared rules store of a fleet: redis://HOST:PORT[/DB]; rulesDir then only seeds an empty store',
+    })),
+    rulesStoreCache: Type.Optional(Type.String({ description: 'last-known-good copy of the shared rules (default <rulesDir>/.rules-store-cache.json)' })),
+    guardName: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$', description: "this guard's name in the fleet, the audit log and the history (default: the host name)" })),
     recipientsFile: Type.Optional(Type.String()),
     log: Type.Object(
       { level: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l))) },

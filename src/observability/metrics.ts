@@ -137,8 +137,23 @@ function createMetricsShape(register: Registry = new Registry(), opts: { default
       name: 'relay_guard_rules_last_reload_timestamp_seconds', help: 'Time of the last successful rules reload, unix seconds', registers,
     }),
     rulesChanges: new Counter({
-      name: 'relay_guard_rules_changes_total', help: 'Rule changes through the admin API by section and operation (replace, add, remove, rollback)',
+      name: 'relay_guard_rules_changes_total', help: 'Rule changes through the admin API by section and operation (replace, add, remove, rollback, import, seed)',
       labelNames: ['section', 'operation'] as const, registers,
+    }),
+    rulesStoreUp: new Gauge({
+      name: 'relay_guard_rules_store_up',
+      help: 'Shared rules store (--rules-store) by store (redis): 1 while it answers; 0 during an outage (rule changes answer 503, mail flows under the last rules). No series without a shared store',
+      labelNames: ['store'] as const, registers,
+    }),
+    rulesStoreBehind: new Gauge({
+      name: 'relay_guard_rules_store_behind',
+      help: 'Shared rules store by store (redis): 1 while the rules this guard enforces differ from the store\'s current version (store unreachable, an invalid store entry refused, or not yet applied)',
+      labelNames: ['store'] as const, registers,
+    }),
+    fleetGuards: new Gauge({
+      name: 'relay_guard_fleet_guards',
+      help: 'Live guards of the fleet (heartbeats in the shared rules store) by state (current, behind): behind = enforcing another rules version than the store\'s current one',
+      labelNames: ['state'] as const, registers,
     }),
     internalErrors: new Counter({
       name: 'relay_guard_internal_errors_total', help: 'Unexpected errors by where (session, admin, rules, limits)',

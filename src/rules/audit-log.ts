@@ -15,6 +15,8 @@ export interface AuditEntry {
   operation: AuditOperation;
   before: unknown;
   after: unknown;
+  /** The guard whose admin API took the change (shared rules store). */
+  guard?: string;
   /** Rules version (content hash) after the change. */
   version: string;
 }

@@ -17,6 +17,9 @@ export interface Version {
   operation: string;
   /** Sections that changed compared to the previous version. */
   sections: string[];
+  /** Shared rules store: the guard that made the change, and the store revision. */
+  guard?: string;
+  rev?: number;
 }
 
 interface StoredVersion extends Version {

@@ -18,7 +18,9 @@ import { EventEmitter } from 'node:events';
 import { watch, type FSWatcher } from 'node:fs';
 import { constants as fsConstants } from 'node:fs';
 import { access, readFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
+import type { FleetView } from './shared-rules-store.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { RawRules, RuleError, RulesSnapshot } from '../policy/compile.js';
 import { writeFileAtomic } from './atomic-write.js';
@@ -54,6 +56,8 @@ export interface RulesStoreOptions {
    * getSection() nor in snapshot.raw.
    */
   overlay?: RulesOverlay;
+  /** This guard's name (GET /api/v1/fleet; default: the host name). */
+  guardName?: string;
 }
 
 /** The rules directory cannot be loaded at start. Names file, line and key of the first problem. */
@@ -125,6 +129,8 @@ export class RulesStore extends EventEmitter {
   #watcher: FSWatcher | undefined;
   #debounce: NodeJS.Timeout | undefined;
   #closed = false;
+  readonly #guardName: string;
+  readonly #startedAt = new Date().toISOString();
 
   private constructor(dir: string, opts: RulesStoreOptions, raw: RawRules, snapshot: RulesSnapshot, texts: Map<string, string | null>, history: RulesHistory, audit: AuditLog) {
     super();
@@ -138,6 +144,7 @@ export class RulesStore extends EventEmitter {
     this.#history = history;
     this.#audit = audit;
     this.#debounceMs = opts.watchDebounceMs ?? 100;
+    this.#guardName = opts.guardName ?? hostname();
   }
 
   static async open(dir: string, opts: RulesStoreOptions): Promise<RulesStore> {
@@ -237,6 +244,14 @@ export class RulesStore extends EventEmitter {
   /** Newest first. */
   audit(limit = 100): AuditEntry[] {
     return this.#audit.list(limit);
+  }
+
+  /** One guard with its own rules directory: the fleet is this guard. */
+  async fleet(): Promise<FleetView> {
+    return {
+      shared: false,
+      guards: [{ name: this.#guardName, rev: 0, version: this.#snapshot.version, behind: false, lastSeenSeconds: 0, startedAt: this.#startedAt, storeUp: true, self: true }],
+    };
   }
 
   close(): void {
@@ -346,6 +361,18 @@ async function readSectionTexts(dir: string): Promise<Map<string, string | null>
     }
   }
   return texts;
+}
+
+/**
+ * The rule set of a rules directory, validated and compiled, without opening a store (nothing is
+ * written: the directory may be a read-only ConfigMap). Throws RulesLoadError like RulesStore.open.
+ */
+export async function readRulesDir(dir: string, overlay?: RulesOverlay): Promise<RulesSnapshot> {
+  const loaded = await loadRulesDir(dir);
+  if (!loaded.ok) throw new RulesLoadError(loaded.errors);
+  const compiled = compileWithOverlay(loaded.raw, overlay);
+  if (!compiled.ok) throw new RulesLoadError(await locateErrors(dir, compiled.errors));
+  return compiled.snapshot;
 }
 
 /**

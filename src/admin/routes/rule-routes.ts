@@ -20,6 +20,14 @@ const RollbackBody = Type.Object(
   { version: Type.String({ minLength: 1, maxLength: 128, pattern: '^[0-9A-Za-z_-]+$', description: 'A version id from GET /api/v1/rules/history' }) },
   { additionalProperties: false },
 );
+const ImportBody = Type.Object(
+  {
+    sections: Type.Record(Type.String({ pattern: '^[a-z-]{1,40}$' }), Type.Unknown(), {
+      description: `Section name (${SECTION_NAMES.join(', ')}) → its whole value; each is checked against its section schema`,
+    }),
+  },
+  { additionalProperties: false },
+);
 const AuditQuery = Type.Object({ limit: Type.Optional(Type.String({ pattern: '^[0-9]{1,6}$', description: 'Newest N entries (1–1000, default 100)' })) });
 
 const IfMatchHeaders = Type.Object({
@@ -60,7 +68,25 @@ export function registerRuleRoutes(api: FastifyInstance, deps: AdminDeps): void 
     return { version: store.current().version, sections };
   });
 
-  api.get('/rules/history', { schema: { tags: ['rules'], summary: 'Rule set versions, newest first' } }, async () => ({ versions: store.history() }));
+  api.put(
+    '/rules',
+    {
+      schema: {
+        tags: ['rules'],
+        summary: 'Import several sections as one audited change (relay-guard ctl rules import DIR): validated, open-relay checked, all or nothing; sections not named are kept',
+        querystring: ForceQuery,
+        body: ImportBody,
+      },
+    },
+    async (req, reply) => {
+      const { sections } = req.body as { sections: Record<string, unknown> };
+      return sendChange(reply, undefined, await store.importSections(sections, { ...ifMatchOf(req), actor: actorOf(req) }));
+    },
+  );
+
+  api.get('/fleet', { schema: { tags: ['rules'], summary: 'Every live guard sharing the rules store, with the rules version it enforces and whether it is behind' } }, async () => store.fleet());
+
+  api.get('/rules/history', { schema: { tags: ['rules'], summary: 'Rule set versions, newest first' } }, async () => ({ versions: await store.history() }));
 
   api.post('/rules/rollback', { schema: { tags: ['rules'], summary: 'Make a previous version current again', body: RollbackBody, querystring: ForceQuery } }, async (req, reply) => {
     const { version } = req.body as { version: string };
@@ -73,7 +99,10 @@ export function registerRuleRoutes(api: FastifyInstance, deps: AdminDeps): void 
     async (req, reply) => {
       const r = await store.reload(`admin ${actorOf(req)}`);
       if (!r.ok) {
-        const body: ErrorBody = { statusCode: 400, code: 'RG_ERR_RULES_INVALID', message: 'rules files not reloaded; the rules in force are unchanged', ...(r.errors ? { errors: r.errors } : {}) };
+        if (r.errors?.[0]?.code === 'RG_ERR_RULES_STORE_UNAVAILABLE') {
+          return reply.code(503).send({ statusCode: 503, code: 'RG_ERR_RULES_STORE_UNAVAILABLE', message: r.errors[0].message } satisfies ErrorBody);
+        }
+        const body: ErrorBody = { statusCode: 400, code: 'RG_ERR_RULES_INVALID', message: 'rules not reloaded; the rules in force are unchanged', ...(r.errors ? { errors: r.errors } : {}) };
         return reply.code(400).send(body);
       }
       return { version: store.current().version };
@@ -83,7 +112,7 @@ export function registerRuleRoutes(api: FastifyInstance, deps: AdminDeps): void 
   api.get('/audit', { schema: { tags: ['rules'], summary: 'Audit log of rule changes, newest first', querystring: AuditQuery } }, async (req) => {
     const q = req.query as { limit?: string };
     const limit = Math.min(1000, Math.max(1, q.limit === undefined ? 100 : Number(q.limit)));
-    return { entries: store.audit(limit) };
+    return { entries: await store.audit(limit) };
   });
 
   for (const name of SECTION_NAMES) {
