@@ -46,6 +46,7 @@ const LABEL_VALUES: Record<string, string> = {
   mode: 'enforce, warn',
   verdict: 'accept, reject, defer',
   section: 'rules sections (file names in rules/ without .yaml)',
+  store: 'redis',
 };
 
 /** A PromQL example per metric; the fallback depends on the type. */
@@ -63,6 +64,9 @@ const EXAMPLES: Record<string, string> = {
   relay_guard_rules_reloads_total: `increase(relay_guard_rules_reloads_total{job="relay-guard",result="error"}[15m]) > 0`,
   relay_guard_rules_last_reload_timestamp_seconds: `time() - relay_guard_rules_last_reload_timestamp_seconds${SEL}`,
   relay_guard_build_info: `count by (version) (relay_guard_build_info${SEL})`,
+  relay_guard_rules_store_up: `min by (instance) (relay_guard_rules_store_up${SEL}) == 0`,
+  relay_guard_rules_store_behind: `max by (instance) (relay_guard_rules_store_behind${SEL}) == 1`,
+  relay_guard_fleet_guards: `max by (state) (relay_guard_fleet_guards${SEL})`,
 };
 
 function example(e: CatalogueEntry): string {

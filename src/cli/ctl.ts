@@ -281,7 +281,7 @@ async function dispatch(p: string[], v: Values, api: Api, io: CtlIo): Promise<nu
           : 'no shared rules store: this guard has its own rules directory\n';
         return head + table(
           ['GUARD', 'REV', 'VERSION', 'BEHIND', 'SEEN', 'STORE', 'ADMIN'],
-          ((b['guards'] ?? []) as Json[]).map((g) => [`${String(g['name'])}${g['self'] === true ? ' *' : ''}`, g['rev'], g['version'], g['behind'] === true ? 'BEHIND' : 'no', `${String(g['lastSeenSeconds'])}s ago`, g['storeUp'] === true ? 'up' : 'down', g['admin'] ?? '-']),
+          ((b['guards'] ?? []) as Json[]).map((g) => [`${String(g['name'])}${g['self'] === true ? ' *' : ''}`, g['rev'], g['version'], g['behind'] === true ? 'yes' : 'no', `${String(g['lastSeenSeconds'])}s ago`, g['storeUp'] === true ? 'up' : 'down', g['admin'] ?? '-']),
         );
       });
     }

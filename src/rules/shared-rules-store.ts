@@ -183,7 +183,8 @@ export class SharedRulesStore extends EventEmitter {
       retryStrategy: (times) => Math.min(times * 100, 1_000),
     }) as ScriptedRedis;
     this.#redis.defineCommand('relayGuardRulesCas', { numberOfKeys: 4, lua: CAS_LUA });
-    this.#sub = new Redis(opts.url, { lazyConnect: true, connectTimeout: 1_000, maxRetriesPerRequest: null, retryStrategy: (times) => Math.min(times * 100, 1_000) });
+    // The subscriber connects by itself and keeps retrying; ioredis subscribes again after each reconnect.
+    this.#sub = new Redis(opts.url, { connectTimeout: 1_000, maxRetriesPerRequest: null, retryStrategy: (times) => Math.min(times * 100, 1_000) });
     this.#redis.on('error', () => undefined);
     this.#sub.on('error', () => undefined);
     this.#redis.on('ready', () => {
@@ -209,7 +210,7 @@ export class SharedRulesStore extends EventEmitter {
       store.#redis.connect().then(() => true, () => false),
       new Promise<boolean>((r) => setTimeout(() => r(false), opts.startTimeoutMs ?? 2_000).unref()),
     ]);
-    void store.#sub.connect().then(() => store.#sub.subscribe(store.#keys.channel)).catch(() => undefined);
+    store.#sub.subscribe(store.#keys.channel).catch((err: unknown) => opts.log.warn({ err }, 'rules store subscribe failed'));
     if (connected) {
       await store.#syncSafely('start');
     } else {

@@ -47,13 +47,19 @@ export function pingRedis(port: number, timeoutMs = 2_000): Promise<void> {
   });
 }
 
-export async function startRedisServer(): Promise<RedisServer> {
+export interface RedisServerOptions {
+  /** Keep data across restarts: an append-only file (fsync always) in this directory. */
+  aofDir?: string;
+}
+
+export async function startRedisServer(opts: RedisServerOptions = {}): Promise<RedisServer> {
   assertInstalled();
   const port = await freePort();
   let child: ChildProcess | undefined;
+  const persistence = opts.aofDir ? ['--appendonly', 'yes', '--appendfsync', 'always', '--dir', opts.aofDir] : ['--appendonly', 'no'];
 
   const start = async (): Promise<void> => {
-    const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no'], {
+    const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', ...persistence, '--protected-mode', 'no'], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     child = proc;
