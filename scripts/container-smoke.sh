@@ -9,7 +9,9 @@
 #   - no rules volume on the read-only root: exit 2 with one sentence naming the directory;
 #   - with a volume and the image's default command: 250 for a local recipient, 550 5.7.1 for a
 #     relay, /healthz and /readyz 200, the image's HEALTHCHECK command passes, an admin API change is
-#     persisted on the volume and is still in force after a restart, SIGTERM exits 0.
+#     persisted on the volume and is still in force after a restart, SIGTERM exits 0;
+#   - the arguments of deploy/container/README.md's first example: starts, /healthz 200, /readyz 503
+#     (its backend does not resolve here), SIGTERM exits 0.
 #
 # Needs root (podman, mount, chroot, ip netns), podman and debootstrap (installed from Debian when
 # missing), node and npm on the host. `podman run` is not used: in some sandboxes it is refused
@@ -150,6 +152,7 @@ fs.writeFileSync(`${work}/workdir`, c.WorkingDir);
 fs.writeFileSync(`${work}/env`, c.Env.join('\0') + '\0');
 fs.writeFileSync(`${work}/command`, [...(c.Entrypoint ?? []), ...(c.Cmd ?? [])].join('\0') + '\0');
 fs.writeFileSync(`${work}/cmd`, (c.Cmd ?? []).join(' '));
+fs.writeFileSync(`${work}/entrypoint`, (c.Entrypoint ?? []).join('\0') + '\0');
 fs.writeFileSync(`${work}/healthcheck`, hc && hc.Test && hc.Test[0] === 'CMD' ? hc.Test.slice(1).join('\0') + '\0' : '');
 EOF
 [ "$(cat "$WORK/user")" = "$UID_GID" ] || fail "image user is $(cat "$WORK/user"), expected $UID_GID"
@@ -159,6 +162,7 @@ case " $(cat "$WORK/cmd") " in *" --admin 0.0.0.0"* | *" --admin [::]"*) fail "t
 ok "HEALTHCHECK kept: $(tr '\0' ' ' <"$WORK/healthcheck")"
 mapfile -d '' IMG_ENV <"$WORK/env"
 mapfile -d '' IMG_CMD <"$WORK/command"
+mapfile -d '' IMG_ENTRYPOINT <"$WORK/entrypoint"
 mapfile -d '' IMG_HEALTH <"$WORK/healthcheck"
 WORKDIR=$(cat "$WORK/workdir")
 
@@ -258,6 +262,10 @@ if (phase === 'first') {
   });
   expect('POST /api/v1/rules/accepted-domains smoke.test', `${r.status} ${await r.text()}`, /^20[01] /);
   expect('RCPT to the added domain', await rcpt('someone@smoke.test'), /^250 /);
+} else if (phase === 'readme') {
+  expect('GET /healthz', String((await get('/healthz')).status), /^200$/);
+  const ready = await get('/readyz');
+  expect('GET /readyz (exchange.example.internal does not resolve here)', `${ready.status}`, /^503$/);
 } else {
   expect('after restart: RCPT to the domain added before', await rcpt('someone@smoke.test'), /^250 /);
   expect('after restart: RCPT to a relay recipient', await rcpt('victim@elsewhere.test'), /^550 5\.7\.1 /);
@@ -292,8 +300,15 @@ ok "no rules volume on the read-only root: exit 2, $(cat "$WORK/ro.err")"
 # 4b. a new volume, seeded from the image like a new named volume, and the image's default command.
 VOL=$WORK/rules-volume
 cp -a "$ROOTFS$RULES" "$VOL"
+# start_guard PHASE [ARGS...]: the image's entrypoint with ARGS, or with its default command.
 start_guard() {
-  in_image "$VOL" "${IMG_CMD[@]}" >"$WORK/guard-$1.log" 2>&1 &
+  local phase=$1
+  shift
+  if [ $# -gt 0 ]; then
+    in_image "$VOL" "${IMG_ENTRYPOINT[@]}" "$@" >"$WORK/guard-$phase.log" 2>&1 &
+  else
+    in_image "$VOL" "${IMG_CMD[@]}" >"$WORK/guard-$phase.log" 2>&1 &
+  fi
   GUARD_PID=$!
 }
 stop_guard() {
@@ -328,5 +343,11 @@ ok "on the volume: accepted-domains.yaml has smoke.test, .audit.jsonl $(wc -l <"
 start_guard second
 checks second
 stop_guard second
+
+# 4c. the arguments of the first example of deploy/container/README.md, on the same volume.
+say "the README's first example: --listen 0.0.0.0:2525 --backend exchange.example.internal:25 --accepted-domain example.com"
+start_guard readme --listen 0.0.0.0:2525 --backend exchange.example.internal:25 --accepted-domain example.com
+checks readme
+stop_guard readme
 exit 0
 }
