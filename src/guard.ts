@@ -39,6 +39,8 @@ import { parseDuration } from './limits/schema.js';
 import type { BackendProvider, GuardServices, ListenerRuntime } from './session/services.js';
 import { buildAdminServer } from './admin/admin-server.js';
 import { DEFAULT_RECENT_REFUSALS, RefusalRing } from './observability/refusal-ring.js';
+import { DnsblScorer } from './dnsbl/dnsbl-scorer.js';
+import { PolicyServices } from './policy-service/policy-services.js';
 
 import { VERSION } from './version.js';
 
@@ -261,6 +263,10 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
       })
     : undefined;
 
+  // DNS lists (at connect, before the backend) and Postfix policy services (at RCPT / DATA).
+  const dnsbl = config.dnsbl ? new DnsblScorer({ config: config.dnsbl, dns: config.dns, metrics, log: log.child({ component: 'dnsbl' }) }) : undefined;
+  const policyServices = config.policyServices.length > 0 ? new PolicyServices(config.policyServices, { metrics, log: log.child({ component: 'policy-service' }) }) : undefined;
+
   let shuttingDown = false;
   const registry = new SessionRegistry();
   // The console's recent refusals exist only where the admin listener can show them.
@@ -281,6 +287,8 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
     metrics,
     log,
     refusals,
+    dnsbl,
+    policyServices,
     shuttingDown: () => shuttingDown,
   };
 
@@ -310,7 +318,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
   // then opens no connection beyond pool.max (the backend's per-source limit).
   const checkBackend = async (): Promise<boolean> => (pool !== undefined && pool.live > 0) || backendReady(targets, timeouts.backendConnectMs, config.backend.proxyProtocol);
   const admin = config.admin.enabled
-    ? await buildAdminServer({ config, rules, bans, sessions: registry, metrics, validator, limiter, log: log.child({ component: 'admin' }), env, checkBackend, ...(refusals ? { refusals } : {}), ...(pool ? { pool: () => pool.snapshot() } : {}) })
+    ? await buildAdminServer({ config, rules, bans, sessions: registry, metrics, validator, limiter, log: log.child({ component: 'admin' }), env, checkBackend, ...(refusals ? { refusals } : {}), ...(dnsbl ? { dnsbl } : {}), ...(policyServices ? { policyServices } : {}), ...(pool ? { pool: () => pool.snapshot() } : {}) })
     : undefined;
   // Optional listener serving only /metrics (config `metrics`), e.g. for a scraper on another network.
   const metricsServer =
@@ -370,6 +378,8 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
       await rules.close();
       for (const m of tlsManagers.values()) m.close();
       await validator.close();
+      dnsbl?.close();
+      policyServices?.close();
       await banSync?.close();
       await store.close();
     },

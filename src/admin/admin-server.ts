@@ -8,6 +8,8 @@ import swagger from '@fastify/swagger';
 import type { Logger } from 'pino';
 import type { Config } from '../config/schema.js';
 import type { RecipientValidator } from '../directory/recipient-validator.js';
+import type { DnsblScorer } from '../dnsbl/dnsbl-scorer.js';
+import type { PolicyServices } from '../policy-service/policy-services.js';
 import type { BanList } from '../limits/bans.js';
 import type { RateLimiter } from '../limits/limiter.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -43,6 +45,9 @@ export interface AdminDeps {
   pool?: () => PoolSnapshot;
   /** Recent refusals for the web console (GET /api/v1/refusals). */
   refusals?: RefusalRing;
+  /** DNS lists and policy services, for the dry-run check. */
+  dnsbl?: DnsblScorer;
+  policyServices?: PolicyServices;
 }
 
 /** Largest request body (a whole rules section fits many times over). */

@@ -12,14 +12,18 @@ import { maxMessageBytes } from '../config/load-config.js';
 import type { BanList } from '../limits/bans.js';
 import type { RulesSnapshot } from '../policy/compile.js';
 import type { SessionContext } from '../policy/context.js';
-import { commandSyntaxVerdict, judgeMail, judgeRcpt, type EnvelopeContext, type RecipientDirectory } from '../policy/judge.js';
+import { commandSyntaxVerdict, judgeMail, judgeRcpt, type EnvelopeContext, type RcptServicesPort, type RecipientDirectory } from '../policy/judge.js';
 import type { MailVerdict, PolicyRefusal, RcptVerdict, TraceStep, Warning } from '../policy/verdict.js';
 import { formatIp, parseIp, unmapIPv4 } from '../smtp/ip-address.js';
 import { parseCommand } from '../smtp/command.js';
-import { analyzeForwardPath, analyzeReversePath } from '../smtp/path.js';
+import { analyzeForwardPath, analyzeReversePath, mailboxAddress } from '../smtp/path.js';
 import { BANNED } from '../smtp/replies.js';
 import { replyText, type Reply } from '../smtp/reply.js';
 import { AdminError } from './errors.js';
+import type { DnsblScorer } from '../dnsbl/dnsbl-scorer.js';
+import type { PolicyServices } from '../policy-service/policy-services.js';
+import { isTrusted } from '../policy/relay.js';
+import { randomBytes } from 'node:crypto';
 
 const ONE_LINE = '^[^\\r\\n\\x00]*$';
 
@@ -33,6 +37,9 @@ export const CheckRequestSchema = Type.Object(
     listener: Type.Optional(Type.String({ maxLength: 64, description: 'Listener name (default: the first listener)' })),
     priorTransactions: Type.Optional(Type.Integer({ minimum: 0, maximum: 1000000, description: 'Transactions the session has already started (smtp.maxTransactions)' })),
     priorRecipients: Type.Optional(Type.Integer({ minimum: 0, maximum: 1000000, description: 'Recipients already forwarded in this transaction (smtp.maxRecipients)' })),
+    askPolicyServices: Type.Optional(
+      Type.Boolean({ description: 'Ask the RCPT-stage policy services too (default false: a greylisting service would record the triplet as an attempt)' }),
+    ),
   },
   { additionalProperties: false },
 );
@@ -60,6 +67,10 @@ export interface CheckResponse {
   limitEvent?: string;
   /** Set when a ban refuses the client at connect. */
   ban?: { target: string; reason: string; expiresAt?: string };
+  /** The DNS lists' score at connect (asked for real; answers may come from the cache). */
+  dnsbl?: { score: number; threshold: number; refused: boolean; answers: Array<{ zone: string; result: string; weight: number; records: string[]; cached: boolean }> };
+  /** Policy services at the RCPT stage: asked (askPolicyServices) with their answers, or only named. */
+  policyServices?: { asked: boolean; services: string[]; answers?: Array<{ service: string; action?: string; failure?: string }>; dataStage: string[] };
 }
 
 export interface CheckDeps {
@@ -67,6 +78,8 @@ export interface CheckDeps {
   rules: { current(): RulesSnapshot };
   bans?: Pick<BanList, 'check'>;
   validator?: RecipientDirectory;
+  dnsbl?: Pick<DnsblScorer, 'score' | 'scores'>;
+  policyServices?: Pick<PolicyServices, 'asks' | 'names' | 'evaluate'>;
 }
 
 const MAIL_ACCEPTED = '250 2.1.0 OK';
@@ -139,6 +152,7 @@ export async function dryRunCheck(req: CheckRequest, deps: CheckDeps): Promise<C
     backendSmtputf8: true,
     dsnAllowed: true,
   };
+  let atConnect: Partial<CheckResponse> = {};
   const final = (step: CheckStepResult, mail: CheckStepResult, extra: Partial<CheckResponse> = {}, warnings: Warning[] = []): CheckResponse => ({
     verdict: step.verdict,
     reply: step.reply,
@@ -146,6 +160,7 @@ export async function dryRunCheck(req: CheckRequest, deps: CheckDeps): Promise<C
     trace: step.trace,
     warnings: warningsOf(warnings),
     mail,
+    ...atConnect,
     ...extra,
   });
 
@@ -156,6 +171,16 @@ export async function dryRunCheck(req: CheckRequest, deps: CheckDeps): Promise<C
     return final(step, step, { ban: { target: ban.target, reason: ban.reason, ...(ban.expiresAt ? { expiresAt: ban.expiresAt } : {}) } });
   }
 
+  // DNS lists at connect, as the session asks them (trusted clients and unscored listeners skip them).
+  if (deps.dnsbl && deps.dnsbl.scores(listener) && !isTrusted(session, rules)) {
+    const scored = await deps.dnsbl.score(clientIp);
+    atConnect = { dnsbl: { score: scored.score, threshold: scored.threshold, refused: scored.refused, answers: scored.answers } };
+    if (scored.refused && scored.reply) {
+      const step: CheckStepResult = { verdict: 'reject', ruleId: 'dnsbl', reply: replyText(scored.reply), trace: scored.trace };
+      return final(step, step);
+    }
+  }
+
   // MAIL FROM: the codec's parse, then the judge.
   const from = parseEnvelopeLine('MAIL', asPathArgument(req.mailFrom));
   if (!from.ok) return final(from.refusal, from.refusal);
@@ -164,11 +189,53 @@ export async function dryRunCheck(req: CheckRequest, deps: CheckDeps): Promise<C
   const mail = stepOf(m.verdict, MAIL_ACCEPTED);
   if (m.verdict.action !== 'accept') return final(mail, mail, {}, m.verdict.warnings);
 
-  // RCPT TO
+  // RCPT TO, and the policy services through the judge's port as in a live session — asked only
+  // with askPolicyServices (a greylisting service records every triplet it is asked about).
   const to = parseEnvelopeLine('RCPT', asPathArgument(req.rcptTo));
   if (!to.ok) return final(to.refusal, mail, { rcpt: to.refusal }, m.verdict.warnings);
   if (to.value.verb !== 'RCPT') throw new Error('unreachable');
-  const r = await judgeRcpt(ctx, { mailFrom: from.value.path, smtputf8: m.smtputf8, recipients: req.priorRecipients ?? 0 }, to.value.path, to.value.params, rules, deps.validator);
-  const rcpt = stepOf(r.verdict, RCPT_ACCEPTED);
-  return final(rcpt, mail, { rcpt, ...(r.lookup ? { lookup: r.lookup } : {}), ...(r.limit ? { limitEvent: r.limit } : {}) }, [...m.verdict.warnings, ...r.verdict.warnings]);
+  const ps = deps.policyServices;
+  const mailPath = from.value.path;
+  const trusted = isTrusted({ ...session, mailFrom: mailPath }, rules);
+  const services = ps ? ps.names('rcpt', trusted) : [];
+  const dataStage = ps ? ps.names('data', trusted) : [];
+  let answers: NonNullable<CheckResponse['policyServices']>['answers'];
+  const port: RcptServicesPort | undefined =
+    ps && req.askPolicyServices === true && services.length > 0
+      ? {
+          ask: async (rcptText: string) => {
+            const pv = await ps.evaluate(
+              'rcpt',
+              {
+                protocolState: 'RCPT',
+                protocolName: 'ESMTP',
+                heloName: req.helo,
+                sender: mailPath.kind === 'null' ? '' : mailboxAddress(mailPath.mailbox),
+                recipient: rcptText,
+                recipientCount: 0,
+                clientAddress: clientIp,
+                saslUsername: req.authUser,
+                instance: `check.${randomBytes(6).toString('hex')}`,
+              },
+              rcptText,
+              trusted,
+            );
+            answers = pv.answers.map((a) => (a.answered ? { service: a.service, action: a.raw } : { service: a.service, failure: a.failure }));
+            return pv;
+          },
+        }
+      : undefined;
+  const r = await judgeRcpt(ctx, { mailFrom: from.value.path, smtputf8: m.smtputf8, recipients: req.priorRecipients ?? 0 }, to.value.path, to.value.params, rules, deps.validator, port);
+  let rcpt = stepOf(r.verdict, RCPT_ACCEPTED);
+  let policy: CheckResponse['policyServices'];
+  if (ps && (services.length > 0 || dataStage.length > 0) && (r.verdict.action === 'accept' || r.verdict.ruleId.startsWith('policy-service:'))) {
+    policy = { asked: port !== undefined, services, ...(answers ? { answers } : {}), dataStage };
+    if (!port && services.length > 0) rcpt = { ...rcpt, trace: [...rcpt.trace, { ruleId: 'policy-service', result: 'dunno', note: `not asked in a dry run (set askPolicyServices): ${services.join(', ')}` }] };
+  }
+  return final(
+    rcpt,
+    mail,
+    { rcpt, ...(r.lookup ? { lookup: r.lookup } : {}), ...(r.limit ? { limitEvent: r.limit } : {}), ...(policy ? { policyServices: policy } : {}) },
+    [...m.verdict.warnings, ...r.verdict.warnings],
+  );
 }

@@ -7,6 +7,8 @@ import { LineCounter, parseDocument, isMap, isSeq, type Node } from 'yaml';
 import { Value } from '@sinclair/typebox/value';
 import { ConfigSchema, DEFAULT_CONFIG, parseSize, type Config, type ListenerConfig } from './schema.js';
 import { parseDuration } from '../limits/schema.js';
+import { compileLists, createResolver } from '../dnsbl/dnsbl-scorer.js';
+import { parseServiceAddress, serviceName } from '../policy-service/schema.js';
 
 export class ConfigError extends Error {
   readonly code = 'RG_ERR_CONFIG_INVALID';
@@ -78,9 +80,52 @@ function checkSemantics(c: Config, file: string, lineOf: (path: string[]) => num
     // A PROXY header names one client for the whole connection; a pooled backend session carries many.
     throw new ConfigError(file, 'backend.proxyProtocol', 'cannot be used with backend.pool (a pooled backend session serves many clients): use backend.xclient or backend.xforward', lineOf(['backend', 'proxyProtocol']));
   }
+  checkDnsAndPolicy(c, file, lineOf);
   if (c.limits.store === 'redis' && !c.limits.redisUrl) {
     throw new ConfigError(file, 'limits.redisUrl', 'required when limits.store is redis', lineOf(['limits', 'store']));
   }
+}
+
+/** DNS lists and policy services: durations, filters, listener names, addresses, distinct names. */
+function checkDnsAndPolicy(c: Config, file: string, lineOf: (path: string[]) => number | undefined): void {
+  const fail = (path: string[], detail: string): never => {
+    throw new ConfigError(file, path.join('.'), detail, lineOf(path));
+  };
+  const duration = (path: string[], v: string | undefined) => {
+    if (v === undefined) return;
+    try {
+      parseDuration(v);
+    } catch (err) {
+      fail(path, (err as Error).message);
+    }
+  };
+  duration(['dns', 'timeout'], c.dns.timeout);
+  try {
+    createResolver(c.dns);
+  } catch (err) {
+    fail(['dns', 'servers'], (err as Error).message.replace(/^dns\.servers: /, ''));
+  }
+  if (c.dnsbl) {
+    duration(['dnsbl', 'minTtl'], c.dnsbl.minTtl);
+    duration(['dnsbl', 'maxTtl'], c.dnsbl.maxTtl);
+    try {
+      compileLists(c.dnsbl);
+    } catch (err) {
+      const m = /^(dnsbl\.lists\.[0-9]+\.match): (.*)$/.exec((err as Error).message);
+      fail(m ? m[1]!.split('.') : ['dnsbl', 'lists'], m ? m[2]! : (err as Error).message);
+    }
+    c.dnsbl.listeners?.forEach((name, i) => {
+      if (!c.listeners.some((l) => l.name === name)) fail(['dnsbl', 'listeners', String(i)], `no listener named "${name}"`);
+    });
+  }
+  const names = new Set<string>();
+  c.policyServices.forEach((s, i) => {
+    if (!parseServiceAddress(s.address)) fail(['policyServices', String(i), 'address'], 'want HOST:PORT with a port 1..65535');
+    duration(['policyServices', String(i), 'timeout'], s.timeout);
+    const name = serviceName(s);
+    if (names.has(name)) fail(['policyServices', String(i)], `a second service named "${name}": give each a distinct name`);
+    names.add(name);
+  });
 }
 
 /** Parse YAML text (the file's content) into a validated Config, merged over `base`. */

@@ -4,6 +4,8 @@
  */
 import { Type, type Static } from '@sinclair/typebox';
 import { Duration } from '../limits/schema.js';
+import { DnsSchema, DnsblSchema } from '../dnsbl/schema.js';
+import { PolicyServicesSchema } from '../policy-service/schema.js';
 
 export { Duration };
 
@@ -148,6 +150,9 @@ export const ConfigSchema = Type.Object(
       },
       { additionalProperties: false, description: 'optional extra listener serving only /metrics' },
     ),
+    dns: DnsSchema,
+    dnsbl: Type.Optional(DnsblSchema),
+    policyServices: PolicyServicesSchema,
     limits: Type.Object(
       {
         store: Type.Union([Type.Literal('memory'), Type.Literal('redis')]),
@@ -203,6 +208,8 @@ export const DEFAULT_CONFIG: Config = {
   admin: { enabled: true, address: '127.0.0.1', port: 8025, metricsAuth: false },
   metrics: {},
   limits: { store: 'memory', maxEntries: 100000 },
+  dns: { timeout: '5s' },
+  policyServices: [],
 };
 
 export function parseSize(s: number | string): number {

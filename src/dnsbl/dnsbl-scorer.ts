@@ -119,6 +119,12 @@ export class DnsblScorer {
     if (m) for (const zone of this.zones) for (const result of ['listed', 'not_listed', 'error', 'timeout']) m.dnsblAnswers.inc({ list: zone, result }, 0);
   }
 
+  /** Are this listener's clients scored? The configured listeners, else every mx listener. */
+  scores(listener: { name: string; kind: string }): boolean {
+    const named = this.opts.config.listeners;
+    return named ? named.includes(listener.name) : listener.kind === 'mx';
+  }
+
   /** The zones asked, in configuration order (the `list` label values). */
   get listZones(): readonly string[] {
     return this.zones;

@@ -22,6 +22,7 @@ export const DnsblSchema = Type.Object(
     threshold: Type.Integer({ minimum: 1, maximum: 100000, default: 1, description: 'refuse at connect when the score reaches this' }),
     lists: Type.Array(DnsblListSchema, { minItems: 1, maxItems: 64 }),
     reply: Type.Optional(Type.String({ minLength: 1, maxLength: 400, pattern: '^[\\x20-\\x7e]*$', description: 'reply text; {client} and {zone} are replaced (default names neither list nor score: "Service unavailable; client [{client}] blocked using {zone}")' })),
+    listeners: Type.Optional(Type.Array(Type.String({ maxLength: 63 }), { description: 'listener names whose clients are scored (default: every mx listener; never score submission clients on dynamic addresses)' })),
     cacheSize: Type.Integer({ minimum: 1, maximum: 10_000_000, default: 100000, description: 'answers kept (bounded LRU)' }),
     minTtl: Type.Optional(Duration),
     maxTtl: Type.Optional(Duration),

@@ -21,7 +21,7 @@ function createMetricsShape(register: Registry = new Registry(), opts: { default
     register,
     connections: new Counter({
       name: 'relay_guard_connections_total',
-      help: 'Client connections by listener and outcome (accepted, banned, limited, capacity, proxy_refused, early_talker, backend_unavailable, shutting_down)',
+      help: 'Client connections by listener and outcome (accepted, banned, dnsbl, limited, capacity, proxy_refused, early_talker, backend_unavailable, shutting_down)',
       labelNames: ['listener', 'outcome'] as const, registers,
     }),
     sessionsActive: new Gauge({

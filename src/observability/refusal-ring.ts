@@ -6,9 +6,9 @@
  * Bounded (invariant 4): a fixed-size array overwritten in a circle, each string capped as in the log.
  */
 
-/** What the session hands over, one refused MAIL or RCPT. */
+/** What the session hands over: one refused MAIL, RCPT or DATA, or a client refused at connect (DNS lists). */
 export interface RefusalRecord {
-  kind: 'rcpt' | 'sender';
+  kind: 'rcpt' | 'sender' | 'data' | 'connect';
   sessionId: string;
   clientIp: string;
   listener: string;

@@ -20,6 +20,8 @@ export class PolicyServicesConfigError extends Error {
 
 export class PolicyServices {
   private readonly byStage: Record<PolicyStage, PolicyServiceClient[]> = { rcpt: [], data: [] };
+  /** Services that ask about trusted clients too (trusted: ask). */
+  private readonly askTrusted = new Set<PolicyServiceClient>();
 
   constructor(configs: readonly PolicyServiceConfig[], deps: { metrics?: Metrics; log?: Logger } = {}) {
     const names = new Set<string>();
@@ -41,6 +43,7 @@ export class PolicyServices {
         ...(deps.log ? { log: deps.log } : {}),
       });
       this.byStage[c.stage ?? 'rcpt'].push(client);
+      if (c.trusted === 'ask') this.askTrusted.add(client);
     });
   }
 
@@ -48,15 +51,27 @@ export class PolicyServices {
     return this.byStage[stage].length > 0;
   }
 
-  /** The services of a stage, by name (for the dry-run check). */
-  names(stage: PolicyStage): string[] {
-    return this.byStage[stage].map((c) => c.name);
+  /** Would a client (trusted or not) be asked about at this stage? */
+  asks(stage: PolicyStage, trusted: boolean): boolean {
+    return this.applicable(stage, trusted).length > 0;
   }
 
-  /** Ask the stage's services about one request; `subject` is the recipient at the RCPT stage. */
-  async evaluate(stage: PolicyStage, facts: PolicyRequestFacts, subject: string): Promise<PolicyStageResult> {
+  /** The services of a stage a client is asked about, by name (for the dry-run check). */
+  names(stage: PolicyStage, trusted = false): string[] {
+    return this.applicable(stage, trusted).map((c) => c.name);
+  }
+
+  private applicable(stage: PolicyStage, trusted: boolean): PolicyServiceClient[] {
+    return trusted ? this.byStage[stage].filter((c) => this.askTrusted.has(c)) : this.byStage[stage];
+  }
+
+  /**
+   * Ask the stage's services about one request (services with `trusted: skip` are not asked about a
+   * trusted client); `subject` is the recipient at the RCPT stage.
+   */
+  async evaluate(stage: PolicyStage, facts: PolicyRequestFacts, subject: string, trusted = false): Promise<PolicyStageResult> {
     const answers: ServiceAnswer[] = [];
-    for (const client of this.byStage[stage]) {
+    for (const client of this.applicable(stage, trusted)) {
       const a = await client.ask(facts);
       answers.push(a);
       if (endsStage(a)) break;

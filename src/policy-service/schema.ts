@@ -13,6 +13,7 @@ export const PolicyServiceSchema = Type.Object(
     timeout: Type.String({ ...Duration, default: '10s' }),
     onError: Type.Union([Type.Literal('dunno'), Type.Literal('tempfail')], { default: 'tempfail', description: 'no answer in time (or a broken connection): go on as if DUNNO, or answer 451 4.3.5' }),
     maxConnections: Type.Integer({ minimum: 1, maximum: 64, default: 4, description: 'connections kept open to the service and reused' }),
+    trusted: Type.Union([Type.Literal('skip'), Type.Literal('ask')], { default: 'skip', description: 'trusted clients (relay networks, authenticated, internal listeners): not asked (skip, as permit_mynetworks and permit_sasl_authenticated before check_policy_service), or asked too' }),
     context: Type.Optional(Type.String({ maxLength: 200, pattern: '^[\\x20-\\x7e]*$', description: 'sent as policy_context (Postfix smtpd_policy_service_policy_context)' })),
   },
   { additionalProperties: false },

@@ -20,6 +20,8 @@
  *   evaluateRcpt           postmaster, routing tricks, accepted domains, relay trust (relay.ts)
  *   postmaster             postmaster@<our domain> is never looked up (RFC 5321 §4.5.1)
  *   recipient lookup       the directory port, when the domain's validation is on (recipient.ts)
+ *   policy-service:NAME    Postfix policy services, through their port, about an accepted recipient
+ *                          only (their OK ends their list, never the guard's: no relay through them)
  * Syntax errors are the codec's (sender-syntax, recipient-syntax): commandSyntaxVerdict.
  *
  * Each judgement carries the verdict (rule id, reply, trace, warnings), what to forward (the
@@ -37,7 +39,7 @@ import type { SessionContext } from './context.js';
 import { evaluateRecipientLookup } from './recipient.js';
 import { evaluateRcpt } from './relay.js';
 import { evaluateMail } from './sender.js';
-import type { MailVerdict, PolicyRefusal, RcptVerdict, RecipientValidationMode } from './verdict.js';
+import type { MailVerdict, PolicyRefusal, RcptVerdict, RecipientValidationMode, TraceStep } from './verdict.js';
 
 /** Limit events an envelope verdict feeds (a subset of the limiter's events; policy names them, the limiter counts). */
 export type EnvelopeLimitEvent = 'message' | 'recipient' | 'relay-denied' | 'unknown-recipient';
@@ -46,6 +48,24 @@ export type EnvelopeLimitEvent = 'message' | 'recipient' | 'relay-denied' | 'unk
 export interface RecipientDirectory {
   mode(domain: string): RecipientValidationMode;
   lookup(address: string, domain: string): Promise<{ result: 'known' | 'unknown' | 'error'; source: string; detail?: string }>;
+}
+
+/**
+ * Postfix policy services (src/policy-service), as policy sees them: what they made of a recipient
+ * the guard accepted. `undefined` from the port: none was asked (none configured for this client).
+ */
+export interface RcptServicesVerdict {
+  readonly action: 'accept' | 'reject' | 'defer';
+  readonly reply?: Reply;
+  readonly trace: readonly TraceStep[];
+  /** The service whose answer decided (rule id policy-service:NAME). */
+  readonly decidedBy?: string | undefined;
+  /** Header lines to add at the top of the message (PREPEND). */
+  readonly prepend?: readonly string[];
+}
+
+export interface RcptServicesPort {
+  ask(rcpt: string): Promise<RcptServicesVerdict | undefined>;
 }
 
 /** The guard's envelope settings (config smtp.*). */
@@ -102,6 +122,8 @@ export interface RcptJudgement {
   /** The directory was asked: its answer and where it came from. */
   readonly lookup: { result: 'known' | 'unknown' | 'error'; source: string } | undefined;
   readonly limit: EnvelopeLimitEvent | undefined;
+  /** Header lines policy services asked to PREPEND for this recipient. */
+  readonly prepend?: readonly string[];
 }
 
 /** ESMTP parameters that pass, by command (the keywords the guard advertises). */
@@ -221,10 +243,25 @@ export function completeRcpt(j: RcptJudgement, res: { result: 'known' | 'unknown
   return { verdict, params: verdict.action === 'accept' ? j.params : [], rcpt: j.rcpt, lookup: { result: res.result, source: res.source }, limit: rcptLimitEvent(verdict) };
 }
 
+/**
+ * The policy services answered about a recipient the guard accepted: their trace follows the judge's;
+ * a refusal is theirs (rule policy-service:NAME, no limit event); an accept keeps the guard's verdict.
+ */
+export function completeRcptWithServices(j: RcptJudgement, s: RcptServicesVerdict): RcptJudgement {
+  if (j.verdict.action !== 'accept') return j;
+  const trace = [...j.verdict.trace, ...s.trace];
+  if (s.action === 'accept' || !s.reply) return { ...j, verdict: { ...j.verdict, trace }, prepend: s.prepend ?? [] };
+  const verdict: RcptVerdict = { action: s.action, ruleId: `policy-service:${s.decidedBy ?? 'unknown'}`, reply: s.reply, trace, warnings: j.verdict.warnings };
+  return { verdict, params: [], rcpt: j.rcpt, lookup: j.lookup, limit: undefined };
+}
+
 export async function judgeRcpt(
   ctx: EnvelopeContext, state: RcptState, path: ForwardPath, params: readonly EsmtpParam[], rules: RulesSnapshot, directory: RecipientDirectory | undefined,
+  services?: RcptServicesPort,
 ): Promise<RcptJudgement> {
-  const j = judgeRcptPolicy(ctx, state, path, params, rules, directory);
-  if (j.ask === undefined || directory === undefined) return j;
-  return completeRcpt(j, await directory.lookup(j.ask.address, j.ask.domain), rules);
+  const first = judgeRcptPolicy(ctx, state, path, params, rules, directory);
+  const j = first.ask === undefined || directory === undefined ? first : completeRcpt(first, await directory.lookup(first.ask.address, first.ask.domain), rules);
+  if (services === undefined || j.verdict.action !== 'accept') return j;
+  const asked = await services.ask(j.rcpt);
+  return asked === undefined ? j : completeRcptWithServices(j, asked);
 }

@@ -14,6 +14,8 @@ import type { Reply } from '../smtp/reply.js';
 import type tls from 'node:tls';
 import type { BackendPool } from './backend-pool.js';
 import type { RefusalSink } from '../observability/refusal-ring.js';
+import type { DnsblScorer } from '../dnsbl/dnsbl-scorer.js';
+import type { PolicyServices } from '../policy-service/policy-services.js';
 
 /**
  * Per-client mode: "connect a backend session for this client" (guard.ts runs the connector
@@ -54,5 +56,9 @@ export interface GuardServices {
   readonly log: Logger;
   /** Recent refusals for the admin console (the same fields as the refusal log lines). */
   readonly refusals?: RefusalSink | undefined;
+  /** DNS block/allow lists scored at connect (config `dnsbl`). */
+  readonly dnsbl?: Pick<DnsblScorer, 'score' | 'scores'> | undefined;
+  /** Postfix policy services asked at RCPT / DATA (config `policyServices`). */
+  readonly policyServices?: Pick<PolicyServices, 'has' | 'evaluate' | 'asks'> | undefined;
   shuttingDown(): boolean;
 }

@@ -21,7 +21,7 @@ import { formatReply, reply, replyClass, replyText, type ProtocolErrorKind, type
 import * as R from '../smtp/replies.js';
 import type { SessionContext } from '../policy/context.js';
 import { isTrusted } from '../policy/relay.js';
-import { commandSyntaxVerdict, judgeMail, judgeRcpt, RELAY_RULES, type EnvelopeContext, type EnvelopeLimits, type RcptJudgement } from '../policy/judge.js';
+import { commandSyntaxVerdict, judgeMail, judgeRcpt, RELAY_RULES, type EnvelopeContext, type EnvelopeLimits, type RcptJudgement, type RcptServicesPort } from '../policy/judge.js';
 import type { RcptVerdict, MailVerdict, PolicyRefusal } from '../policy/verdict.js';
 import type { RulesSnapshot } from '../policy/compile.js';
 import type { LimitDecision, LimitEvent } from '../limits/limiter.js';
@@ -31,6 +31,7 @@ import { ReplySequencer, type ReplySlot } from './reply-sequencer.js';
 import { Transaction } from './transaction.js';
 import type { SessionInfo } from './session-registry.js';
 import type { GuardServices, ListenerRuntime } from './services.js';
+import type { PolicyRequestFacts } from '../policy-service/policy-request.js';
 
 type Phase = 'admission' | 'connecting' | 'command' | 'data' | 'discard' | 'auth' | 'closing' | 'closed';
 
@@ -53,6 +54,8 @@ function newSessionId(): string {
   return id;
 }
 const AUTH_LINE_BYTES = 12288;
+/** Header lines policy services may PREPEND to one message. */
+const MAX_PREPEND_HEADERS = 16;
 
 export class SmtpSession {
   readonly id = newSessionId();
@@ -160,6 +163,17 @@ export class SmtpSession {
         if (this.phase === 'closed') return;
         if (d.action !== 'allow' && d.action !== 'tarpit') return this.refuseConnection({ ...d.reply, close: true }, 'limited');
         if (d.action === 'tarpit' && d.delayMs) await this.sleep(d.delayMs);
+      }
+      // DNS lists, postscreen style: decided before the backend (or a pooled session) is touched.
+      if (svc.dnsbl && svc.dnsbl.scores(this.listener.config) && !isTrusted(this.context(), this.rules())) {
+        const scored = await svc.dnsbl.score(this.clientIp);
+        if (this.phase === 'closed') return;
+        if (scored.refused && scored.reply) {
+          const lists = scored.answers.filter((a) => a.result === 'listed').map((a) => `${a.zone}(${a.weight > 0 ? '+' : ''}${a.weight})`);
+          this.log.info({ ruleId: 'dnsbl', score: scored.score, threshold: scored.threshold, lists, reply: replyText(scored.reply) }, 'client refused');
+          this.svc.refusals?.record({ kind: 'connect', sessionId: this.id, clientIp: this.clientIp, listener: this.listener.config.name, ruleId: 'dnsbl', reply: replyText(scored.reply) });
+          return this.refuseConnection(scored.reply, 'dnsbl');
+        }
       }
       if (svc.pool) return await this.greetPooled();
       this.releaseCapacity = svc.capacity.tryAcquire();
@@ -462,7 +476,7 @@ export class SmtpSession {
       case 'RCPT':
         return this.run(this.onRcpt(cmd.path, cmd.params));
       case 'DATA':
-        return this.onData();
+        return this.onDataCommand();
       case 'RSET':
         this.tx.reset();
         if (!this.link && this.svc.pool) return this.localReply(reply(250, '2.0.0', 'OK'));
@@ -571,7 +585,7 @@ export class SmtpSession {
       return this.localReply(R.BACKEND_FAILED_IN_TRANSACTION);
     }
     const state = { mailFrom: this.tx.mailSent ? this.tx.mailFrom : undefined, smtputf8: this.tx.smtputf8, recipients: this.tx.rcptForwarded };
-    const j = await judgeRcpt(this.envelope(), state, path, params, this.rules(), this.svc.validator);
+    const j = await judgeRcpt(this.envelope(), state, path, params, this.rules(), this.svc.validator, this.policyServicesPort());
     if (this.phase === 'closed') return;
     if (j.verdict.action !== 'accept') {
       this.refuseRcpt(j, j.verdict);
@@ -583,6 +597,7 @@ export class SmtpSession {
     if (this.svc.log.isLevelEnabled('debug')) this.log.debug({ rcpt: cap(j.rcpt), ruleId: j.verdict.ruleId, lookup: j.lookup?.source }, 'rcpt accepted');
     this.tx.rcptForwarded++;
     const rcpt = j.rcpt;
+    const prepend = j.prepend ?? [];
     const serial = this.tx.serial;
     this.forward({ verb: 'RCPT', path, params: j.params }, (r) => {
       // The transaction ended before this reply came (its MAIL was refused): nothing to count.
@@ -590,6 +605,8 @@ export class SmtpSession {
       if (r.code < 300) {
         this.tx.accepted.push(rcpt);
         this.rcptAccepted++;
+        // A header one recipient's policy asked for is added once per message (bounded).
+        for (const h of prepend) if (!this.tx.prepend.includes(h) && this.tx.prepend.length < MAX_PREPEND_HEADERS) this.tx.prepend.push(h);
         return;
       }
       this.tx.refused++;
@@ -620,6 +637,18 @@ export class SmtpSession {
     this.noteRefusal('rcpt', this.tx.sender, j.rcpt, v.ruleId, v.reply);
   }
 
+  /**
+   * Postfix policy services at the RCPT stage as the judge's port: asked (by the judge, only about a
+   * recipient it accepted) unless none applies to this client (trusted clients: `trusted: skip`).
+   */
+  private policyServicesPort(): RcptServicesPort | undefined {
+    const ps = this.svc.policyServices;
+    if (!ps) return undefined;
+    const trusted = isTrusted(this.context(this.tx.mailFrom), this.rules());
+    if (!ps.asks('rcpt', trusted)) return undefined;
+    return { ask: (rcpt) => ps.evaluate('rcpt', this.policyFacts('RCPT', rcpt), rcpt, trusted) };
+  }
+
   /** The facts the envelope judge decides on, beyond the session context. */
   private envelope(): EnvelopeContext {
     return { session: this.context(), limits: this.envelopeLimits, backendSmtputf8: true, dsnAllowed: true };
@@ -628,6 +657,71 @@ export class SmtpSession {
   /** The admin console's ring of recent refusals: what the refusal log line just said, no more. */
   private noteRefusal(kind: 'rcpt' | 'sender', mailFrom: string | undefined, rcpt: string | undefined, ruleId: string, r: Reply): void {
     this.svc.refusals?.record({ kind, sessionId: this.id, clientIp: this.clientIp, listener: this.listener.config.name, helo: this.helo, authUser: this.authUser, mailFrom, rcpt, ruleId, reply: replyText(r) });
+  }
+
+  /**
+   * DATA with policy services at the DATA stage: once every RCPT reply is in (recipient_count is the
+   * accepted count, as Postfix sends it), ask them; a refusal answers DATA, else DATA goes on.
+   */
+  private onDataCommand(): void {
+    const ps = this.svc.policyServices;
+    if (!ps || !this.tx.mailSent || this.tx.lost || this.tx.rcptForwarded === 0) return this.onData();
+    const trusted = isTrusted(this.context(this.tx.mailFrom), this.rules());
+    if (!ps.asks('data', trusted)) return this.onData();
+    this.block();
+    this.seq.whenIdle(() => {
+      if (this.phase === 'closed') return;
+      if (this.tx.accepted.length === 0 || this.tx.lost) {
+        this.blocked = false;
+        this.onData();
+        if (!this.blocked) this.unblock();
+        return;
+      }
+      ps.evaluate('data', this.policyFacts('DATA'), '', trusted).then(
+        (pv) => {
+          if (this.phase === 'closed') return;
+          if (pv.action !== 'accept') {
+            const ruleId = `policy-service:${pv.decidedBy}`;
+            this.log.info({ helo: cap(this.helo), mailFrom: cap(this.tx.sender), rcpts: this.tx.accepted.length, ruleId, reply: replyText(pv.reply) }, 'data refused');
+            this.svc.refusals?.record({ kind: 'data', sessionId: this.id, clientIp: this.clientIp, listener: this.listener.config.name, helo: this.helo, authUser: this.authUser, mailFrom: this.tx.sender, ruleId, reply: replyText(pv.reply) });
+            this.localReply(pv.reply);
+            this.unblock();
+            return;
+          }
+          for (const h of pv.prepend) if (!this.tx.prepend.includes(h) && this.tx.prepend.length < MAX_PREPEND_HEADERS) this.tx.prepend.push(h);
+          this.blocked = false;
+          this.onData();
+          if (!this.blocked) this.unblock();
+        },
+        (err: unknown) => this.internalError(err),
+      );
+    });
+  }
+
+  /** The attributes of a policy request, from what this session knows (SMTPD_POLICY_README). */
+  private policyFacts(state: 'RCPT' | 'DATA', rcpt?: string): PolicyRequestFacts {
+    const secure = this.tlsActive && this.client instanceof tls.TLSSocket ? this.client : undefined;
+    const cipher = secure?.getCipher();
+    return {
+      protocolState: state,
+      protocolName: this.ehlo ? 'ESMTP' : 'SMTP',
+      heloName: this.helo,
+      sender: this.tx.sender,
+      // At DATA Postfix names the recipient only when exactly one was accepted.
+      recipient: rcpt ?? (this.tx.accepted.length === 1 ? this.tx.accepted[0] : ''),
+      recipientCount: state === 'DATA' ? this.tx.accepted.length : 0,
+      clientAddress: this.clientIp,
+      clientPort: this.clientPort,
+      serverAddress: this.client.localAddress,
+      serverPort: this.client.localPort,
+      // One message, one instance: the session and its transaction number (postgrey, policyd-spf rely on it).
+      instance: `${this.id}.${this.transactions}`,
+      saslUsername: this.authUser,
+      size: this.tx.declaredSize,
+      encryptionProtocol: secure?.getProtocol() ?? undefined,
+      encryptionCipher: cipher?.name,
+      encryptionKeysize: cipher ? (secure?.getEphemeralKeyInfo() as { size?: number } | null)?.size : undefined,
+    };
   }
 
   private onData(): void {
@@ -675,6 +769,13 @@ export class SmtpSession {
         return;
       }
       slot.resolve(r);
+      if (this.tx.prepend.length > 0) {
+        // PREPEND from policy services: header lines at the top of the message, before the client's
+        // first byte (dot-stuffed, RFC 5321 §4.5.2, though a field name rarely starts with a dot).
+        const headers = Buffer.from(this.tx.prepend.map((h) => `${h.startsWith('.') ? '.' : ''}${h}\r\n`).join(''), 'latin1');
+        this.bytesOut += headers.length;
+        this.link!.writeRaw(headers);
+      }
       this.scanner = new EndOfDataScanner({ mode: this.svc.config.smtp.smuggling, maxBytes: this.svc.maxMessageBytes });
       this.phase = 'data';
       this.resetIdle();

@@ -23,6 +23,9 @@ export class Transaction {
   /** MAIL carried SMTPUTF8 (RFC 6531): non-ASCII addresses allowed in this transaction. */
   smtputf8 = false;
 
+  /** Header lines policy services asked to PREPEND (added at the top of the message, as Postfix does). */
+  readonly prepend: string[] = [];
+
   /** Changes at every reset: a reply that arrives for an earlier transaction can tell. */
   serial = 0;
 
@@ -34,6 +37,7 @@ export class Transaction {
     this.sender = '';
     this.rcptForwarded = 0;
     this.accepted.length = 0;
+    this.prepend.length = 0;
     this.refused = 0;
     this.declaredSize = 0;
     this.smtputf8 = false;

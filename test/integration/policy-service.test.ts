@@ -208,7 +208,7 @@ describe('policy services against postgrey (Debian)', () => {
   afterAll(async () => grey?.stop());
 
   test('a new triplet is greylisted (DEFER_IF_PERMIT → 450); the retry after the delay passes with X-Greylist', async () => {
-    const s = new PolicyServices([{ name: 'postgrey', address: grey.address, stage: 'rcpt', timeout: '5s', onError: 'tempfail', maxConnections: 2 }]);
+    const s = new PolicyServices([{ name: 'postgrey', address: grey.address, stage: 'rcpt', timeout: '5s', onError: 'tempfail', maxConnections: 2, trusted: 'skip' }]);
     try {
       const f = facts({ sender: 'first@grey.test', recipient: 'bob@example.com', instance: 'g.1' });
       const first = await s.evaluate('rcpt', f, 'bob@example.com');

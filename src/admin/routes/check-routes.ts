@@ -20,6 +20,8 @@ export function registerCheckRoutes(api: FastifyInstance, deps: AdminDeps): void
         rules: deps.rules,
         bans: deps.bans,
         ...(deps.validator ? { validator: deps.validator } : {}),
+        ...(deps.dnsbl ? { dnsbl: deps.dnsbl } : {}),
+        ...(deps.policyServices ? { policyServices: deps.policyServices } : {}),
       }),
   );
 }
