@@ -19,6 +19,7 @@ import { DnsblScorer } from '../../src/dnsbl/dnsbl-scorer.js';
 import { PolicyServices } from '../../src/policy-service/policy-services.js';
 import { createMetrics } from '../../src/observability/metrics.js';
 import { compileRules } from '../../src/policy/compile.js';
+import { DEFAULT_CONFIG } from '../../src/config/schema.js';
 
 const LISTED = '127.0.0.9';
 const CLEAN = '127.0.0.10';
@@ -238,7 +239,7 @@ describe('/api/v1/check shows the DNS lists and the policy services', () => {
       const compiled = compileRules({ acceptedDomains: ['example.com'] } as never);
       if (!compiled.ok) throw new Error('rules');
       const deps = {
-        config: { listeners: [{ name: 'mx', kind: 'mx', relay: 'deny' }] } as never,
+        config: { listeners: [{ name: 'mx', kind: 'mx', relay: 'deny' }], smtp: DEFAULT_CONFIG.smtp } as never,
         rules: { current: () => compiled.snapshot },
         dnsbl,
         policyServices,
