@@ -27,6 +27,7 @@ CAPS=(
   "promtool|prometheus|command -v promtool"
   "prometheus (a real scraper)|prometheus|command -v prometheus"
   "openssl (s_client, certificates)|openssl|command -v openssl"
+  "docker-compose 1.29 (config checks of deploy/compose)|docker-compose|docker-compose version >/dev/null 2>&1"
   "rbldnsd (a real DNSBL server for the DNS list tests)|rbldnsd|test -x /usr/sbin/rbldnsd && id rbldns"
   "postgrey (a real Postfix policy service: greylisting)|postgrey|test -x /usr/sbin/postgrey && id postgrey && perl -MBerkeleyDB -MNet::Server -e1"
   "chromium that renders a page headless (the web console's browser tests)|chromium|d=\$(mktemp -d) && timeout 60 chromium --headless --no-sandbox --disable-gpu --user-data-dir=\"\$d\" --dump-dom about:blank 2>/dev/null | grep -q '<html'; r=\$?; rm -rf \"\$d\"; exit \$r"

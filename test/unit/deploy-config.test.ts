@@ -165,17 +165,14 @@ describe('fleet: rules in the shared store', () => {
     for (const n of names) expect(haproxy).toMatch(new RegExp(`server ${n} ${n}:2525 send-proxy-v2`));
   });
 
-  test.skipIf(!haproxyInstalled())('compose fleet: haproxy -c accepts haproxy.fleet.cfg', () => {
+  test('compose fleet: haproxy -c accepts haproxy.fleet.cfg', () => {
     const r = spawnSync('haproxy', ['-c', '-f', join(DEPLOY, 'compose/haproxy.fleet.cfg')], { encoding: 'utf8', timeout: 30_000 });
     expect(r.status, r.stdout + r.stderr).toBe(0);
   });
 });
 
-test.skipIf(spawnSync('docker-compose', ['version'], { stdio: 'ignore' }).status !== 0)('compose fleet: docker-compose config accepts docker-compose.fleet.yml', () => {
+test('compose fleet: docker-compose config accepts docker-compose.fleet.yml', () => {
   const r = spawnSync('docker-compose', ['-f', 'docker-compose.fleet.yml', 'config', '-q'], { cwd: join(DEPLOY, 'compose'), encoding: 'utf8', timeout: 60_000, env: { ...process.env, RELAY_GUARD_ADMIN_TOKEN: 'a'.repeat(64) } });
   expect(r.status, r.stdout + r.stderr).toBe(0);
 }, 90_000);
 
-function haproxyInstalled(): boolean {
-  return spawnSync('haproxy', ['-v'], { stdio: 'ignore' }).status === 0;
-}

@@ -81,8 +81,7 @@ describe('compose', () => {
     expect(dockerfile).toContain(`WORKDIR ${cfg.rulesDir.replace(/\/rules$/, '')}`);
   });
 
-  const dockerCompose = spawnSync('docker-compose', ['version'], { stdio: 'ignore', timeout: 20_000 }).status === 0;
-  test.skipIf(!dockerCompose)('docker-compose config (docker-compose on PATH) accepts the file with a token and names the missing one without', () => {
+  test('docker-compose config accepts the file with a token and names the missing one without', () => {
     const cwd = join(REPO_ROOT, 'deploy/compose');
     const env = { PATH: process.env.PATH };
     const ok = spawnSync('docker-compose', ['config', '--quiet'], { cwd, env: { ...env, RELAY_GUARD_ADMIN_TOKEN: 'x'.repeat(64) }, encoding: 'utf8', timeout: 60_000 });
