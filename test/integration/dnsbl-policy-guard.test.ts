@@ -11,7 +11,7 @@ import { startRecordingBackend, type RecordingBackend } from '../helpers/recordi
 import { guardHousekeeping, MODES, since, withMode } from '../helpers/modes.js';
 import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
 import { Dialog } from '../helpers/dialog.js';
-import { startRbldnsd, type Rbldnsd } from '../helpers/rbldnsd.js';
+import { dropProxy, startRbldnsd, type Rbldnsd } from '../helpers/rbldnsd.js';
 import { startPolicyServer, type ScriptedPolicyServer } from '../helpers/policy-server.js';
 import { startPostgrey, type Postgrey } from '../helpers/postgrey.js';
 import { dryRunCheck } from '../../src/admin/dry-run-check.js';
@@ -33,6 +33,7 @@ beforeAll(async () => {
   dns = await startRbldnsd([
     { zone: 'bl.test', entries: [LISTED, TRUSTED] },
     { zone: 'wl.test', entries: ['127.0.0.11'] },
+    { zone: 'slow.test', entries: [LISTED] },
   ]);
   grey = await startPostgrey({ delaySeconds: 2 });
   policy = await startPolicyServer();
@@ -228,6 +229,38 @@ describe.each(MODES)('DNS lists and policy services through the guard ($mode)', 
     expect(await metricValue(g, 'relay_guard_policy_service_errors_total', { service: 'scripted', kind: 'timeout' })).toBeGreaterThanOrEqual(1);
     await d.cmd('QUIT');
   }, 10_000);
+});
+
+describe('DNS lists through the guard: a list that times out, and the cache', () => {
+  test('a list that does not answer lets the client in (fail open) and is counted; answers are cached across connections', async () => {
+    const proxy = await dropProxy(dns.server, ['slow.test']);
+    const backend = await startRecordingBackend();
+    const g = await startGuard({
+      backendPort: backend.port,
+      config: { dns: { servers: [proxy.server], timeout: '300ms' }, dnsbl: { threshold: 1, lists: [{ zone: 'slow.test', weight: 5 }, { zone: 'bl.test', weight: 1 }] } },
+    });
+    try {
+      // 127.0.0.12 is on no list; slow.test never answers: greeted after the timeout.
+      const d = await Dialog.connect(g.port, { localAddress: '127.0.0.12' });
+      expect((await d.reply(3000)).code).toBe(220);
+      await d.cmd('QUIT');
+      expect(proxy.dropped()).toContain('12.0.0.127.slow.test');
+      expect(await metricValue(g, 'relay_guard_dnsbl_answers_total', { list: 'slow.test', result: 'timeout' })).toBe(1);
+      expect(g.logs.some((l) => l.msg === 'dns list did not answer: scores nothing' && l.list === 'slow.test')).toBe(true);
+      // A second connection from the same client: bl.test's "not listed" comes from the cache (one query
+      // in rbldnsd's log), slow.test is asked again (failures are not cached).
+      const d2 = await Dialog.connect(g.port, { localAddress: '127.0.0.12' });
+      expect((await d2.reply(3000)).code).toBe(220);
+      await d2.cmd('QUIT');
+      expect(dns.queries().filter((q) => q.startsWith('12.0.0.127.bl.test'))).toHaveLength(1);
+      expect(await metricValue(g, 'relay_guard_dnsbl_cache_hits_total', { list: 'bl.test' })).toBe(1);
+      expect(await metricValue(g, 'relay_guard_dnsbl_answers_total', { list: 'slow.test', result: 'timeout' })).toBe(2);
+    } finally {
+      await g.stop();
+      await backend.close();
+      await proxy.stop();
+    }
+  });
 });
 
 describe('/api/v1/check shows the DNS lists and the policy services', () => {
