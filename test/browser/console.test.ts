@@ -86,6 +86,22 @@ async function go(w: Watched, hash: string, ready: string): Promise<void> {
   await w.page.waitForSelector(ready);
 }
 
+/**
+ * Clicks an element of a table the page re-renders on its own (the live pages poll): a render between
+ * finding the element and clicking it detaches the node, so find it again and retry, a bounded number of times.
+ */
+async function clickLive(w: Watched, selector: string): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    await w.page.waitForSelector(selector, { visible: true });
+    try {
+      await w.page.click(selector);
+      return;
+    } catch (err) {
+      if (attempt >= 5 || !/detached|not clickable|not an HTMLElement|No node found/i.test(String(err))) throw err;
+    }
+  }
+}
+
 async function confirm(w: Watched): Promise<void> {
   await w.page.waitForSelector('dialog#confirm[open] [data-testid=confirm-ok]', { visible: true });
   await w.page.click('dialog#confirm[open] [data-testid=confirm-ok]');
@@ -246,7 +262,7 @@ describe.each(MODES)('web console ($mode)', ({ mode, config }) => {
     expect((await d.reply()).code).toBe(554);
     d.socket.destroy();
     await shot(w, 'bans', screenshots);
-    await w.page.click('[data-testid=bans] tr[data-id="127.0.0.10"] button');
+    await clickLive(w, '[data-testid=bans] tr[data-id="127.0.0.10"] button');
     await confirm(w);
     await w.page.waitForFunction(() => !document.querySelector('[data-testid=bans] tr[data-id="127.0.0.10"]'));
     const d2 = await Dialog.connect(g.port, { localAddress: '127.0.0.10' });
@@ -283,7 +299,7 @@ describe.each(MODES)('web console ($mode)', ({ mode, config }) => {
         ['127.0.0.11', EVIL_HELO, EVIL_FROM, ''],
       ]);
       expect(rows[1]?.[6]).toBe('sender-rules:evil');
-      await w.page.click('[data-testid=refusals] tbody tr[data-id]');
+      await clickLive(w, '[data-testid=refusals] tbody tr[data-id]');
       await w.page.waitForSelector('[data-testid=verdict]');
       const facts = await w.page.$eval('aside.detail .facts', (e) => e.textContent ?? '');
       expect(facts).toContain(EVIL_HELO);
@@ -292,7 +308,7 @@ describe.each(MODES)('web console ($mode)', ({ mode, config }) => {
       await w.page.waitForFunction((helo) => [...document.querySelectorAll('[data-testid=sessions] td')].some((td) => td.textContent === helo), {}, EVIL_HELO);
       await shot(w, 'sessions', screenshots);
       // Close it from the console: the client gets 421 and the connection ends.
-      await w.page.click('[data-testid=sessions] tbody tr[data-id] button');
+      await clickLive(w, '[data-testid=sessions] tbody tr[data-id] button');
       await confirm(w);
       const bye = await live.reply();
       expect(bye.code).toBe(421);
@@ -312,7 +328,7 @@ describe.each(MODES)('web console ($mode)', ({ mode, config }) => {
     await signIn(w, RO);
     expect(await w.page.$eval('#who', (e) => e.textContent)).toBe('auditor · read-only');
     await go(w, '#/refusals?client=127.0.0.9', '[data-testid=refusals] tbody tr[data-id]');
-    await w.page.click('[data-testid=refusals] tbody tr[data-id]');
+    await clickLive(w, '[data-testid=refusals] tbody tr[data-id]');
     await w.page.waitForSelector('[data-testid=verdict]');
     const moves = await w.page.$$eval('.moves button', (bs) => bs.map((b) => (b as HTMLButtonElement).disabled));
     expect(moves.length).toBeGreaterThan(0);

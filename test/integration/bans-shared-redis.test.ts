@@ -291,7 +291,9 @@ describe('Redis down when a guard starts', () => {
           limits: { store: 'redis', redisUrl: late.url, maxEntries: 1000 },
         },
       });
-      expect(Date.now() - started).toBeLessThan(2_500);
+      // A start that waited for Redis would never finish here (it is stopped); the bound only catches a start
+      // that sits out connect retries. It is loose because a loaded 2-core CI machine took 5.8 s once.
+      expect(Date.now() - started).toBeLessThan(15_000);
       expect(g.logs.filter((l) => l.msg === 'ban sync: redis unreachable, bans enforced locally until it answers')).toHaveLength(1);
       expect((await api(g, 'POST', '/bans', { target: '127.0.0.61', reason: 'offline' })).status).toBe(200);
       expect(await greetingFrom(g, '127.0.0.61')).toBe(554);

@@ -111,7 +111,7 @@ describe('RecipientList properties', () => {
         else expect(parsed.line).toBeGreaterThanOrEqual(1);
       }),
     );
-  });
+  }, 60_000);
 
   test('every listed address is known in any case, and other local parts are unknown', () => {
     fc.assert(
