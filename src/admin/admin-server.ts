@@ -15,7 +15,7 @@ import type { RateLimiter } from '../limits/limiter.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { RulesService } from '../rules/rules-service.js';
 import type { SessionRegistry } from '../session/session-registry.js';
-import type { PoolSnapshot } from '../session/backend-pool.js';
+import type { PoolSnapshot } from '../backend/backend-pool.js';
 import { bearerAuth, type AuthState } from './bearer-auth.js';
 import { AdminTokens, assertAdminSafe } from './admin-tokens.js';
 import { formatValidationErrors, installErrorHandlers } from './errors.js';

@@ -26,7 +26,7 @@ import type { RcptVerdict, MailVerdict, PolicyRefusal } from '../policy/verdict.
 import type { RulesSnapshot } from '../policy/compile.js';
 import type { LimitDecision, LimitEvent } from '../limits/limiter.js';
 import { verbLabel, type Metrics } from '../observability/metrics.js';
-import { BackendLink, isFailure, type BackendFailure } from './backend-link.js';
+import { BackendLink, isFailure, type BackendFailure } from '../backend/backend-link.js';
 import { ReplySequencer, type ReplySlot } from './reply-sequencer.js';
 import { Transaction } from './transaction.js';
 import type { SessionInfo } from './session-registry.js';

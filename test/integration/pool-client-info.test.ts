@@ -10,7 +10,7 @@ import fc from 'fast-check';
 import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
 import { Dialog } from '../helpers/dialog.js';
 import { until } from '../helpers/with-timeout.js';
-import { formatXforward, packAttributes, xtext } from '../../src/session/xclient.js';
+import { formatXforward, packAttributes, xtext } from '../../src/backend/xclient.js';
 
 interface ScriptedBackend {
   readonly port: number;

@@ -8,7 +8,7 @@ import type { Config } from '../../config/schema.js';
 import type { BanList } from '../../limits/bans.js';
 import type { Metrics } from '../../observability/metrics.js';
 import type { CountedKey, RefusalRing } from '../../observability/refusal-ring.js';
-import type { PoolSnapshot } from '../../session/backend-pool.js';
+import type { PoolSnapshot } from '../../backend/backend-pool.js';
 import type { SessionRegistry } from '../../session/session-registry.js';
 
 export const SAMPLE_INTERVAL_MS = 10_000;
