@@ -5,7 +5,7 @@
 import path from 'node:path';
 import { hostname } from 'node:os';
 import http from 'node:http';
-import { isIP, type AddressInfo, type Socket } from 'node:net';
+import { isIP, type AddressInfo } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { Registry } from 'prom-client';
 import type { Logger } from 'pino';
@@ -29,14 +29,15 @@ import { RecipientValidator } from './directory/recipient-validator.js';
 import { TlsContextManager } from './net/tls-context.js';
 import { SmtpListener, compileNetworks, type AcceptedConnection } from './net/listeners.js';
 import { BackendCapacity } from './backend/backend-capacity.js';
-import { BackendLink, type BackendFailure, type BackendLinkOptions } from './backend/backend-link.js';
-import { startBackendTls } from './backend/backend-tls.js';
-import { formatProxyForSelf, formatProxyPreamble, sendXclient, xforwardBeforeMail, type ClientEndpoint } from './backend/xclient.js';
+import type { BackendLink, BackendLinkOptions } from './backend/backend-link.js';
+import { BackendConnector, backendReady } from './backend/connector.js';
+import { PerClientSeats } from './backend/per-client-seat.js';
+import { PooledSeats } from './backend/pooled-seat.js';
 import { SessionRegistry } from './session/session-registry.js';
 import { SmtpSession } from './session/session.js';
 import { BackendPool } from './backend/backend-pool.js';
 import { parseDuration } from './limits/schema.js';
-import type { BackendProvider, GuardServices, ListenerRuntime } from './session/services.js';
+import type { GuardServices, ListenerRuntime } from './session/services.js';
 import { buildAdminServer } from './admin/admin-server.js';
 import { DEFAULT_RECENT_REFUSALS, RefusalRing } from './observability/refusal-ring.js';
 import { DnsblScorer } from './dnsbl/dnsbl-scorer.js';
@@ -58,7 +59,8 @@ export interface GuardDeps {
 }
 
 export interface Guard {
-  readonly services: GuardServices;
+  /** What sessions get, plus the pool itself (tests and the admin API look at it; sessions never do). */
+  readonly services: GuardServices & { readonly pool: BackendPool | undefined };
   readonly metrics: Metrics;
   readonly rules: RulesService;
   readonly listeners: readonly SmtpListener[];
@@ -173,78 +175,22 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
     ...(config.backend.sourceAddress ? { sourceAddress: config.backend.sourceAddress } : {}),
     onReplyTime: (verb: string, s: number) => metrics.backendReplyDuration.observe({ verb: verb === 'DATA-END' ? 'DATA_END' : verb }, s),
   };
-  /**
-   * The backend provider. With outbound PROXY or XCLIENT configured each client gets its own (it
-   * carries the client's address); the session never knows which steps ran.
-   */
-  const tellsBackend = config.backend.proxyProtocol !== 'off' || config.backend.xclient || config.backend.xforward;
-  const backendProviderFor = (client?: ClientEndpoint): BackendProvider => ({
-    async connect() {
-      const proxy = config.backend.proxyProtocol;
-      const r = await connectBackend(client && proxy !== 'off' ? formatProxyPreamble(proxy, client) : undefined);
-      if (!r.ok) return r;
-      const t = await secureBackend(r.link);
-      if (!t.ok) {
-        r.link.close(false);
-        return { ok: false as const, failure: t.failure, target: r.link.target };
-      }
-      let xclientSent = false;
-      if (client && config.backend.xclient) {
-        const x = await sendXclient(r.link, client, config.smtp.hostname);
-        if (!x.ok) {
-          backendLog.warn({ backend: r.link.target.name, reason: x.reason }, 'backend xclient failed');
-          r.link.close(false);
-          return { ok: false as const, failure: x.failure, target: r.link.target };
-        }
-        if (!x.sent) backendLog.info({ backend: r.link.target.name, reason: x.reason }, 'backend xclient not sent');
-        xclientSent = x.sent;
-      }
-      if (client && config.backend.xforward && !xclientSent) {
-        // XFORWARD before each MAIL, with the HELO the client gave on this connection (forwarded as is).
-        let refusalLogged = false;
-        r.link.beforeMail = xforwardBeforeMail(
-          (l) => ({ ...client, helo: l.lastHelo?.name ?? '', esmtp: l.lastHelo?.verb === 'EHLO' }),
-          (l, rep) => {
-            if (refusalLogged) return;
-            refusalLogged = true;
-            backendLog.warn({ backend: l.target.name, backendSession: l.tag, code: rep.code }, 'backend refused XFORWARD; it sees the guard as the client');
-          },
-        );
-      }
-      return r;
-    },
-  });
-  /** Backend leg STARTTLS when configured (right after the greeting); a failed handshake drops the link. */
-  async function secureBackend(link: BackendLink): Promise<{ ok: true } | { ok: false; failure: BackendFailure }> {
-    if (config.backend.tls !== 'starttls') return { ok: true };
-    const t = await startBackendTls(link, {
-      ehloName: config.smtp.hostname,
+  const connector = new BackendConnector({
+    targets,
+    link: linkOptions,
+    ehloName: config.smtp.hostname,
+    proxyProtocol: config.backend.proxyProtocol,
+    xclient: config.backend.xclient,
+    xforward: config.backend.xforward,
+    tls: {
+      mode: config.backend.tls === 'starttls' ? 'starttls' : 'off',
       rejectUnauthorized: config.backend.tlsRejectUnauthorized,
       handshakeTimeoutMs: timeouts.backendGreetingMs,
       ...(backendCa ? { ca: backendCa } : {}),
-    });
-    if (t.ok && !t.tls) backendLog.warn({ backend: link.target.name, reason: t.reason }, 'backend tls not started, continuing in plaintext');
-    if (!t.ok) backendLog.warn({ backend: link.target.name, reason: t.reason }, 'backend tls failed');
-    return t.ok ? { ok: true } : { ok: false, failure: t.failure };
-  }
-  const backends = backendProviderFor();
-  /** Connect to the first backend that answers, and keep the backend metrics. */
-  async function connectBackend(preamble?: Buffer) {
-    const r = await BackendLink.connect(targets, preamble ? { ...linkOptions, preamble } : linkOptions);
-    if (r.ok) {
-      metrics.backendConnectDuration.observe(r.connectSeconds);
-      const name = r.link.target.name ?? '';
-      metrics.backendUp.set({ backend: name }, 1);
-      metrics.backendConnections.inc({ backend: name });
-      r.link.once('closed', () => metrics.backendConnections.dec({ backend: name }));
-      // Backends before the one that answered are down.
-      for (const l of backendLabels) {
-        if (l === name) break;
-        metrics.backendUp.set({ backend: l }, 0);
-      }
-    } else for (const l of backendLabels) metrics.backendUp.set({ backend: l }, 0);
-    return r;
-  }
+    },
+    metrics,
+    log: backendLog,
+  });
 
   const pool = config.backend.pool.enabled
     ? new BackendPool({
@@ -255,7 +201,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
         max: Math.min(config.backend.pool.max, config.backend.maxConnections),
         acquireTimeoutMs: parseDuration(config.backend.pool.acquireTimeout),
         healthIntervalMs: parseDuration(config.backend.pool.healthInterval),
-        prepare: async (link: BackendLink) => (await secureBackend(link)).ok,
+        prepare: async (link: BackendLink) => (await connector.secure(link)).ok,
         metrics,
         log: log.child({ component: 'pool' }),
         xforward: config.backend.xforward,
@@ -271,7 +217,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
   const registry = new SessionRegistry();
   // The console's recent refusals exist only where the admin listener can show them.
   const refusals = config.admin.enabled ? new RefusalRing(config.admin.recentRefusals ?? DEFAULT_RECENT_REFUSALS) : undefined;
-  const services: GuardServices = {
+  const services: GuardServices & { readonly pool: BackendPool | undefined } = {
     config,
     timeouts,
     maxMessageBytes: maxMessageBytes(config),
@@ -280,9 +226,11 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
     limiter,
     bans,
     validator,
-    backends,
+    // The one place that knows the backend mode: sessions get a seat and never ask which kind.
+    seats: pool
+      ? new PooledSeats({ pool, hostname: config.smtp.hostname, stressIdleMs: timeouts.poolStressMs })
+      : new PerClientSeats({ connector, capacity: new BackendCapacity(config.backend.maxConnections), metrics, hostname: config.smtp.hostname }),
     pool,
-    capacity: new BackendCapacity(config.backend.maxConnections),
     registry,
     metrics,
     log,
@@ -303,10 +251,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
       lc,
       listenerTls.get(lc.name),
       (c: AcceptedConnection) => {
-        const svc = tellsBackend
-          ? { ...services, backends: backendProviderFor({ clientIp: c.clientIp, clientPort: c.clientPort, localIp: c.socket.localAddress, localPort: c.socket.localPort }) }
-          : services;
-        const session = new SmtpSession(c.socket, runtime, svc, { clientIp: c.clientIp, clientPort: c.clientPort, tls: c.tls });
+        const session = new SmtpSession(c.socket, runtime, services, { clientIp: c.clientIp, clientPort: c.clientPort, tls: c.tls });
         void session.start();
       },
       metrics,
@@ -412,21 +357,4 @@ function publishRuleChangeSeries(metrics: Metrics): void {
     const ops = SECTIONS[section].kind === 'list' ? ['replace', 'add', 'remove', 'rollback'] : ['replace', 'rollback'];
     for (const operation of ops) metrics.rulesChanges.inc({ section, operation }, 0);
   }
-}
-
-/** /readyz: can a backend be reached (TCP connect + greeting)? */
-/**
- * Readiness: a backend answers with a 220 greeting (a 421 — e.g. Exchange at its connection limit —
- * is not ready). A backend that expects a PROXY header gets one naming the probe itself.
- */
-async function backendReady(targets: { host: string; port: number }[], timeoutMs: number, proxy: 'off' | 'v1' | 'v2'): Promise<boolean> {
-  const r = await BackendLink.connect(targets, {
-    connectTimeoutMs: Math.min(timeoutMs, 3000),
-    greetingTimeoutMs: 3000,
-    replyTimeoutMs: 3000,
-    ...(proxy !== 'off' ? { preamble: (socket: Socket) => formatProxyForSelf(proxy, socket) } : {}),
-  });
-  if (!r.ok) return false;
-  r.link.close(true);
-  return r.greeting.code === 220;
 }

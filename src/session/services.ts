@@ -7,23 +7,12 @@ import type { RulesSnapshot } from '../policy/compile.js';
 import type { RecipientDirectory } from '../policy/judge.js';
 import type { RateLimiter } from '../limits/limiter.js';
 import type { BanList } from '../limits/bans.js';
-import type { BackendCapacity } from '../backend/backend-capacity.js';
 import type { SessionRegistry } from './session-registry.js';
-import type { BackendLink, BackendFailure, BackendTarget } from '../backend/backend-link.js';
-import type { Reply } from '../smtp/reply.js';
 import type tls from 'node:tls';
-import type { BackendPool } from '../backend/backend-pool.js';
+import type { BackendSeats } from '../backend/seat.js';
 import type { RefusalSink } from '../observability/refusal-ring.js';
 import type { DnsblScorer } from '../dnsbl/dnsbl-scorer.js';
 import type { PolicyServices } from '../policy-service/policy-services.js';
-
-/**
- * Per-client mode: "connect a backend session for this client" (guard.ts runs the connector
- * pipeline). Pooled mode does not use it: the session borrows from `pool` instead.
- */
-export interface BackendProvider {
-  connect(): Promise<{ ok: true; link: BackendLink; greeting: Reply } | { ok: false; failure: BackendFailure; target?: BackendTarget }>;
-}
 
 export interface TlsProvider {
   /** Options for a STARTTLS upgrade of an existing socket (current certificate). */
@@ -47,10 +36,8 @@ export interface GuardServices {
   readonly bans: BanList | undefined;
   /** Recipient validation: the envelope judge's directory port (src/directory implements it). */
   readonly validator: RecipientDirectory | undefined;
-  readonly backends: BackendProvider;
-  /** Pooled mode (backend.pool.enabled): backend sessions lent per transaction. */
-  readonly pool: BackendPool | undefined;
-  readonly capacity: BackendCapacity;
+  /** One backend seat per client connection (src/backend: per-client connect or the pool). */
+  readonly seats: BackendSeats;
   readonly registry: SessionRegistry;
   readonly metrics: Metrics;
   readonly log: Logger;

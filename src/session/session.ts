@@ -26,7 +26,8 @@ import type { RcptVerdict, MailVerdict, PolicyRefusal } from '../policy/verdict.
 import type { RulesSnapshot } from '../policy/compile.js';
 import type { LimitDecision, LimitEvent } from '../limits/limiter.js';
 import { verbLabel, type Metrics } from '../observability/metrics.js';
-import { BackendLink, isFailure, type BackendFailure } from '../backend/backend-link.js';
+import { isFailure, type BackendFailure } from '../backend/backend-link.js';
+import type { BackendSeat } from '../backend/seat.js';
 import { ReplySequencer, type ReplySlot } from './reply-sequencer.js';
 import { Transaction } from './transaction.js';
 import type { SessionInfo } from './session-registry.js';
@@ -63,7 +64,8 @@ export class SmtpSession {
   private resolveEnded!: () => void;
   private phase: Phase = 'admission';
   private client: net.Socket;
-  private link: BackendLink | undefined;
+  /** This client's place at the backend (src/backend/seat.ts: the session never asks which kind). */
+  private readonly seat: BackendSeat;
   private readonly reader: CommandLineReader;
   private readonly seq: ReplySequencer;
   private readonly tx = new Transaction();
@@ -102,14 +104,8 @@ export class SmtpSession {
   /** When the armed idle timer fires (Date.now() clock). */
   private idleDue = 0;
   private idleSince = 0;
-  private releaseCapacity: (() => void) | undefined;
   private releaseConcurrency: (() => void) | undefined;
-  private backendAbandoned = false;
   private clientEnded = false;
-  /** Pooled mode: the lent backend session's 'closed' listener, removed when it is returned. */
-  private linkClosed: ((failure: BackendFailure) => void) | undefined;
-  /** Pooled mode: this session holds its backend session for good (AUTH). */
-  private linkDedicated = false;
   private authState: { mechanism: string; step: number; slot?: ReplySlot } | undefined;
   private readonly envelopeLimits: EnvelopeLimits;
 
@@ -127,7 +123,24 @@ export class SmtpSession {
     this.ended = new Promise((r) => (this.resolveEnded = r));
     this.reader = new CommandLineReader({ maxLineBytes: svc.config.smtp.maxLineBytes });
     this.seq = new ReplySequencer((wire, replies) => this.writeReplies(wire, replies));
+    this.seat = svc.seats.create(
+      {
+        clientIp: this.clientIp,
+        clientPort: this.clientPort,
+        ...(socket.localAddress !== undefined ? { localIp: socket.localAddress } : {}),
+        ...(socket.localPort !== undefined ? { localPort: socket.localPort } : {}),
+        helo: () => this.helo,
+        esmtp: () => this.ehlo,
+        authUser: () => this.authUser,
+      },
+      { lost: (failure) => this.onBackendClosed(failure), log: () => this.log },
+    );
     this.attachClient(socket);
+  }
+
+  /** The backend session the client holds now, if any. */
+  private get link() {
+    return this.seat.link;
   }
 
   private get log(): Logger {
@@ -164,7 +177,7 @@ export class SmtpSession {
         if (d.action !== 'allow' && d.action !== 'tarpit') return this.refuseConnection({ ...d.reply, close: true }, 'limited');
         if (d.action === 'tarpit' && d.delayMs) await this.sleep(d.delayMs);
       }
-      // DNS lists, postscreen style: decided before the backend (or a pooled session) is touched.
+      // DNS lists, postscreen style: decided before the backend seat is opened.
       if (svc.dnsbl && svc.dnsbl.scores(this.listener.config) && !isTrusted(this.context(), this.rules())) {
         const scored = await svc.dnsbl.score(this.clientIp);
         if (this.phase === 'closed') return;
@@ -175,21 +188,10 @@ export class SmtpSession {
           return this.refuseConnection(scored.reply, 'dnsbl');
         }
       }
-      if (svc.pool) return await this.greetPooled();
-      this.releaseCapacity = svc.capacity.tryAcquire();
-      if (!this.releaseCapacity) return this.refuseConnection(R.CAPACITY, 'capacity');
       this.phase = 'connecting';
-      const res = await svc.backends.connect();
-      if ((this.phase as Phase) === 'closed') {
-        if (res.ok) res.link.close(true);
-        return;
-      }
-      if (!res.ok) {
-        svc.metrics.backendErrors.inc({ kind: res.failure === 'timeout' ? 'timeout' : 'connect' });
-        this.log.warn({ failure: res.failure, backend: res.target?.name ?? res.target?.host }, 'backend unavailable');
-        return this.refuseConnection(R.BACKEND_UNAVAILABLE, 'backend_unavailable');
-      }
-      this.attachLink(res.link);
+      const opened = await this.seat.open();
+      if ((this.phase as Phase) === 'closed') return;
+      if (!opened.ok) return this.refuseConnection(opened.reply, opened.outcome);
       if (this.phase !== 'connecting') return; // early talker already refused
       if (svc.timeouts.greetingDelayMs > 0) {
         await this.sleep(svc.timeouts.greetingDelayMs);
@@ -198,69 +200,14 @@ export class SmtpSession {
       svc.metrics.connections.inc({ listener: this.listener.config.name, outcome: 'accepted' });
       this.phase = 'command';
       this.greeted = true;
-      const greeting = res.greeting;
-      this.relayFromBackend(greeting.code === 220 ? greeting : { ...greeting, close: true });
+      const greeting = opened.greeting.code === 220 ? opened.greeting : { ...opened.greeting, close: true };
+      if (opened.source === 'backend') this.relayFromBackend(greeting);
+      else this.localReply(greeting);
       this.resetIdle();
       this.pump();
     } catch (err) {
       this.internalError(err);
     }
-  }
-
-  /** Pooled mode: the guard greets; a backend session is borrowed at MAIL (backend-pool.ts). */
-  private async greetPooled(): Promise<void> {
-    this.phase = 'connecting';
-    if (this.svc.timeouts.greetingDelayMs > 0) {
-      await this.sleep(this.svc.timeouts.greetingDelayMs);
-      if (this.phase !== 'connecting') return;
-    }
-    this.svc.metrics.connections.inc({ listener: this.listener.config.name, outcome: 'accepted' });
-    this.phase = 'command';
-    this.greeted = true;
-    this.localReply(reply(220, undefined, `${this.svc.config.smtp.hostname} ESMTP`));
-    this.resetIdle();
-    this.pump();
-  }
-
-  private attachLink(link: BackendLink): void {
-    this.link = link;
-    this.linkClosed = (failure: BackendFailure) => this.onBackendClosed(failure);
-    link.on('closed', this.linkClosed);
-  }
-
-  /** Pooled mode: a backend session for this transaction, or undefined (451 sent) when none is free. */
-  private async borrowLink(): Promise<BackendLink | undefined> {
-    const link = await this.svc.pool!.acquire({
-      clientIp: this.clientIp,
-      clientPort: this.clientPort,
-      helo: this.helo ?? '',
-      esmtp: this.ehlo,
-      ...(this.authUser !== undefined ? { login: this.authUser } : {}),
-    });
-    if (!link || this.phase === 'closed') {
-      if (link) this.svc.pool!.release(link, true);
-      if (!link) {
-        this.log.warn({}, 'pool: no backend session for this transaction (see the pool log for why)');
-        this.localReply(R.BACKEND_FAILED_IN_TRANSACTION);
-      }
-      return undefined;
-    }
-    this.backendAbandoned = false;
-    this.attachLink(link);
-    // The transaction's own line (message accepted / rejected by backend) carries backendSession;
-    // every lending is logged at debug level (a line per message at info costs a measurable share).
-    if (this.svc.log.isLevelEnabled('debug')) this.log.debug({ backendSession: link.tag, backendPort: link.socket.localPort, clientPort: this.clientPort, helo: cap(this.helo) }, 'pool: backend session lent');
-    return link;
-  }
-
-  /** Pooled mode: hand the backend session back (clean: nothing of this client's is left on it). */
-  private returnLink(clean: boolean): void {
-    const link = this.link;
-    if (!this.svc.pool || !link || this.linkDedicated) return;
-    link.off('closed', this.linkClosed!);
-    this.link = undefined;
-    if (link.isClosed) this.svc.pool.discard(link, 'closed');
-    else this.svc.pool.release(link, clean);
   }
 
   private refuseConnection(r: Reply, outcome: string): void {
@@ -296,7 +243,7 @@ export class SmtpSession {
     this.closeReason = reason;
     this.outcome = 'terminated';
     this.writeNow(reason === 'shutdown' ? R.SHUTTING_DOWN : { ...reply(421, '4.3.2', 'Session closed by administrator'), close: true });
-    if (this.tx.mailSent) this.abandonBackend();
+    if (this.tx.mailSent) this.seat.abandon();
     this.close('terminated');
   }
 
@@ -479,8 +426,9 @@ export class SmtpSession {
         return this.onDataCommand();
       case 'RSET':
         this.tx.reset();
-        if (!this.link && this.svc.pool) return this.localReply(reply(250, '2.0.0', 'OK'));
-        return this.forward(cmd, () => this.returnLink(true));
+        // No backend session held (none lent now): nothing to reset there.
+        if (!this.link) return this.localReply(reply(250, '2.0.0', 'OK'));
+        return this.forward(cmd, () => this.seat.endTransaction(true));
       case 'NOOP':
         return this.localReply(reply(250, '2.0.0', 'OK'));
       case 'HELP':
@@ -501,10 +449,10 @@ export class SmtpSession {
       case 'OTHER': {
         const name = cmd.name.toUpperCase();
         if (this.svc.config.smtp.trustedVerbs.map((v) => v.toUpperCase()).includes(name) && this.trusted()) {
-          if (this.linkDedicated || !this.svc.pool) return this.forward(cmd);
-          // Pooled mode: a private verb (ETRN, an X-verb) may change the backend session's state, so
-          // this client keeps that session (the one it holds, else a free one) for good, as with AUTH.
-          return this.run(this.dedicateLink().then((ok) => (ok ? this.forward(cmd) : undefined)));
+          if (this.seat.own) return this.forward(cmd);
+          // A private verb (ETRN, an X-verb) may change the backend session's state, so this client
+          // keeps that session (the one it holds, else a free one) for good, as with AUTH.
+          return this.run(this.dedicate().then((ok) => (ok ? this.forward(cmd) : undefined)));
         }
         return this.refuseVerb(name);
       }
@@ -517,17 +465,18 @@ export class SmtpSession {
     this.helo = cmd.domain;
     this.ehlo = cmd.verb === 'EHLO';
     this.tx.reset();
-    if (this.svc.pool && !this.linkDedicated) {
+    const own = this.seat.own;
+    if (!own) {
       // EHLO resets the transaction (RFC 5321 §4.1.4): give a held backend session back (RSET first).
-      this.returnLink(false);
-      return this.heloPooled(cmd.verb);
+      this.seat.endTransaction(false);
+      return this.heloFromGuard(cmd.verb);
     }
     const slot = this.seq.later();
-    this.link!.send(cmd.verb, formatCommand(cmd), (r) => {
+    own.send(cmd.verb, formatCommand(cmd), (r) => {
       if (isFailure(r)) return slot.resolve(this.backendFailureReply(r.failure, false));
       if (cmd.verb === 'EHLO' && r.code === 250) {
         const kw = ehloKeywords(r);
-        this.link!.pipelining = kw.has('PIPELINING');
+        own.pipelining = kw.has('PIPELINING');
         this.backendAuth = kw.get('AUTH');
         this.countReply('backend', r);
         return slot.resolve(filterEhlo(r, { allow: this.svc.ehloAllow, maxSizeBytes: this.svc.maxMessageBytes, add: this.extraEhloKeywords() }));
@@ -537,14 +486,12 @@ export class SmtpSession {
     });
   }
 
-  /** Pooled mode: HELO/EHLO answered by the guard with the backend's capabilities, filtered. */
-  private heloPooled(verb: 'HELO' | 'EHLO'): void {
-    const hostname = this.svc.config.smtp.hostname;
-    if (verb === 'HELO') return this.localReply(reply(250, undefined, hostname));
-    const caps = this.svc.pool!.capabilities ?? reply(250, undefined, hostname, 'PIPELINING', '8BITMIME', 'ENHANCEDSTATUSCODES');
+  /** No backend session of the client's own: HELO/EHLO answered by the guard with the backend's capabilities, filtered. */
+  private heloFromGuard(verb: 'HELO' | 'EHLO'): void {
+    if (verb === 'HELO') return this.localReply(reply(250, undefined, this.svc.config.smtp.hostname));
+    const caps = this.seat.capabilities();
     this.backendAuth = ehloKeywords(caps).get('AUTH');
-    const filtered = filterEhlo({ ...caps, lines: [hostname, ...caps.lines.slice(1)] }, { allow: this.svc.ehloAllow, maxSizeBytes: this.svc.maxMessageBytes, add: this.extraEhloKeywords() });
-    this.localReply(filtered);
+    this.localReply(filterEhlo(caps, { allow: this.svc.ehloAllow, maxSizeBytes: this.svc.maxMessageBytes, add: this.extraEhloKeywords() }));
   }
 
   private extraEhloKeywords(): string[] {
@@ -555,14 +502,17 @@ export class SmtpSession {
   }
 
   private async onMail(path: ReversePath, params: readonly EsmtpParam[]): Promise<void> {
-    // A transaction whose backend session was lost (pooled) ends with the client's next MAIL too.
+    // A transaction whose (lent) backend session was lost ends with the client's next MAIL too.
     if (this.tx.lost) this.tx.reset();
     const j = judgeMail(this.envelope(), { heloGiven: !!this.helo, inTransaction: this.tx.mailSent, transactions: this.transactions }, path, params, this.rules());
     const sender = path.kind === 'null' ? '' : mailboxAddress(path.mailbox);
     if (j.verdict.action !== 'accept') return this.refuseMail(sender, j.verdict);
     this.countMailVerdict(j.verdict);
     if (j.limit && (await this.limit(j.limit, { sender }))) return;
-    if (!this.link && this.svc.pool && !(await this.borrowLink())) return;
+    if (!this.link && !(await this.seat.forTransaction())) {
+      if (this.phase !== 'closed') this.localReply(R.BACKEND_FAILED_IN_TRANSACTION);
+      return;
+    }
     this.transactions++;
     this.tx.mailSent = true;
     this.tx.mailFrom = path;
@@ -572,9 +522,9 @@ export class SmtpSession {
     this.forward({ verb: 'MAIL', path, params: j.params }, (r) => {
       if (r.code >= 300) {
         this.tx.reset();
-        // Pooled: commands pipelined behind the refused MAIL are still out on this backend session;
-        // it goes back only once they are answered (their handlers return it, or the next MAIL reuses it).
-        if (!this.link || this.link.outstanding === 0) this.returnLink(true);
+        // A lent backend session: commands pipelined behind the refused MAIL are still out on it; it
+        // goes back only once they are answered (their handlers return it, or the next MAIL reuses it).
+        if (!this.link || this.link.outstanding === 0) this.seat.endTransaction(true);
       }
     });
   }
@@ -741,7 +691,7 @@ export class SmtpSession {
       if (isFailure(r)) {
         const failed = this.backendFailureReply(r.failure, true);
         slot.resolve(failed);
-        // Pooled: only this transaction is lost (the 451 does not close); lift the DATA barrier.
+        // Only this transaction is lost (the 451 does not close): lift the DATA barrier.
         if (!failed.close) {
           this.tx.reset();
           this.unblock();
@@ -752,19 +702,19 @@ export class SmtpSession {
       if (r.code !== 354) {
         slot.resolve(r);
         this.tx.reset();
-        this.returnLink(false);
+        this.seat.endTransaction(false);
         this.unblock();
         return;
       }
       if (this.phase !== 'command') {
         // Closing (a ban or limit decided while DATA was out): no message now; the 421 follows.
-        this.abandonBackend();
+        this.seat.abandon();
         slot.resolve(this.guardMade(R.BACKEND_FAILED_IN_TRANSACTION));
         return;
       }
       if (this.tx.accepted.length === 0) {
         // The backend would take a message with no recipient it accepted: never send one.
-        this.abandonBackend();
+        this.seat.abandon();
         slot.resolve(this.guardMade({ ...R.NO_VALID_RECIPIENTS, close: true }));
         return;
       }
@@ -788,15 +738,16 @@ export class SmtpSession {
 
   private onQuit(): void {
     this.outcome = 'quit';
-    // Pooled: a lent backend session is the pool's, not this client's to close: the guard says
-    // goodbye itself and the session goes back (RSET first when a transaction was open).
-    if (!this.link || (this.svc.pool && !this.linkDedicated)) {
+    // A lent backend session is not this client's to close: the guard says goodbye itself and the
+    // session goes back (RSET first when a transaction was open).
+    const own = this.seat.own;
+    if (!own) {
       this.localReply({ ...reply(221, '2.0.0', 'Bye'), close: true });
       this.block();
       return;
     }
     const slot = this.seq.later();
-    this.link.send('QUIT', formatCommand({ verb: 'QUIT' }), (r) => {
+    own.send('QUIT', formatCommand({ verb: 'QUIT' }), (r) => {
       const bye = isFailure(r) ? reply(221, '2.0.0', 'Bye') : r;
       this.countReply(isFailure(r) ? 'guard' : 'backend', bye);
       slot.resolve({ ...bye, close: true });
@@ -888,9 +839,9 @@ export class SmtpSession {
     this.phase = 'auth';
     this.block();
     const wire = Buffer.from(`AUTH ${mechanism}${initial !== undefined ? ` ${initial}` : ''}\r\n`, 'latin1');
-    if (this.linkDedicated || !this.svc.pool) return this.sendAuth(wire, authState);
-    // Pooled mode: authentication binds a backend session to this client for good.
-    this.dedicateLink().then(
+    if (this.seat.own) return this.sendAuth(wire, authState);
+    // Authentication binds a backend session to this client for good.
+    this.dedicate().then(
       (ok) => {
         if (this.phase === 'closed') return;
         if (ok) return this.sendAuth(wire, authState);
@@ -902,26 +853,12 @@ export class SmtpSession {
     );
   }
 
-  /**
-   * Pooled mode: take a backend session out of the pool for this client for good — the one it holds
-   * (never to be lent on after AUTH or a private verb went over it), else a free one — and greet it
-   * with the client's HELO (not in mid-transaction: EHLO would reset it).
-   */
-  private async dedicateLink(): Promise<boolean> {
-    const held = this.link;
-    const link = held ?? (await this.borrowLink());
-    if (!link) return false;
-    this.svc.pool!.detach(link);
-    this.linkDedicated = true;
-    if (held && this.tx.mailSent) return true;
-    const r = await new Promise<Reply | undefined>((resolve) =>
-      link.send('EHLO', Buffer.from(`EHLO ${this.helo ?? this.svc.config.smtp.hostname}\r\n`, 'latin1'), (e) => resolve(isFailure(e) ? undefined : e)),
-    );
-    if (!r || r.code !== 250) {
-      this.localReply(R.BACKEND_FAILED_IN_TRANSACTION);
-      return false;
-    }
-    return true;
+  /** A backend session that stays this client's (AUTH, a private verb); false (451 sent) when there is none. */
+  private async dedicate(): Promise<boolean> {
+    const link = await this.seat.dedicate(this.tx.mailSent);
+    if (link) return true;
+    if (this.phase !== 'closed') this.localReply(R.BACKEND_FAILED_IN_TRANSACTION);
+    return false;
   }
 
   private sendAuth(wire: Buffer, st: { mechanism: string; step: number; user?: string }): void {
@@ -1012,7 +949,7 @@ export class SmtpSession {
   private feedData(chunk: Buffer): void {
     const scanner = this.scanner!;
     const step = scanner.push(chunk);
-    // Pooled mode: a backend session lost mid-DATA leaves no link; read the rest, then 451.
+    // A lent backend session lost mid-DATA leaves no link; read the rest, then 451.
     const link = this.link;
     let full = false;
     if (link) {
@@ -1036,7 +973,7 @@ export class SmtpSession {
         this.svc.metrics.protocolErrors.inc({ kind: step.smuggle === 'nul' ? 'bad_bytes' : step.smuggle });
         this.svc.metrics.messages.inc({ outcome: 'smuggling' });
         this.log.warn({ helo: cap(this.helo), mailFrom: cap(this.tx.sender), kind: step.smuggle, rcpts: this.tx.accepted.length }, 'smuggling attempt refused');
-        this.abandonBackend();
+        this.seat.abandon();
         this.outcome = 'smuggling';
         this.phase = 'closing';
         this.localReply({ ...R.SMUGGLING, close: true });
@@ -1044,7 +981,7 @@ export class SmtpSession {
       case 'too_large':
         this.svc.metrics.messages.inc({ outcome: 'too_large' });
         this.log.info({ mailFrom: cap(this.tx.sender), size: step.size }, 'message too large');
-        this.abandonBackend();
+        this.seat.abandon();
         this.phase = 'discard';
         // The scanner keeps the rest of the overflowing chunk: scan it first (stay in sync, then 552).
         this.discardData(Buffer.alloc(0));
@@ -1056,8 +993,8 @@ export class SmtpSession {
     const r = this.scanner!.discardUntilEnd(chunk);
     if (!r.done) return;
     this.outcome = 'too_large';
-    // 1:1 mode lost its backend connection with the aborted message: close. Pooled mode goes on.
-    this.finishDiscard(this.svc.pool && !this.linkDedicated ? R.MESSAGE_TOO_LARGE : { ...R.MESSAGE_TOO_LARGE, close: true }, r.rest);
+    // The aborted message took the backend session with it: the client goes on only when another can be had.
+    this.finishDiscard(this.seat.replaceable ? R.MESSAGE_TOO_LARGE : { ...R.MESSAGE_TOO_LARGE, close: true }, r.rest);
   }
 
   /** The client's end-of-data arrived for a message that will not be delivered: answer, go on. */
@@ -1089,7 +1026,7 @@ export class SmtpSession {
       if (isFailure(r)) {
         this.svc.metrics.messages.inc({ outcome: 'backend_failed' });
         this.log.warn({ failure: r.failure, mailFrom: cap(this.tx.sender), rcpts, size, backendSession: this.link?.tag }, 'backend failed after end-of-data');
-        if (this.svc.pool && !this.linkDedicated) {
+        if (this.seat.replaceable) {
           // Never a 2xx the backend did not give: 451, and the client may retry on another backend session.
           this.tx.reset();
           slot.resolve(this.guardMade(R.BACKEND_FAILED_IN_TRANSACTION));
@@ -1111,7 +1048,7 @@ export class SmtpSession {
         if (this.infoOn) this.log.info({ clientPort: this.clientPort, mailFrom: cap(this.tx.sender), rcpts, size, backendSession: this.link?.tag, backendReply: cap(replyText(r), 200) }, 'message rejected by backend');
       }
       this.tx.reset();
-      this.returnLink(true);
+      this.seat.endTransaction(true);
       slot.resolve(r);
       this.unblock();
     }, this.svc.timeouts.backendDataReplyMs);
@@ -1219,20 +1156,16 @@ export class SmtpSession {
 
   private backendFailureReplyFor(failure: BackendFailure, inTransaction: boolean): Reply {
     this.svc.metrics.backendErrors.inc({ kind: failure });
-    // Pooled mode: only this transaction is lost; the client may go on with another backend session.
-    if (this.svc.pool && !this.linkDedicated) return R.BACKEND_FAILED_IN_TRANSACTION;
+    // Only this transaction is lost: the client may go on with another backend session.
+    if (this.seat.replaceable) return R.BACKEND_FAILED_IN_TRANSACTION;
     if (this.phase !== 'closed') this.outcome = 'backend_failed';
     return inTransaction ? { ...R.BACKEND_FAILED_IN_TRANSACTION, close: true } : R.BACKEND_UNAVAILABLE;
   }
 
   private onBackendClosed(failure: BackendFailure): void {
-    if (this.backendAbandoned || this.phase === 'closed' || this.phase === 'closing') return;
+    if (this.phase === 'closed' || this.phase === 'closing') return;
     this.log.warn({ failure, phase: this.phase }, 'backend connection lost');
-    if (this.svc.pool && !this.linkDedicated && this.link) {
-      const link = this.link;
-      link.off('closed', this.linkClosed!);
-      this.link = undefined;
-      this.svc.pool.discard(link, 'closed');
+    if (this.seat.dropLost()) {
       if (this.phase === 'data') this.svc.metrics.messages.inc({ outcome: 'backend_failed' });
       else if (this.tx.mailSent) this.tx.lost = true;
       return;
@@ -1245,19 +1178,6 @@ export class SmtpSession {
     }
     // Pending commands were answered by their handlers; if nothing was pending, say goodbye now.
     if (this.seq.pending === 0) this.localReply(this.tx.mailSent ? { ...R.BACKEND_FAILED_IN_TRANSACTION, close: true } : R.BACKEND_UNAVAILABLE);
-  }
-
-  /** Drop the backend connection without ever sending it an end-of-data (invariant 3). */
-  private abandonBackend(): void {
-    const link = this.link;
-    if (link && this.svc.pool && !this.linkDedicated) {
-      link.off('closed', this.linkClosed!);
-      this.link = undefined;
-      this.svc.pool.discard(link, 'unexpected_reply');
-      return;
-    }
-    this.backendAbandoned = true;
-    link?.close(false);
   }
 
   // ───────────────────────────── policy, limits ─────────────────────────────
@@ -1333,7 +1253,7 @@ export class SmtpSession {
     // close / ban: read no further command, so nothing pipelined behind this one reaches the
     // backend; the 421 is written once the replies before it are in (RFC 2920 §3.1 order). Decided
     // while a message was being read (a late unknown-recipient verdict): that message never ends.
-    if (this.phase === 'data' || this.phase === 'discard') this.abandonBackend();
+    if (this.phase === 'data' || this.phase === 'discard') this.seat.abandon();
     this.phase = 'closing';
     this.localReply({ ...d.reply, close: true });
     return true;
@@ -1390,9 +1310,10 @@ export class SmtpSession {
     return this.phase === 'data' || this.phase === 'discard' ? this.svc.timeouts.dataMs : this.svc.timeouts.commandMs;
   }
 
-  /** When to look next: a client holding a pooled backend session is looked at sooner (onIdleTimer). */
+  /** When to look next: a client holding a backend session others may wait for is looked at sooner (onIdleTimer). */
   private idleTimerMs(leftMs: number): number {
-    return this.holdsPooledLink() ? Math.min(leftMs, this.svc.timeouts.poolStressMs) : leftMs;
+    const contended = this.seat.contendedIdleMs;
+    return contended !== undefined ? Math.min(leftMs, contended) : leftMs;
   }
 
   private armIdle(ms: number): void {
@@ -1401,13 +1322,9 @@ export class SmtpSession {
     this.idleTimer = setTimeout(this.onIdleTimer, ms);
   }
 
-  private holdsPooledLink(): boolean {
-    return this.svc.pool !== undefined && this.link !== undefined && !this.linkDedicated;
-  }
-
   /**
-   * The idle timer. A client that holds a pooled backend session while others wait for one gets
-   * only backend.pool.stressTimeout of silence (as Postfix shortens smtpd_timeout under stress):
+   * The idle timer. A client that holds a lent backend session while others wait for one gets
+   * only the seat's contended silence (backend stressTimeout) (as Postfix shortens smtpd_timeout under stress):
    * a few silent clients in mid-transaction must not starve everyone else. Otherwise the full
    * command/DATA timeout applies.
    */
@@ -1415,11 +1332,10 @@ export class SmtpSession {
     this.idleTimer = undefined;
     if (this.phase === 'closed' || this.phase === 'closing') return;
     const left = this.idleSince + this.idleLimitMs() - Date.now();
-    if (left > 0 && !(this.holdsPooledLink() && this.svc.pool!.waiting > 0)) {
+    if (left > 0 && !this.seat.shedForWaiters(Date.now() - this.idleSince)) {
       this.armIdle(this.idleTimerMs(left));
       return;
     }
-    if (left > 0) this.log.info({ idleMs: Date.now() - this.idleSince, waiting: this.svc.pool!.waiting }, 'pool: silent client released its backend session for waiting clients');
     this.onTimeout('idle');
   };
 
@@ -1431,7 +1347,7 @@ export class SmtpSession {
     if (this.phase === 'closed' || this.phase === 'closing') return;
     this.log.info({ which, phase: this.phase }, 'timeout');
     this.outcome = 'timeout';
-    if (this.phase === 'data' || this.tx.mailSent) this.abandonBackend();
+    if (this.phase === 'data' || this.tx.mailSent) this.seat.abandon();
     this.writeNow(R.TIMEOUT);
     this.close('timeout');
   }
@@ -1440,7 +1356,7 @@ export class SmtpSession {
     this.svc.metrics.internalErrors.inc({ where: 'session' });
     this.log.error({ err }, 'internal error');
     this.outcome = 'internal_error';
-    this.abandonBackend();
+    this.seat.abandon();
     if (this.phase !== 'closed') {
       this.writeNow({ ...reply(421, '4.3.0', 'Internal error, try again later'), close: true });
       this.close('internal_error');
@@ -1456,18 +1372,9 @@ export class SmtpSession {
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
     clearTimeout(this.idleTimer);
-    // Mid-transaction the backend must not deliver: abort without end-of-data. Otherwise QUIT politely.
-    if (this.link && !this.link.isClosed && this.svc.pool && !this.linkDedicated) {
-      // Pooled mode: an interrupted DATA poisons the backend session; anything else is RSET and reused.
-      if (wasData) this.abandonBackend();
-      else this.returnLink(!this.tx.mailSent);
-    } else if (this.link && !this.link.isClosed) {
-      if (wasData || this.tx.mailSent) this.abandonBackend();
-      else {
-        this.backendAbandoned = true;
-        this.link.close(true);
-      }
-    }
+    // Mid-transaction the backend must not deliver: abort without end-of-data. Otherwise QUIT politely
+    // (or give a lent backend session back).
+    this.seat.release({ inMessage: wasData, inTransaction: this.tx.mailSent });
     const client = this.client;
     if (this.outcome === 'quit') {
       // After the reply to QUIT nothing more is read (RFC 5321 §4.1.1.10): close as soon as the reply
@@ -1479,7 +1386,6 @@ export class SmtpSession {
       linger.unref();
       client.once('close', () => clearTimeout(linger));
     }
-    this.releaseCapacity?.();
     this.releaseConcurrency?.();
     this.svc.registry.remove(this.id);
     this.svc.metrics.sessionsActive.dec({ listener: this.listener.config.name });

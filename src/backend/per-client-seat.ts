@@ -1,0 +1,113 @@
+/**
+ * PerClientSeat: each client gets its own backend session at connect time, within the backend
+ * slot cap (BackendCapacity), through the connector (PROXY, backend STARTTLS, XCLIENT, XFORWARD).
+ * It is the client's until the connection ends; losing it ends the connection.
+ */
+import type { Metrics } from '../observability/metrics.js';
+import { reply, type Reply } from '../smtp/reply.js';
+import * as R from '../smtp/replies.js';
+import type { BackendCapacity } from './backend-capacity.js';
+import type { BackendFailure, BackendLink } from './backend-link.js';
+import type { BackendConnector } from './connector.js';
+import type { BackendSeat, BackendSeats, SeatClient, SeatEvents, SeatOpening } from './seat.js';
+
+export interface PerClientSeatsOptions {
+  readonly connector: BackendConnector;
+  readonly capacity: BackendCapacity;
+  readonly metrics: Metrics;
+  readonly hostname: string;
+}
+
+export class PerClientSeats implements BackendSeats {
+  constructor(private readonly opts: PerClientSeatsOptions) {}
+
+  create(client: SeatClient, events: SeatEvents): BackendSeat {
+    return new PerClientSeat(this.opts, client, events);
+  }
+}
+
+class PerClientSeat implements BackendSeat {
+  private current: BackendLink | undefined;
+  private releaseSlot: (() => void) | undefined;
+  /** Closed by the guard (abandoned or quit): its 'closed' event is no loss to report. */
+  private abandoned = false;
+  private released = false;
+  readonly replaceable = false;
+  readonly contendedIdleMs = undefined;
+
+  constructor(
+    private readonly opts: PerClientSeatsOptions,
+    private readonly client: SeatClient,
+    private readonly events: SeatEvents,
+  ) {}
+
+  get link(): BackendLink | undefined {
+    return this.current;
+  }
+
+  get own(): BackendLink | undefined {
+    return this.current;
+  }
+
+  async open(): Promise<SeatOpening> {
+    this.releaseSlot = this.opts.capacity.tryAcquire();
+    if (!this.releaseSlot) return { ok: false, reply: R.CAPACITY, outcome: 'capacity' };
+    const { clientIp, clientPort, localIp, localPort } = this.client;
+    const res = await this.opts.connector.connect({ clientIp, clientPort, ...(localIp !== undefined ? { localIp } : {}), ...(localPort !== undefined ? { localPort } : {}) });
+    if (this.released) {
+      if (res.ok) res.link.close(true);
+      return { ok: false, reply: R.BACKEND_UNAVAILABLE, outcome: 'closed' };
+    }
+    if (!res.ok) {
+      this.opts.metrics.backendErrors.inc({ kind: res.failure === 'timeout' ? 'timeout' : 'connect' });
+      this.events.log().warn({ failure: res.failure, backend: res.target?.name ?? res.target?.host }, 'backend unavailable');
+      return { ok: false, reply: R.BACKEND_UNAVAILABLE, outcome: 'backend_unavailable' };
+    }
+    this.current = res.link;
+    res.link.on('closed', (failure: BackendFailure) => {
+      if (!this.abandoned) this.events.lost(failure);
+    });
+    return { ok: true, greeting: res.greeting, source: 'backend' };
+  }
+
+  /** Never asked: the client's own backend session carries every transaction. */
+  async forTransaction(): Promise<BackendLink | undefined> {
+    return this.current;
+  }
+
+  async dedicate(): Promise<BackendLink | undefined> {
+    return this.current;
+  }
+
+  endTransaction(): void {}
+
+  abandon(): void {
+    this.abandoned = true;
+    this.current?.close(false);
+  }
+
+  release(state: { inMessage: boolean; inTransaction: boolean }): void {
+    this.released = true;
+    const link = this.current;
+    if (link && !link.isClosed) {
+      if (state.inMessage || state.inTransaction) this.abandon();
+      else {
+        this.abandoned = true;
+        link.close(true);
+      }
+    }
+    this.releaseSlot?.();
+  }
+
+  dropLost(): boolean {
+    return false;
+  }
+
+  capabilities(): Reply {
+    return reply(250, undefined, this.opts.hostname, 'PIPELINING', '8BITMIME', 'ENHANCEDSTATUSCODES');
+  }
+
+  shedForWaiters(): boolean {
+    return false;
+  }
+}
