@@ -36,7 +36,7 @@ export interface GuardServices {
   readonly bans: BanList | undefined;
   /** Recipient validation: the envelope judge's directory port (src/directory implements it). */
   readonly validator: RecipientDirectory | undefined;
-  /** One backend seat per client connection (src/backend: per-client connect or the pool). */
+  /** One backend seat per client connection (src/backend/seat.ts; guard.ts picks the kind). */
   readonly seats: BackendSeats;
   readonly registry: SessionRegistry;
   readonly metrics: Metrics;

@@ -16,7 +16,7 @@ export interface SessionInfo {
   readonly ageSeconds: number;
   /**
    * The backend session this client's commands go over now ("serial:local port", as in the
-   * transaction log line; pooled mode: only while one is lent or dedicated to it).
+   * transaction log line; with a lent backend session only while it is lent or dedicated to it).
    */
   readonly backendSession?: string;
 }

@@ -5,7 +5,7 @@ export class Transaction {
   /** MAIL was forwarded and not refused (optimistic while its reply is pending). */
   mailSent = false;
   /**
-   * Pooled mode: the backend session carrying this transaction was lost. The client still has a
+   * The lent backend session carrying this transaction was lost. The client still has a
    * transaction open (its MAIL and RCPTs were accepted): RCPT and DATA get 451 until it ends it
    * (RSET, EHLO, DATA, or a new MAIL), never a 5xx that would make it bounce the message.
    */
