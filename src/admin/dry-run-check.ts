@@ -12,7 +12,7 @@ import { maxMessageBytes } from '../config/load-config.js';
 import type { BanList } from '../limits/bans.js';
 import type { RulesSnapshot } from '../policy/compile.js';
 import type { SessionContext } from '../policy/context.js';
-import { commandSyntaxVerdict, judgeMail, judgeRcpt, type EnvelopeContext, type RcptServicesPort, type RecipientDirectory } from '../policy/judge.js';
+import { commandSyntaxVerdict, dsnAllowedFor, judgeMail, judgeRcpt, type EnvelopeContext, type RcptServicesPort, type RecipientDirectory } from '../policy/judge.js';
 import type { MailVerdict, PolicyRefusal, RcptVerdict, TraceStep, Warning } from '../policy/verdict.js';
 import { formatIp, parseIp, unmapIPv4 } from '../smtp/ip-address.js';
 import { parseCommand } from '../smtp/command.js';
@@ -149,8 +149,9 @@ export async function dryRunCheck(req: CheckRequest, deps: CheckDeps): Promise<C
   const ctx: EnvelopeContext = {
     session,
     limits: { maxRecipients: smtp.maxRecipients, maxTransactions: smtp.maxTransactions, maxMessageBytes: maxMessageBytes(deps.config) },
+    // The backend is assumed to offer SMTPUTF8 and DSN (the live session asks its EHLO); who may use DSN is policy.
     backendSmtputf8: true,
-    dsnAllowed: true,
+    dsnAllowed: dsnAllowedFor(smtp.dsn ?? 'trusted', session, rules),
   };
   let atConnect: Partial<CheckResponse> = {};
   const final = (step: CheckStepResult, mail: CheckStepResult, extra: Partial<CheckResponse> = {}, warnings: Warning[] = []): CheckResponse => ({

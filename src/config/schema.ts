@@ -102,6 +102,11 @@ export const ConfigSchema = Type.Object(
         ehloAllow: Type.Array(Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9-]*$' })),
         vrfy: Type.Union([Type.Literal('refuse'), Type.Literal('252')]),
         trustedVerbs: Type.Array(Type.String(), { description: 'verbs (ETRN, TURN, X-verbs) forwarded for trusted clients only' }),
+        dsn: Type.Optional(
+          Type.Union([Type.Literal('trusted'), Type.Literal('all'), Type.Literal('off')], {
+            description: 'DSN (RET, ENVID, NOTIFY, ORCPT) advertised and forwarded to: trusted clients (default), all clients, or nobody',
+          }),
+        ),
       },
       { additionalProperties: false },
     ),
@@ -201,6 +206,7 @@ export const DEFAULT_CONFIG: Config = {
     ehloAllow: ['PIPELINING', 'SIZE', '8BITMIME', 'SMTPUTF8', 'DSN', 'ENHANCEDSTATUSCODES', 'HELP'],
     vrfy: '252',
     trustedVerbs: ['ETRN'],
+    dsn: 'trusted',
   },
   timeouts: { command: '5m', data: '3m', session: '30m', drain: '30s' },
   rulesDir: 'rules',

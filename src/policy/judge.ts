@@ -37,7 +37,7 @@ import {
 import type { RulesSnapshot } from './compile.js';
 import type { SessionContext } from './context.js';
 import { evaluateRecipientLookup } from './recipient.js';
-import { evaluateRcpt } from './relay.js';
+import { evaluateRcpt, isTrusted } from './relay.js';
 import { evaluateMail } from './sender.js';
 import type { MailVerdict, PolicyRefusal, RcptVerdict, RecipientValidationMode, TraceStep } from './verdict.js';
 
@@ -83,6 +83,21 @@ export interface EnvelopeContext {
   readonly backendSmtputf8: boolean;
   /** DSN parameters (RFC 3461: RET, ENVID, NOTIFY, ORCPT) pass for this client. */
   readonly dsnAllowed: boolean;
+}
+
+/** config smtp.dsn: who may use DSN (RFC 3461) through the guard. */
+export type DsnSetting = 'trusted' | 'all' | 'off';
+
+/**
+ * Whether DSN is advertised to this client and its parameters (RET, ENVID, NOTIFY, ORCPT) are
+ * forwarded (Postfix DSN_README: a stranger's NOTIFY=SUCCESS makes the backend mail a receipt to a
+ * forged sender — backscatter). `trusted`: relay-trusted clients only (relay network, internal
+ * listener, or an AUTH that grants relay), never a never-relay address.
+ */
+export function dsnAllowedFor(setting: DsnSetting, ctx: SessionContext, rules: RulesSnapshot): boolean {
+  if (setting === 'off') return false;
+  if (setting === 'all') return true;
+  return isTrusted(ctx, rules);
 }
 
 /** Where the session stands when MAIL arrives. */

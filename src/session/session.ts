@@ -21,7 +21,7 @@ import { formatReply, reply, replyClass, replyText, type ProtocolErrorKind, type
 import * as R from '../smtp/replies.js';
 import type { SessionContext } from '../policy/context.js';
 import { isTrusted } from '../policy/relay.js';
-import { commandSyntaxVerdict, judgeMail, judgeRcpt, RELAY_RULES, type EnvelopeContext, type EnvelopeLimits, type RcptJudgement, type RcptServicesPort } from '../policy/judge.js';
+import { commandSyntaxVerdict, dsnAllowedFor, judgeMail, judgeRcpt, RELAY_RULES, type EnvelopeContext, type EnvelopeLimits, type RcptJudgement, type RcptServicesPort } from '../policy/judge.js';
 import type { RcptVerdict, MailVerdict, PolicyRefusal } from '../policy/verdict.js';
 import type { RulesSnapshot } from '../policy/compile.js';
 import type { LimitDecision, LimitEvent } from '../limits/limiter.js';
@@ -82,6 +82,9 @@ export class SmtpSession {
   private authUser: string | undefined;
   private tlsActive: boolean;
   private backendAuth: string | undefined;
+  /** The backend offered SMTPUTF8 / DSN in its EHLO reply (and smtp.ehloAllow passes them): issue 16 items 6, 7. */
+  private backendSmtputf8 = false;
+  private backendDsn = false;
   private greeted = false;
 
   // Flow control.
@@ -478,9 +481,11 @@ export class SmtpSession {
         const kw = ehloKeywords(r);
         own.pipelining = kw.has('PIPELINING');
         this.backendAuth = kw.get('AUTH');
+        this.learnExtensions(kw);
         this.countReply('backend', r);
-        return slot.resolve(filterEhlo(r, { allow: this.svc.ehloAllow, maxSizeBytes: this.svc.maxMessageBytes, add: this.extraEhloKeywords() }));
+        return slot.resolve(filterEhlo(r, { allow: this.ehloAllowNow(), maxSizeBytes: this.svc.maxMessageBytes, add: this.extraEhloKeywords() }));
       }
+      this.learnExtensions(undefined);
       this.countReply('backend', r);
       slot.resolve(r);
     });
@@ -488,10 +493,38 @@ export class SmtpSession {
 
   /** No backend session of the client's own: HELO/EHLO answered by the guard with the backend's capabilities, filtered. */
   private heloFromGuard(verb: 'HELO' | 'EHLO'): void {
-    if (verb === 'HELO') return this.localReply(reply(250, undefined, this.svc.config.smtp.hostname));
+    if (verb === 'HELO') {
+      this.learnExtensions(undefined);
+      return this.localReply(reply(250, undefined, this.svc.config.smtp.hostname));
+    }
     const caps = this.seat.capabilities();
-    this.backendAuth = ehloKeywords(caps).get('AUTH');
-    this.localReply(filterEhlo(caps, { allow: this.svc.ehloAllow, maxSizeBytes: this.svc.maxMessageBytes, add: this.extraEhloKeywords() }));
+    const kw = ehloKeywords(caps);
+    this.backendAuth = kw.get('AUTH');
+    this.learnExtensions(kw);
+    this.localReply(filterEhlo(caps, { allow: this.ehloAllowNow(), maxSizeBytes: this.svc.maxMessageBytes, add: this.extraEhloKeywords() }));
+  }
+
+  /**
+   * What the backend's EHLO offers that the guard passes on: SMTPUTF8 (RFC 6531) and DSN (RFC 3461)
+   * are forwarded only to a backend that advertised them (and smtp.ehloAllow keeps them); HELO or
+   * no EHLO yet: neither.
+   */
+  private learnExtensions(kw: ReadonlyMap<string, string> | undefined): void {
+    this.backendSmtputf8 = kw !== undefined && kw.has('SMTPUTF8') && this.svc.ehloAllow.has('SMTPUTF8');
+    this.backendDsn = kw !== undefined && kw.has('DSN') && this.svc.ehloAllow.has('DSN');
+  }
+
+  /** DSN for this client now: the backend offers it and smtp.dsn allows this client (trusted by default). */
+  private dsnAllowed(): boolean {
+    return this.backendDsn && dsnAllowedFor(this.svc.config.smtp.dsn ?? 'trusted', this.context(), this.rules());
+  }
+
+  /** smtp.ehloAllow for this client: without DSN when it may not use it (strangers never see the keyword). */
+  private ehloAllowNow(): ReadonlySet<string> {
+    if (!this.svc.ehloAllow.has('DSN') || dsnAllowedFor(this.svc.config.smtp.dsn ?? 'trusted', this.context(), this.rules())) return this.svc.ehloAllow;
+    const allow = new Set(this.svc.ehloAllow);
+    allow.delete('DSN');
+    return allow;
   }
 
   private extraEhloKeywords(): string[] {
@@ -601,7 +634,7 @@ export class SmtpSession {
 
   /** The facts the envelope judge decides on, beyond the session context. */
   private envelope(): EnvelopeContext {
-    return { session: this.context(), limits: this.envelopeLimits, backendSmtputf8: true, dsnAllowed: true };
+    return { session: this.context(), limits: this.envelopeLimits, backendSmtputf8: this.backendSmtputf8, dsnAllowed: this.dsnAllowed() };
   }
 
   /** The admin console's ring of recent refusals: what the refusal log line just said, no more. */
@@ -808,6 +841,7 @@ export class SmtpSession {
       // RFC 3207 §4.2: forget everything learned before TLS; a new EHLO is required.
       this.helo = undefined;
       this.ehlo = false;
+      this.learnExtensions(undefined);
       this.tx.reset();
       this.reader.takeBuffered();
       this.unblock();

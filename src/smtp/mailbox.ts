@@ -108,9 +108,49 @@ export function decodePlusHex(s: string): string {
 }
 
 /**
+ * Unicode look-alikes of the routing characters @ % ! that NFKC does not fold (Unicode's
+ * confusables.txt, UTS #39, entries whose skeleton is the ASCII character). NFKC already folds the
+ * fullwidth (U+FF20 U+FF05 U+FF01), small-form (U+FE6B U+FE6A U+FE57), vertical (U+FE15) and
+ * compatibility forms (U+203C ‼, U+2049 ⁉ …); these are the rest.
+ */
+const CONFUSABLE_ROUTING: ReadonlyMap<string, '@' | '%' | '!'> = new Map([
+  ['\u066A', '%'], // ARABIC PERCENT SIGN ٪
+  ['\u2052', '%'], // COMMERCIAL MINUS SIGN ⁒
+  ['\u2030', '%'], // PER MILLE SIGN ‰ (reads as % to a human and to some folding code)
+  ['\u2031', '%'], // PER TEN THOUSAND SIGN ‱
+  ['\u0609', '%'], // ARABIC-INDIC PER MILLE SIGN ؉
+  ['\u060A', '%'], // ARABIC-INDIC PER TEN THOUSAND SIGN ؊
+  ['\u01C3', '!'], // LATIN LETTER RETROFLEX CLICK ǃ
+  ['\u2D51', '!'], // TIFINAGH LETTER TUAREG YAG ⵑ
+  ['\uA71D', '!'], // MODIFIER LETTER RAISED EXCLAMATION MARK ꜝ
+  ['\u2757', '!'], // HEAVY EXCLAMATION MARK SYMBOL ❗
+  ['\u2755', '!'], // WHITE EXCLAMATION MARK ORNAMENT ❕
+]);
+
+/**
+ * The routing characters a local part spells with Unicode look-alikes: NFKC first (fullwidth, small
+ * and compatibility forms fold to ASCII), then the confusables NFKC leaves alone. Plain ASCII
+ * characters are not counted here (routingTricks finds them).
+ */
+export function lookalikeRouting(local: string): Set<'@' | '%' | '!'> {
+  const out = new Set<'@' | '%' | '!'>();
+  // eslint-disable-next-line no-control-regex
+  if (!/[^\x00-\x7f]/.test(local)) return out;
+  for (const ch of local) {
+    if (ch.charCodeAt(0) < 0x80) continue;
+    const folded = ch.normalize('NFKC');
+    for (const r of ['@', '%', '!'] as const) if (folded.includes(r)) out.add(r);
+    const c = CONFUSABLE_ROUTING.get(ch);
+    if (c) out.add(c);
+  }
+  return out;
+}
+
+/**
  * Sender-specified routing found in a path (Postfix's allow_untrusted_routing / RFC 5321 §3.6.1,
  * App. C, RFC 2505 §2.6). The local part is inspected unquoted, so `"a%b"@c` counts as 'percent'.
- * Order of the result is fixed: source-route, percent, bang, at-in-local-part, encapsulated.
+ * Order of the result is fixed: source-route, percent, bang, at-in-local-part, encapsulated, then
+ * the Unicode look-alikes (lookalike-percent, lookalike-bang, lookalike-at).
  */
 export function routingTricks(path: ForwardPath | ReversePath): RoutingTrick[] {
   if (path.kind !== 'mailbox') return [];
@@ -122,6 +162,11 @@ export function routingTricks(path: ForwardPath | ReversePath): RoutingTrick[] {
   if (local.includes('!')) tricks.push('bang');
   if (local.includes('@')) tricks.push('at-in-local-part');
   if (ENCAPSULATED.test(local) || ENCAPSULATED.test(decoded)) tricks.push('encapsulated');
+  // A backend (or a gateway behind it) that folds Unicode would read these as % ! @.
+  const alike = lookalikeRouting(local);
+  if (alike.has('%')) tricks.push('lookalike-percent');
+  if (alike.has('!')) tricks.push('lookalike-bang');
+  if (alike.has('@')) tricks.push('lookalike-at');
   return tricks;
 }
 

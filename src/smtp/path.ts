@@ -27,6 +27,9 @@ export type RoutingTrick =
   | 'bang' // other!user@ours
   | 'at-in-local-part' // "user@other"@ours, user\@other@ours
   | 'encapsulated' // IMCEASMTP-user+40other@ours and other IMCEA<type>- forms
+  | 'lookalike-percent' // user\uFF05other@ours: a Unicode look-alike of % (fullwidth, small form, Arabic percent …)
+  | 'lookalike-bang' // other\uFF01user@ours: a look-alike of !
+  | 'lookalike-at' // user\uFF20other@ours: a look-alike of @
   ;
 
 export interface EsmtpParam {

@@ -166,9 +166,14 @@ for (const { mode, config } of MODES) describe(`${mode} mode`, () => {
     test('stripped keywords never reach the client; the known-good set does', async () => {
       const { d, keywords, lines: ls } = await ehlo();
       for (const k of STRIPPED) expect(keywords, k).not.toContain(k);
-      for (const k of ['PIPELINING', 'SIZE', '8BITMIME', 'SMTPUTF8', 'DSN', 'ENHANCEDSTATUSCODES', 'HELP']) expect(keywords).toContain(k);
+      for (const k of ['PIPELINING', 'SIZE', '8BITMIME', 'SMTPUTF8', 'ENHANCEDSTATUSCODES', 'HELP']) expect(keywords).toContain(k);
+      // DSN is for trusted clients only (smtp.dsn: trusted, issue 16 item 7): a stranger never sees it.
+      expect(keywords).not.toContain('DSN');
       ehloLines.set(mode, ls.slice(1));
       await d.cmd('QUIT');
+      const trusted = await ehlo(TRUSTED);
+      expect(trusted.keywords).toContain('DSN');
+      await trusted.d.cmd('QUIT');
     });
 
     test('SIZE is rewritten to the guard\'s maximum', async () => {

@@ -30,7 +30,8 @@ for (const { mode, config: modeConfig } of MODES) describe(`envelope parity: liv
   let admin: string;
 
   beforeAll(async () => {
-    backend = await startRecordingBackend();
+    // DSN advertised (smtp-server hides it by default): the guard forwards DSN only to a backend that offers it.
+    backend = await startRecordingBackend({ server: { hideDSN: false } });
     g = await startGuard({
       backendPort: backend.port,
       rules: { ...ENVELOPE_RULES, recipients: `${ENVELOPE_RECIPIENTS.join('\n')}\n` },

@@ -6,7 +6,7 @@ import { describe, expect, test } from 'vitest';
 import { DEFAULT_LIMITS } from '../../src/limits/schema.js';
 import { compileRules, type RawRules } from '../../src/policy/compile.js';
 import type { SessionContext } from '../../src/policy/context.js';
-import { judgeMail, judgeRcpt, judgeRcptPolicy, type EnvelopeContext, type RecipientDirectory } from '../../src/policy/judge.js';
+import { dsnAllowedFor, judgeMail, judgeRcpt, judgeRcptPolicy, type EnvelopeContext, type RecipientDirectory } from '../../src/policy/judge.js';
 import { parseCommand, type Command } from '../../src/smtp/command.js';
 import {
   ENVELOPE_CASES, ENVELOPE_LISTENERS, ENVELOPE_MAX_BYTES, ENVELOPE_RECIPIENTS, ENVELOPE_RULES, ENVELOPE_SMTP, STRANGER, type EnvelopeCase,
@@ -37,7 +37,8 @@ function contextOf(c: Pick<EnvelopeCase, 'client' | 'listener'>, over: Partial<E
     session,
     limits: { maxRecipients: ENVELOPE_SMTP.maxRecipients, maxTransactions: ENVELOPE_SMTP.maxTransactions, maxMessageBytes: ENVELOPE_MAX_BYTES },
     backendSmtputf8: true,
-    dsnAllowed: true,
+    // As the session and /api/v1/check decide it (smtp.dsn: trusted, the default).
+    dsnAllowed: dsnAllowedFor('trusted', session, rules),
     ...over,
   };
 }
@@ -97,7 +98,7 @@ describe('envelope judge: what the backend offers and who may use DSN', () => {
     for (const rcpt of ['<bob@example.com> NOTIFY=NEVER', '<bob@example.com> ORCPT=rfc822;bob@example.com']) {
       expect(await judge(row({ rcpt }), off)).toMatchObject({ at: 'rcpt', code: 555, rule: 'unsupported-parameter' });
     }
-    expect(await judge(row({ rcpt: '<bob@example.com> NOTIFY=NEVER' }))).toMatchObject({ code: 250 });
+    expect(await judge(row({ rcpt: '<bob@example.com> NOTIFY=NEVER' }), { dsnAllowed: true })).toMatchObject({ code: 250 });
   });
 });
 
