@@ -31,15 +31,15 @@ export async function startSink(opts: { maxSessions?: number } = {}): Promise<Ru
 }
 
 /** One of the bench's own proxies (bench/*.ts), transpiled to plain JavaScript so that it runs on bare node like the built guard. */
-async function startBenchScript(name: string, script: string, args: string[]): Promise<Running> {
+async function startBenchScript(name: string, script: string, args: string[], launcher: string[] = []): Promise<Running> {
   const dir = mkdtempSync(path.join(tmpdir(), `rg-${name}-`));
   const src = readFileSync(path.join(ROOT, 'bench', script), 'utf8');
   const js = ts.transpileModule(src, { compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 } }).outputText;
   const file = path.join(dir, script.replace(/\.ts$/, '.mjs'));
   writeFileSync(file, js);
   const port = await freePort();
-  const child = startChild(process.execPath, [file, String(port), ...args]);
-  await waitGreeting(port, name);
+  const child = startChild(launcher[0] ?? process.execPath, [...launcher.slice(1), file, String(port), ...args]);
+  await waitGreeting(port, name, launcher.length > 0 ? 300_000 : undefined);
   return {
     name,
     port,
@@ -53,8 +53,8 @@ async function startBenchScript(name: string, script: string, args: string[]): P
 }
 
 /** The plain Node pipe proxy (bench/pipe-proxy.ts). */
-export function startPipe(backendPort: number): Promise<Running> {
-  return startBenchScript('pipe', 'pipe-proxy.ts', [String(backendPort)]);
+export function startPipe(backendPort: number, launcher: string[] = []): Promise<Running> {
+  return startBenchScript('pipe', 'pipe-proxy.ts', [String(backendPort)], launcher);
 }
 
 /** The bare pooled forwarder (bench/pool-floor.ts): pooled mode with none of the guard's work. */
@@ -75,6 +75,8 @@ export interface GuardProcessOptions {
   main?: string;
   /** Pooled mode (README "Pooled mode"): backend sessions lent per transaction. */
   pool?: { minIdle: number; max: number };
+  /** A command line that runs node, used instead of it (e.g. valgrind --tool=callgrind node --single-threaded): the process is `launcher… args…`. */
+  launcher?: string[];
 }
 
 /** relay-guard from dist/ with limits off and caps far above the load (limits must not interfere); per-client or pooled. */
@@ -103,9 +105,10 @@ export async function startGuardProcess(opts: GuardProcessOptions): Promise<Runn
   const configFile = path.join(dir, 'relay-guard.yaml');
   writeFileSync(configFile, stringify(config));
   const args = [...(opts.nodeArgs ?? []), main, '--config', configFile, '--accepted-domain', 'example.com', '--no-admin', '--log-level', 'warn', '--rules-dir', rulesDir];
-  const child = startChild(process.execPath, args, { env: { ...process.env, NODE_ENV: 'production' } });
+  const launcher = opts.launcher ?? [];
+  const child = startChild(launcher[0] ?? process.execPath, [...launcher.slice(1), ...args], { env: { ...process.env, NODE_ENV: 'production' } });
   try {
-    await waitGreeting(port, 'relay-guard');
+    await waitGreeting(port, 'relay-guard', launcher.length > 0 ? 300_000 : undefined);
   } catch (err) {
     await child.stop('SIGKILL');
     throw new Error(`${(err as Error).message}\n${child.stderr()}`);

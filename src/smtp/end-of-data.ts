@@ -6,6 +6,11 @@
  * Pure: no I/O. Bytes are never decoded to strings; the forwarded bytes are zero-copy slices of
  * the input (plus small constant buffers for held-back or rewritten line ends).
  *
+ * Cost: runs of ordinary text and CR LF line ends are skipped in bulk, up to the next "line event"
+ * (a bare CR or LF, a dot at a line start) found by LineEventFinder — a WebAssembly SIMD search over
+ * a scratch copy of the chunk, one call per chunk — and up to the chunk's first NUL (one native
+ * search). Only at those places does the byte-level state machine below run.
+ *
  * Rules (RFC 5321 §4.1.1.4, §2.3.8, §4.5.2):
  * - Only CR LF "." CR LF ends the message; a "." CR LF as the very first line ends an empty one.
  * - A line that starts with "." but is not the terminator is dot-stuffed: it is forwarded
@@ -27,6 +32,8 @@
  * forwarded, nothing after it ever is.
  */
 
+import { lineEventFinder, type LineEventFinder } from './line-event-finder.js';
+
 export type SmuggleKind = 'bare_lf' | 'bare_cr' | 'nul';
 
 export type ScanStep =
@@ -38,6 +45,8 @@ export type ScanStep =
 export interface EndOfDataScannerOptions {
   mode: 'reject' | 'normalize';
   maxBytes: number;
+  /** The bulk search (default: the process's WebAssembly SIMD finder); tests pass the JavaScript one too. */
+  finder?: LineEventFinder;
 }
 
 const CR = 0x0d;
@@ -92,9 +101,12 @@ export class EndOfDataScanner {
   /** Unscanned remainder of the chunk that overflowed, consumed by the next discardUntilEnd(). */
   private overflowRest: Buffer = EMPTY;
 
+  private readonly finder: LineEventFinder;
+
   constructor(opts: EndOfDataScannerOptions) {
     this.normalize = opts.mode === 'normalize';
     this.maxBytes = opts.maxBytes;
+    this.finder = opts.finder ?? lineEventFinder();
   }
 
   /** Total input bytes consumed so far (push and discardUntilEnd), excluding any returned `rest`. */
@@ -124,6 +136,8 @@ export class EndOfDataScanner {
     const n = chunk.length;
     const max = this.maxBytes;
     const normalize = this.normalize;
+    const finder = this.finder;
+    finder.reset();
     let state: S = this.state;
     let size = this.size;
     /** Start of chunk bytes decided forwardable but not yet put in `forward`. */
@@ -131,40 +145,34 @@ export class EndOfDataScanner {
     /** Index in chunk where the held-back bytes of `state` start (when !carry). */
     let heldStart = 0;
     let i = 0;
-    // Cached positions of the next CR / LF / NUL at or after i (n when none): O(n) per chunk.
-    let nextCr = -1;
-    let nextLf = -1;
+    // NUL ends the message in both modes: one native search per chunk, and no bulk step beyond it.
     const nulAt = chunk.indexOf(NUL);
     const nextNul = nulAt < 0 ? n : nulAt;
 
     while (i < n) {
+      if (state === S.LineStart || state === S.Text) {
+        // Bulk step, the common case: ordinary text and CR LF line ends up to the next line event
+        // (bare CR / LF, a dot at a line start), the NUL or the size limit, found by one SIMD search.
+        // Every byte of such a run counts once in `size` and stays in the forwarded segment.
+        const to = Math.min(nextNul, i + (max - size));
+        if (to > i) {
+          let stop = finder.find(chunk, i, to, state === S.LineStart);
+          // A CR just before the stop has its pair at the stop: the byte states below decide both.
+          if (stop > i && chunk[stop - 1] === CR) stop--;
+          if (stop > i) {
+            size += stop - i;
+            // No event inside the run: an LF in it ends a CR LF pair.
+            state = chunk[stop - 1] === LF ? S.LineStart : S.Text;
+            i = stop;
+            if (i >= n) break;
+          }
+        }
+      }
+      // One byte (or one CR LF pair) at an event, the stop of a bulk step, or in a holding state.
       const b = chunk[i] as number;
       switch (state) {
         case S.LineStart: {
-          if (b !== DOT && b !== CR && b !== LF && b !== NUL) {
-            // Fast path, the common case: a run of whole ordinary lines — the line's first CR is the
-            // one right before its LF, no NUL, within maxBytes, next line not starting with a byte
-            // the state machine must see. Two native scans per line; anything else falls through
-            // to the byte-level states below, which decide it exactly as before.
-            let p = i;
-            for (;;) {
-              const lf = chunk.indexOf(LF, p); // > p: chunk[p] is not LF
-              if (lf < 0 || lf > nextNul) break;
-              if (chunk.indexOf(CR, p) !== lf - 1) break;
-              const len = lf + 1 - p;
-              if (size + len > max) break;
-              size += len;
-              p = lf + 1;
-              if (p >= n) break;
-              const c = chunk[p] as number;
-              if (c === DOT || c === CR || c === LF || c === NUL) break;
-            }
-            if (p > i) {
-              i = p;
-              continue;
-            }
-            state = S.Text;
-          } else if (b === DOT) {
+          if (b === DOT) {
             state = S.Dot;
             heldStart = i;
             i++;
@@ -180,29 +188,17 @@ export class EndOfDataScanner {
             forward.push(CRLF_BUF);
             segStart = i + 1;
             i++;
-          } else {
+          } else if (b === NUL) {
             return this.stopSmuggling(forward, chunk, segStart, heldStart, state, size, 'nul', i);
+          } else {
+            state = S.Text;
           }
           break;
         }
         case S.Text: {
-          // Skip plain bytes up to the next CR / LF / NUL.
-          if (nextCr < i) nextCr = indexOrEnd(chunk, CR, i);
-          if (nextLf < i) nextLf = indexOrEnd(chunk, LF, i);
-          const j = Math.min(nextCr, nextLf, nextNul);
-          const len = j - i;
-          if (len > 0) {
-            if (size + len > max) {
-              const at = i + (max - size);
-              return this.stopTooLarge(forward, chunk, segStart, max, at, at + 1, D.Text);
-            }
-            size += len;
-            i = j;
-            continue;
-          }
           if (b === CR) {
             if (chunk[i + 1] === LF) {
-              // Common case inline: CR LF inside this chunk ends the line.
+              // CR LF inside this chunk ends the line.
               if (size + 2 > max) return this.stopTooLarge(forward, chunk, segStart, size, i, i + 2, D.LineStart);
               size += 2;
               state = S.LineStart;
@@ -221,8 +217,13 @@ export class EndOfDataScanner {
             segStart = i + 1;
             state = S.LineStart;
             i++;
-          } else {
+          } else if (b === NUL) {
             return this.stopSmuggling(forward, chunk, segStart, heldStart, state, size, 'nul', i);
+          } else {
+            // An ordinary byte the bulk step left: the one that would exceed maxBytes.
+            if (size + 1 > max) return this.stopTooLarge(forward, chunk, segStart, size, i, i + 1, D.Text);
+            size++;
+            i++;
           }
           break;
         }
@@ -376,11 +377,6 @@ export class EndOfDataScanner {
     this.seen += restAt;
     return { forward, size, status: 'end', rest: chunk.subarray(restAt) };
   }
-}
-
-function indexOrEnd(buf: Buffer, byte: number, from: number): number {
-  const at = buf.indexOf(byte, from);
-  return at < 0 ? buf.length : at;
 }
 
 function isHolding(s: S): boolean {
