@@ -58,27 +58,28 @@ function isBadByte(b: number): boolean {
  */
 export function parseCommand(line: Buffer): Parsed<Command> {
   if (line[0] === 0x16) return fail('tls_on_plain', TLS_ON_PLAIN);
-  const sp = line.indexOf(0x20);
-  const verbText = line.subarray(0, sp < 0 ? line.length : sp).toString('latin1');
+  // One native decode per line: latin1 maps each byte to one char, so byte and string indices agree.
+  let text = line.toString('latin1');
+  const sp = text.indexOf(' ');
+  const verbText = sp < 0 ? text : text.slice(0, sp);
   if (HTTP_METHODS.has(verbText)) return fail('http', HTTP_ON_SMTP);
   let nonAscii = false;
-  for (const b of line) {
+  for (let i = 0; i < text.length; i++) {
+    const b = text.charCodeAt(i);
     if (isBadByte(b)) return fail('bad_bytes', BAD_BYTES);
     if (b >= 0x80) nonAscii = true;
   }
   if (!VERB.test(verbText)) return fail('unknown_verb', UNKNOWN_VERB);
   const verb = verbText.toUpperCase();
-  let text: string;
   if (nonAscii) {
     // Only MAIL and RCPT may carry UTF-8 (RFC 6531 §3.3 addresses), and it must be valid UTF-8.
+    // The verb is ASCII (VERB above), so `sp` is the same index in the UTF-8 text.
     if (verb !== 'MAIL' && verb !== 'RCPT') return fail('bad_bytes', BAD_BYTES);
     try {
       text = utf8.decode(line);
     } catch {
       return fail('bad_bytes', BAD_BYTES);
     }
-  } else {
-    text = line.toString('latin1');
   }
   const arg = sp < 0 ? '' : text.slice(sp + 1);
   return parseVerb(verb, arg);

@@ -88,7 +88,10 @@ export class ReplyParser {
 
   private onLine(raw: Buffer, events: ReplyEvent[]): ReplyError | undefined {
     const line = raw.length > 0 && raw[raw.length - 1] === CR ? raw.subarray(0, raw.length - 1) : raw;
-    if (line.length < 3 || line.includes(CR)) return 'bad_syntax';
+    if (line.length < 3) return 'bad_syntax';
+    // One native decode per line; the CR check and the text are read from it.
+    const text = line.toString('latin1');
+    if (text.includes('\r')) return 'bad_syntax';
     const d0 = (line[0] as number) - 0x30;
     const d1 = (line[1] as number) - 0x30;
     const d2 = (line[2] as number) - 0x30;
@@ -103,7 +106,7 @@ export class ReplyParser {
     if (this.lines.length > 0 && code !== this.code) return 'inconsistent_code';
     if (this.lines.length >= this.maxLines) return 'too_many_lines';
     this.code = code;
-    this.lines.push(line.length > 4 ? line.toString('latin1', 4) : '');
+    this.lines.push(text.length > 4 ? text.slice(4) : '');
     if (last) {
       events.push({ kind: 'reply', reply: { code, lines: this.lines } });
       this.lines = [];
