@@ -703,7 +703,8 @@ export class SmtpSession {
       size: this.tx.declaredSize,
       encryptionProtocol: secure?.getProtocol() ?? undefined,
       encryptionCipher: cipher?.name,
-      encryptionKeysize: cipher ? (secure?.getEphemeralKeyInfo() as { size?: number } | null)?.size : undefined,
+      // The cipher's key bits, as Postfix sends them (AES_256_GCM → 256, CHACHA20 → 256, AES_128 → 128).
+      encryptionKeysize: cipher ? (/256|CHACHA20/i.test(cipher.name) ? 256 : /128/.test(cipher.name) ? 128 : undefined) : undefined,
     };
   }
 

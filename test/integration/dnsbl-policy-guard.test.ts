@@ -11,6 +11,7 @@ import { startRecordingBackend, type RecordingBackend } from '../helpers/recordi
 import { guardHousekeeping, MODES, since, withMode } from '../helpers/modes.js';
 import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
 import { Dialog } from '../helpers/dialog.js';
+import { TlsDialog } from '../helpers/tls-dialog.js';
 import { dropProxy, startRbldnsd, type Rbldnsd } from '../helpers/rbldnsd.js';
 import { startPolicyServer, type ScriptedPolicyServer } from '../helpers/policy-server.js';
 import { startPostgrey, type Postgrey } from '../helpers/postgrey.js';
@@ -197,6 +198,23 @@ describe.each(MODES)('DNS lists and policy services through the guard ($mode)', 
     expect((await d.cmd('RSET')).code).toBe(250);
     expect(backend.messages.length).toBe(before);
     await d.cmd('QUIT');
+  });
+
+  test('after STARTTLS the request carries encryption_protocol, encryption_cipher and encryption_keysize', async () => {
+    policy.script = () => 'action=OK';
+    const d = await greet(g.port, CLEAN);
+    expect((await d.cmd('STARTTLS')).code).toBe(220);
+    const t = await TlsDialog.upgrade(d.socket);
+    expect((await t.cmd('EHLO tls.client.test')).code).toBe(250);
+    const reqs = policy.requests.length;
+    expect((await t.cmd('MAIL FROM:<tls@sender.test> SIZE=1234')).code).toBe(250);
+    expect((await t.cmd('RCPT TO:<alice@example.com>')).code).toBe(250);
+    const req = policy.requests.slice(reqs)[0]!;
+    expect(req).toMatchObject({ helo_name: 'tls.client.test', protocol_name: 'ESMTP', size: '1234', client_address: CLEAN });
+    expect(req.encryption_protocol).toMatch(/^TLSv1\.[23]$/);
+    expect(req.encryption_cipher).not.toBe('');
+    expect(['128', '256']).toContain(req.encryption_keysize);
+    await t.cmd('QUIT');
   });
 
   test('a policy OK never lets a stranger relay: 550 5.7.1 and the services are not even asked', async () => {
