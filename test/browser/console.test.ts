@@ -423,6 +423,9 @@ describe.each(MODES)('web console ($mode)', ({ mode, config }) => {
     await w.page.waitForFunction(() => [...document.querySelectorAll('.now td a')].some((a) => a.textContent === '127.0.0.9'));
     await w.page.waitForFunction(() => Number(document.querySelector('[data-testid=messages-min] .tile-value')?.textContent) >= 3);
     expect(await w.page.$eval('[data-testid=pool]', (e) => e.textContent)).toMatch(mode === 'pooled' ? /^Pool: \d+ idle/ : /Per-client mode/);
+    // No shared rules store: the Fleet card is one line, no table.
+    expect(await w.page.$eval('[data-testid=fleet] [data-testid=fleet-single]', (e) => e.textContent)).toBe('single guard (rules directory)');
+    expect(await w.page.$$('[data-testid=fleet] table')).toHaveLength(0);
     await shot(w, 'now', screenshots);
     await go(w, '#/test', '.check-form');
     await w.page.type('input[name=clientIp]', 'not-an-ip');

@@ -83,12 +83,47 @@ function chart(series) {
   );
 }
 
+/**
+ * @typedef {{ name: string, rev: number, version: string, behind: boolean, lastSeenSeconds: number, storeUp: boolean, admin?: string, self: boolean }} FleetGuard
+ */
+
+/**
+ * The Fleet card (GET /api/v1/fleet): every live guard sharing the rules store, the rules version it
+ * enforces, behind or not, and the age of its last heartbeat; one line for a guard on its own
+ * rules directory.
+ * @param {import('./api.js').ApiResult} r
+ */
+function fleetCard(r) {
+  const card = (/** @type {(Node | string | null)[]} */ ...children) => h('section', { class: 'card', 'data-testid': 'fleet' }, h('h2', {}, 'Fleet'), ...children);
+  if (!r.ok) return card(h('p', { class: 'error' }, messageOf(r)));
+  const f = r.body;
+  if (!f.shared) return card(h('p', { class: 'muted', 'data-testid': 'fleet-single' }, 'single guard (rules directory)'));
+  /** @type {FleetGuard[]} */
+  const guards = f.guards;
+  const behind = guards.filter((g) => g.behind).length;
+  const store = f.store ?? {};
+  return card(
+    h('p', { 'data-testid': 'fleet-store' },
+      'Shared rules store ', h('code', {}, String(store.url ?? '')), ' ',
+      h('span', { class: store.up ? 'badge ok' : 'badge bad' }, store.up ? 'up' : 'unreachable'),
+      store.rev !== undefined ? ` · rev ${store.rev} (${String(store.version ?? '').slice(0, 12)})` : '',
+      ` · ${guards.length} live guard${guards.length === 1 ? '' : 's'}, ${behind} behind`),
+    table(['guard', 'rules version', 'state', 'last heartbeat'], guards.map((g) =>
+      h('tr', { class: g.behind ? 'behind' : undefined, 'data-id': g.name, 'data-state': g.behind ? 'behind' : 'current' },
+        h('td', { class: 'wrap' }, g.name, g.self ? h('span', { class: 'muted' }, ' (this guard)') : null),
+        h('td', { class: 'nowrap' }, h('code', {}, `rev ${g.rev} · ${String(g.version).slice(0, 12)}`)),
+        h('td', {}, h('span', { class: g.behind ? 'badge bad' : 'badge ok' }, g.behind ? 'behind' : 'current'), g.storeUp ? null : h('span', { class: 'muted' }, ' store unreachable')),
+        h('td', { class: 'num' }, `${age(g.lastSeenSeconds)} ago`),
+      ))),
+  );
+}
+
 /** @type {Page} */
 function nowPage(root) {
   const body = h('div', { class: 'now' }, h('p', { class: 'muted' }, 'loading…'));
   replace(root, h('h1', {}, 'Now'), body);
   return poll(async () => {
-    const r = await api('GET', '/overview');
+    const [r, fleet] = await Promise.all([api('GET', '/overview'), api('GET', '/fleet')]);
     if (!r.ok) return replace(body, h('p', { class: 'error' }, messageOf(r)));
     const o = r.body;
     const states = Object.entries(o.sessions.byState).map(([s, n]) => `${n} ${s}`).join(', ');
@@ -133,6 +168,7 @@ function nowPage(root) {
           ),
         ),
       ),
+      fleetCard(fleet),
       h('p', { class: 'muted small' }, `updated ${clock(o.time)}`),
     );
   }, 2000);
