@@ -36,7 +36,7 @@ import { PooledSeats } from './backend/pooled-seat.js';
 import { SessionRegistry } from './session/session-registry.js';
 import { SmtpSession } from './session/session.js';
 import { BackendPool } from './backend/backend-pool.js';
-import { parseDuration } from './limits/schema.js';
+import { parseDuration } from './util/duration.js';
 import type { GuardServices, ListenerRuntime } from './session/services.js';
 import { buildAdminServer } from './admin/admin-server.js';
 import { DEFAULT_RECENT_REFUSALS, RefusalRing } from './observability/refusal-ring.js';

@@ -14,7 +14,7 @@ import type { RulesSnapshot } from '../policy/compile.js';
 import type { SessionContext } from '../policy/context.js';
 import { commandSyntaxVerdict, dsnAllowedFor, judgeMail, judgeRcpt, type EnvelopeContext, type RcptServicesPort, type RecipientDirectory } from '../policy/judge.js';
 import type { MailVerdict, PolicyRefusal, RcptVerdict, TraceStep, Warning } from '../policy/verdict.js';
-import { formatIp, parseIp, unmapIPv4 } from '../smtp/ip-address.js';
+import { formatIp, parseIp, unmapIPv4 } from '../util/ip-address.js';
 import { parseCommand } from '../smtp/command.js';
 import { analyzeForwardPath, analyzeReversePath, mailboxAddress } from '../smtp/path.js';
 import { BANNED } from '../smtp/replies.js';

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { LineCounter, parseDocument, isMap, isSeq, type Node } from 'yaml';
 import { Value } from '@sinclair/typebox/value';
 import { ConfigSchema, DEFAULT_CONFIG, parseSize, type Config, type ListenerConfig } from './schema.js';
-import { parseDuration } from '../limits/schema.js';
+import { parseDuration } from '../util/duration.js';
 import { compileLists, createResolver } from '../dnsbl/dnsbl-scorer.js';
 import { parseServiceAddress, serviceName } from '../policy-service/schema.js';
 

@@ -3,7 +3,7 @@
  * Keys are camelCase; durations are strings ("30s", "5m"); sizes are numbers of bytes or strings ("35MB").
  */
 import { Type, type Static } from '@sinclair/typebox';
-import { Duration } from '../limits/schema.js';
+import { Duration } from '../util/duration.js';
 import { DnsSchema, DnsblSchema } from '../dnsbl/schema.js';
 import { PolicyServicesSchema } from '../policy-service/schema.js';
 

@@ -4,7 +4,7 @@
  * Pure: no I/O. Durations are strings ("3s", "10m") parsed with parseDuration.
  */
 import { Type, type Static } from '@sinclair/typebox';
-import { Duration, parseDuration } from '../limits/schema.js';
+import { Duration, parseDuration } from '../util/duration.js';
 
 /** off = domain-only (anything at the domain is accepted); list = a file of addresses; ldap = a directory lookup. */
 export const RecipientValidationModeSchema = Type.Union([Type.Literal('off'), Type.Literal('list'), Type.Literal('ldap')]);

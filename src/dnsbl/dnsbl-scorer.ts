@@ -11,7 +11,7 @@
 import { Resolver } from 'node:dns/promises';
 import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
-import { parseDuration } from '../limits/schema.js';
+import { parseDuration } from '../util/duration.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { TraceStep } from '../policy/verdict.js';
 import { reply, type Reply } from '../smtp/reply.js';

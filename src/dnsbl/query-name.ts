@@ -3,7 +3,7 @@
  * §2.1 for IPv4 — 192.0.2.99 → 99.2.0.192.zone; §2.4 for IPv6 — 32 nibbles, least significant first).
  * Pure: no I/O.
  */
-import { parseIp, unmapIPv4 } from '../smtp/ip-address.js';
+import { parseIp, unmapIPv4 } from '../util/ip-address.js';
 
 /** The reversed-address label sequence for a client address, or undefined when it does not parse. */
 export function reversedAddress(clientIp: string): string | undefined {

@@ -4,7 +4,7 @@
  * for an allow list); a score at or above the threshold refuses the client at connect.
  */
 import { Type, type Static } from '@sinclair/typebox';
-import { Duration } from '../limits/schema.js';
+import { Duration } from '../util/duration.js';
 
 const Zone = Type.String({ minLength: 1, maxLength: 200, pattern: '^[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\\.?$' });
 

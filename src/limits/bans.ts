@@ -12,7 +12,7 @@ import IPCIDR from 'ip-cidr';
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import type { Clock } from '../clock.js';
 import type { Metrics } from '../observability/metrics.js';
-import { formatIp, ipInNetwork, maskIp, parseHostAddress, type IpNetwork } from '../smtp/ip-address.js';
+import { formatIp, ipInNetwork, maskIp, parseHostAddress, type IpNetwork } from '../util/ip-address.js';
 import { internetWideReason } from '../policy/wide-networks.js';
 
 export type BanSource = 'manual' | 'automatic';

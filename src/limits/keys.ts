@@ -2,7 +2,7 @@
  * Keys under which limits count: the client address, its network prefix, the authenticated user
  * or the envelope sender. Pure.
  */
-import { formatIp, maskIp, parseHostAddress } from '../smtp/ip-address.js';
+import { formatIp, maskIp, parseHostAddress } from '../util/ip-address.js';
 import type { LimitKeyKind } from './schema.js';
 
 /** Longest user or sender kept in a key; longer values are truncated (RFC 5321 §4.5.3.1.3 paths are ≤ 256). */

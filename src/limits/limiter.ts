@@ -16,12 +16,12 @@ import {
   DEFAULT_MAX_BAN,
   DEFAULT_TARPIT,
   DEFAULT_WINDOW,
-  parseDuration,
   type LimitAction,
   type LimitRule,
   type LimitsRules,
 } from './schema.js';
 import type { LimitStore } from './store.js';
+import { parseDuration } from '../util/duration.js';
 import { MemoryLimitStore } from './memory-store.js';
 
 export type LimitEvent = 'connection' | 'message' | 'recipient' | 'relay-denied' | 'unknown-recipient' | 'auth-failure' | 'protocol-error';

@@ -1,26 +1,9 @@
 /**
  * Schema of rules/limits.yaml: rate limits, concurrency limits and automatic bans.
- * Pure: no I/O. Durations are strings ("30s", "5m", "1h") parsed here into milliseconds.
+ * Pure: no I/O. Durations are strings ("30s", "5m", "1h"), src/util/duration.ts.
  */
 import { Type, type Static } from '@sinclair/typebox';
-
-/** A duration such as "500ms", "30s", "5m", "1h" or "7d". */
-export const Duration = Type.String({
-  pattern: '^[0-9]+(ms|s|m|h|d)$',
-  description: 'A duration: a whole number followed by ms, s, m, h or d (e.g. "30s", "5m", "1h")',
-});
-
-const UNIT_MS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-
-/** Parse a Duration string into milliseconds. Throws a RangeError on anything else. */
-export function parseDuration(s: string): number {
-  const m = /^([0-9]+)(ms|s|m|h|d)$/.exec(s);
-  const unit = m?.[2];
-  if (!m || unit === undefined) throw new RangeError(`bad duration ${JSON.stringify(s)} (want e.g. "30s", "5m", "1h")`);
-  const ms = Number(m[1]) * (UNIT_MS[unit] ?? 1);
-  if (!Number.isSafeInteger(ms)) throw new RangeError(`duration ${JSON.stringify(s)} is too large`);
-  return ms;
-}
+import { Duration } from '../util/duration.js';
 
 /** What is counted. `concurrent` counts open connections (released on close); the rest are rates. */
 export const LimitEventSchema = Type.Union([

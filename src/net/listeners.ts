@@ -7,7 +7,7 @@ import tls from 'node:tls';
 import type { Logger } from 'pino';
 import type { ListenerConfig } from '../config/schema.js';
 import { NetworkSet } from '../policy/network-set.js';
-import { parseNetwork } from '../smtp/ip-address.js';
+import { parseNetwork } from '../util/ip-address.js';
 import { parseProxyHeader, PROXY_V2_MAX_BYTES } from './proxy-protocol.js';
 import type { TlsContextManager } from './tls-context.js';
 import type { Metrics } from '../observability/metrics.js';

@@ -6,7 +6,7 @@
  * of a connection to parseProxyHeader() until it answers something other than 'need-more'; the
  * answer never needs more than the v1 or v2 maximum length below.
  */
-import { formatIp, ipFromBytes, ipToBytes, parseIPv4, parseIPv6 } from '../smtp/ip-address.js';
+import { formatIp, ipFromBytes, ipToBytes, parseIPv4, parseIPv6 } from '../util/ip-address.js';
 
 export interface ProxyInfo {
   /**

@@ -3,7 +3,7 @@
  * order) until one answer ends the stage, and their answers made one verdict (policy-action.ts).
  */
 import type { Logger } from 'pino';
-import { parseDuration } from '../limits/schema.js';
+import { parseDuration } from '../util/duration.js';
 import type { Metrics } from '../observability/metrics.js';
 import { endsStage, evaluatePolicyAnswers, type ServiceAnswer, type StageVerdict } from './policy-action.js';
 import { PolicyServiceClient } from './policy-client.js';

@@ -3,7 +3,7 @@
  * policy daemon (postgrey, policyd-spf, postfwd, …) asked at the RCPT or the DATA stage.
  */
 import { Type, type Static } from '@sinclair/typebox';
-import { Duration } from '../limits/schema.js';
+import { Duration } from '../util/duration.js';
 
 export const PolicyServiceSchema = Type.Object(
   {

@@ -12,7 +12,7 @@ import {
 import { AcceptedDomains } from './accepted-domains.js';
 import { contentHash, deepFreeze } from './content-hash.js';
 import { canonicalDomain } from './domain-name.js';
-import { parseNetwork, type IpNetwork } from '../smtp/ip-address.js';
+import { parseNetwork, type IpNetwork } from '../util/ip-address.js';
 import { internetWideReason } from './wide-networks.js';
 import { NetworkSet } from './network-set.js';
 import type { PolicyRules, RuleMode, RuleReply, SenderRule } from './rule-types.js';

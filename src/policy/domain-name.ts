@@ -4,8 +4,8 @@
  * defensively, on recipient and sender domains at check time, so both sides compare equal.
  */
 import { domainToASCII } from 'node:url';
-import { formatIPv4, formatIPv6, parseIPv4, parseIPv6 } from '../smtp/ip-address.js';
-import { remembered } from '../smtp/remembered.js';
+import { formatIPv4, formatIPv6, parseIPv4, parseIPv6 } from '../util/ip-address.js';
+import { remembered } from '../util/remembered.js';
 
 export type CanonicalDomain =
   | { readonly ok: true; readonly domain: string; readonly kind: 'name' | 'ipv4' | 'ipv6' }
@@ -13,7 +13,7 @@ export type CanonicalDomain =
 
 const LABEL_RE = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
 
-/** Checked for every sender and recipient: answers are kept (smtp/remembered.ts). */
+/** Checked for every sender and recipient: answers are kept (util/remembered.ts). */
 export const canonicalDomain: (raw: string) => CanonicalDomain = remembered(canonicalDomainUncached);
 
 function canonicalDomainUncached(raw: string): CanonicalDomain {

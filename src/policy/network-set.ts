@@ -2,7 +2,7 @@
  * NetworkSet: a compiled list of CIDR networks. Built once at compile time; a check is one
  * mask-and-lookup per distinct prefix length (never a parse per check).
  */
-import { maskOf, parseIp, unmapIPv4, type IpAddress, type IpFamily, type IpNetwork } from '../smtp/ip-address.js';
+import { maskOf, parseIp, unmapIPv4, type IpAddress, type IpFamily, type IpNetwork } from '../util/ip-address.js';
 
 export class NetworkSet {
   readonly #byFamily: ReadonlyMap<IpFamily, ReadonlyArray<{ mask: bigint; networks: ReadonlySet<bigint> }>>;

@@ -7,7 +7,7 @@
 import type { ReversePath } from '../smtp/path.js';
 import type { RulesSnapshot } from './compile.js';
 import type { SessionContext } from './context.js';
-import { parseIp } from '../smtp/ip-address.js';
+import { parseIp } from '../util/ip-address.js';
 import { senderPatternMatches } from './sender-pattern.js';
 import { trustFacts } from './trust.js';
 import type { MailVerdict, TraceStep, Warning } from './verdict.js';

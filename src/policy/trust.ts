@@ -5,7 +5,7 @@
  */
 import type { SessionContext } from './context.js';
 import type { RulesSnapshot } from './compile.js';
-import { parseIp } from '../smtp/ip-address.js';
+import { parseIp } from '../util/ip-address.js';
 
 export interface TrustFacts {
   readonly inRelayNetwork: boolean;

@@ -10,7 +10,7 @@
  *    (2002::/20 = 6to4 for 0.0.0.0/4; 2001:0:c000:201::/64 = every Teredo client of one server)
  * is as wide as IPv4 /0 … /7 and is refused the same way.
  */
-import { formatNetwork, maskOf, type IpNetwork } from '../smtp/ip-address.js';
+import { formatNetwork, maskOf, type IpNetwork } from '../util/ip-address.js';
 
 /** Narrowest prefix that is still "too wide" is one less than these. */
 export const MIN_NETWORK_PREFIX: Readonly<Record<4 | 6, number>> = { 4: 8, 6: 16 };

@@ -7,7 +7,7 @@
 import { compileRules, type RawRules, type RuleError, type RulesSnapshot } from '../policy/compile.js';
 import { contentHash, deepFreeze, stableStringify } from '../policy/content-hash.js';
 import { canonicalDomain } from '../policy/domain-name.js';
-import { formatNetwork, parseNetwork } from '../smtp/ip-address.js';
+import { formatNetwork, parseNetwork } from '../util/ip-address.js';
 import type { AuditOperation } from './audit-log.js';
 import { SECTIONS, SECTION_NAMES, isSectionName, type SectionName } from './schemas.js';
 import { validateItem, validateSection } from './section-file.js';

@@ -3,8 +3,8 @@
  * sender-specified routing ("routing tricks"). Pure: node:url's domainToASCII is the only Node import.
  */
 import { domainToASCII } from 'node:url';
-import { formatIPv6, parseIPv6 } from './ip-address.js';
-import { remembered } from './remembered.js';
+import { formatIPv6, parseIPv6 } from '../util/ip-address.js';
+import { remembered } from '../util/remembered.js';
 import type { ForwardPath, ReversePath, RoutingTrick } from './path.js';
 
 export type NormalizedDomain =

@@ -11,7 +11,7 @@ import {
   parseIPv6,
   parseIp,
   parseNetwork,
-} from '../../src/smtp/ip-address.js';
+} from '../../src/util/ip-address.js';
 
 describe('ip-address', () => {
   test.each([

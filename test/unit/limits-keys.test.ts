@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'vitest';
 import { limiterKey } from '../../src/limits/keys.js';
-import { formatIp as formatIpAddress, parseHostAddress as parseIpAddress } from '../../src/smtp/ip-address.js';
+import { formatIp as formatIpAddress, parseHostAddress as parseIpAddress } from '../../src/util/ip-address.js';
 
 describe('limiterKey', () => {
   const cases = [

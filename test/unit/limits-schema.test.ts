@@ -2,7 +2,8 @@ import { readFileSync } from 'node:fs';
 import { Value } from '@sinclair/typebox/value';
 import { describe, expect, test } from 'vitest';
 import { parse } from 'yaml';
-import { DEFAULT_LIMITS, LimitsSchema, parseDuration } from '../../src/limits/schema.js';
+import { DEFAULT_LIMITS, LimitsSchema } from '../../src/limits/schema.js';
+import { parseDuration } from '../../src/util/duration.js';
 
 describe('limits schema', () => {
   test('the shipped rules/limits.yaml is valid and equals DEFAULT_LIMITS', () => {

@@ -1,7 +1,7 @@
 /** Bans: list, add (address or CIDR, optional duration), remove (URL-encoded target). */
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
-import { Duration, parseDuration } from '../../limits/schema.js';
+import { Duration, parseDuration } from '../../util/duration.js';
 import type { AdminDeps } from '../admin-server.js';
 import { actorOf } from '../bearer-auth.js';
 import { AdminError } from '../errors.js';
