@@ -90,6 +90,17 @@ export class RateLimiter {
   }
 
   /**
+   * Does any enabled limit count `event`? When none does, check() would allow without counting
+   * anything, so a caller may skip building the subject and asking (the per-command fast path).
+   */
+  counts(event: LimitEvent | 'concurrent'): boolean {
+    const rules = this.opts.rules();
+    if (!rules.enabled) return false;
+    for (const rule of rules.limits) if (rule.event === event && rule.enabled !== false) return true;
+    return false;
+  }
+
+  /**
    * Count `cost` events (default 1) of `event` for `subject` against every matching limit and
    * decide. Every matching limit counts; the refusal of the first limit (in file order) with the
    * strongest action wins; tarpits add up to the longest delay. Never throws: a fault allows.

@@ -3,8 +3,6 @@
  * built once, ids checked, and rule sets that would open the relay are refused (Postfix refuses to
  * start without reject_unauth_destination — its "has_required" check).
  */
-import type { RecipientValidationRules } from '../directory/schema.js';
-import type { LimitsRules } from '../limits/schema.js';
 import { reply, type Reply } from '../smtp/reply.js';
 import {
   BAD_RECIPIENT_SYNTAX, DIRECTORY_UNAVAILABLE, RELAY_DENIED, SENDER_NOT_AUTHORISED, USER_UNKNOWN,
@@ -20,17 +18,20 @@ import { compileSenderPattern, type SenderPattern } from './sender-pattern.js';
 import type { RecipientValidationMode } from './verdict.js';
 
 export type { PolicyRules, RuleMode, RuleOverride, RuleReply, SenderRule } from './rule-types.js';
-export type { LimitsRules } from '../limits/schema.js';
-export type { RecipientValidationRules } from '../directory/schema.js';
 
-export type RawRules = {
+/**
+ * The rule sections policy compiles. A rule set carries more (limits, owned by the limiter; the
+ * rest of recipient-validation, owned by the directory: src/rules/schemas.ts RawRules); policy
+ * passes those through untouched in `raw` and never reads them.
+ */
+export type PolicySections = {
   acceptedDomains: string[];
   relayNetworks: string[];
   neverRelayNetworks: string[];
   senders: SenderRule[];
   policy: PolicyRules;
-  limits: LimitsRules;
-  recipientValidation: RecipientValidationRules;
+  /** recipient-validation, read only as `{ domains: { [domain]: mode }, default?: mode }`. */
+  recipientValidation: unknown;
 };
 
 /**
@@ -92,11 +93,11 @@ export interface CompiledSenderRule {
   readonly reply: Reply;
 }
 
-export interface RulesSnapshot {
+export interface RulesSnapshot<R extends PolicySections = PolicySections> {
   /** Content hash of `raw`. */
   readonly version: string;
-  /** The rule data this snapshot was compiled from (deep-frozen copy; RulesStore keeps its command-line overlay out of it). */
-  readonly raw: Readonly<RawRules>;
+  /** The rule data this snapshot was compiled from, every section (deep-frozen copy; RulesStore keeps its command-line overlay out of it). */
+  readonly raw: Readonly<R>;
   readonly acceptedDomains: AcceptedDomains;
   readonly relayNetworks: NetworkSet;
   readonly neverRelayNetworks: NetworkSet;
@@ -109,9 +110,9 @@ export interface RulesSnapshot {
   };
 }
 
-export type CompileResult = { ok: true; snapshot: RulesSnapshot } | { ok: false; errors: RuleError[] };
+export type CompileResult<R extends PolicySections = PolicySections> = { ok: true; snapshot: RulesSnapshot<R> } | { ok: false; errors: RuleError[] };
 
-export function compileRules(raw: RawRules): CompileResult {
+export function compileRules<R extends PolicySections>(raw: R): CompileResult<R> {
   const errors: RuleError[] = [];
   const err = (code: string, section: string, message: string, path?: string): void => {
     errors.push(path === undefined ? { code, section, message } : { code, section, message, path });
@@ -229,7 +230,7 @@ export function compileRules(raw: RawRules): CompileResult {
   if (errors.length > 0) return { ok: false, errors };
 
   const frozenRaw = deepFreeze(structuredClone(raw));
-  const snapshot: RulesSnapshot = {
+  const snapshot: RulesSnapshot<R> = {
     version: contentHash(frozenRaw),
     raw: frozenRaw,
     acceptedDomains: new AcceptedDomains(exact, wildcardBases),

@@ -4,7 +4,7 @@
  */
 import { mkdir, readdir, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { RawRules } from '../policy/compile.js';
+import type { RawRules } from './schemas.js';
 import { writeFileAtomic } from './atomic-write.js';
 
 export interface Version {

@@ -4,7 +4,8 @@
  * open-relay compile check and the "no accepted domain left" guard. Pure: the stores only persist
  * and publish the plan this returns.
  */
-import { compileRules, type RawRules, type RuleError, type RulesSnapshot } from '../policy/compile.js';
+import { compileRules, type CompileResult, type RuleError } from '../policy/compile.js';
+import type { RawRules, RulesSnapshot } from './schemas.js';
 import { contentHash, deepFreeze, stableStringify } from '../policy/content-hash.js';
 import { canonicalDomain } from '../policy/domain-name.js';
 import { formatNetwork, parseNetwork } from '../util/ip-address.js';
@@ -124,7 +125,7 @@ function precondition(current: RawRules, name: SectionName, ifMatch: string | un
   return { ok: false, status: 412, code: 'RG_ERR_RULES_PRECONDITION_FAILED', message: `${name} was changed by someone else (current ETag ${etag}); fetch it again and retry` };
 }
 
-export function compileWithOverlay(raw: RawRules, overlay: RulesOverlay | undefined): ReturnType<typeof compileRules> {
+export function compileWithOverlay(raw: RawRules, overlay: RulesOverlay | undefined): CompileResult<RawRules> {
   if (!overlay || ((overlay.acceptedDomains?.length ?? 0) === 0 && (overlay.relayNetworks?.length ?? 0) === 0)) return compileRules(raw);
   const merged: RawRules = {
     ...raw,

@@ -3,7 +3,8 @@
  * directory of one guard (RulesStore) or the shared Redis store of a fleet (SharedRulesStore).
  */
 import type { EventEmitter } from 'node:events';
-import type { RuleError, RulesSnapshot } from '../policy/compile.js';
+import type { RuleError } from '../policy/compile.js';
+import type { RulesSnapshot } from './schemas.js';
 import type { AuditEntry } from './audit-log.js';
 import type { Version } from './history.js';
 import type { ChangeOptions, ChangeResult } from './rules-change.js';

@@ -4,9 +4,18 @@
  * checks meaning (CIDRs, domains, open-relay guard).
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
-import { DEFAULT_RECIPIENT_VALIDATION, RecipientValidationSchema } from '../directory/schema.js';
-import { DEFAULT_LIMITS, LimitsSchema } from '../limits/schema.js';
-import type { PolicyRules, RawRules, SenderRule } from '../policy/compile.js';
+import { DEFAULT_RECIPIENT_VALIDATION, RecipientValidationSchema, type RecipientValidationRules } from '../directory/schema.js';
+import { DEFAULT_LIMITS, LimitsSchema, type LimitsRules } from '../limits/schema.js';
+import type { PolicyRules, PolicySections, RulesSnapshot as PolicySnapshot, SenderRule } from '../policy/compile.js';
+
+/** Every section of rules/, as read from the files: policy's sections, the limiter's, the directory's. */
+export type RawRules = PolicySections & {
+  limits: LimitsRules;
+  recipientValidation: RecipientValidationRules;
+};
+
+/** The rules in force: policy compiled, and every section (limits, recipient validation…) in `raw`. */
+export type RulesSnapshot = PolicySnapshot<RawRules>;
 
 const ONE_LINE = '^[^\\r\\n\\x00]*$';
 

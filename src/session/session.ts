@@ -1247,21 +1247,15 @@ export class SmtpSession {
     };
   }
 
+  /** No limit counts this event (limits off, or no enabled rule for it): skip building the subject and asking. */
+  private noLimitFor(event: LimitEvent | 'concurrent'): boolean {
+    return !this.svc.limiter?.counts(event);
+  }
+
   /**
    * Ask the limiter about an event. Returns true when the limiter answered the command
    * (tempfail, close or ban); a tarpit delays and returns false.
    */
-  /**
-   * No limit counts this event (limits off, or no enabled rule for it): the limiter would allow
-   * without counting anything, so the session skips building the subject and asking.
-   */
-  private noLimitFor(event: LimitEvent | 'concurrent'): boolean {
-    const limits = this.rules().raw.limits;
-    if (!limits.enabled) return true;
-    for (const rule of limits.limits) if (rule.event === event && rule.enabled !== false) return false;
-    return true;
-  }
-
   private async limit(event: LimitEvent, extra: { sender?: string }, refusal?: Reply): Promise<boolean> {
     const limiter = this.svc.limiter;
     if (!limiter || this.noLimitFor(event)) return false;

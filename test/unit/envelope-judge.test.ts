@@ -4,7 +4,8 @@
  */
 import { describe, expect, test } from 'vitest';
 import { DEFAULT_LIMITS } from '../../src/limits/schema.js';
-import { compileRules, type RawRules } from '../../src/policy/compile.js';
+import { compileRules } from '../../src/policy/compile.js';
+import type { RawRules } from '../../src/rules/schemas.js';
 import type { SessionContext } from '../../src/policy/context.js';
 import { dsnAllowedFor, judgeMail, judgeRcpt, judgeRcptPolicy, type EnvelopeContext, type RecipientDirectory } from '../../src/policy/judge.js';
 import { parseCommand, type Command } from '../../src/smtp/command.js';

@@ -1,5 +1,6 @@
 import { describe, expect, test } from 'vitest';
-import { compileRules, type RawRules } from '../../src/policy/compile.js';
+import { compileRules } from '../../src/policy/compile.js';
+import type { RawRules } from '../../src/rules/schemas.js';
 import { evaluateRcpt } from '../../src/policy/relay.js';
 import { BASE_RULES, ctxOf, rcptOf } from './policy-fixtures.js';
 

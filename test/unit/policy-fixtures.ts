@@ -1,6 +1,7 @@
 /** Builders shared by the policy tests: Mailbox / path / context values built directly. */
 import { DEFAULT_LIMITS } from '../../src/limits/schema.js';
-import { compileRules, type RawRules, type RulesSnapshot } from '../../src/policy/compile.js';
+import { compileRules, type RulesSnapshot } from '../../src/policy/compile.js';
+import type { RawRules } from '../../src/rules/schemas.js';
 import type { SessionContext } from '../../src/policy/context.js';
 import type { ForwardPath, Mailbox, ReversePath } from '../../src/smtp/path.js';
 

@@ -1,5 +1,6 @@
 import { describe, expect, test } from 'vitest';
-import type { RawRules, SenderRule } from '../../src/policy/compile.js';
+import type { SenderRule } from '../../src/policy/compile.js';
+import type { RawRules } from '../../src/rules/schemas.js';
 import { evaluateRecipientLookup } from '../../src/policy/recipient.js';
 import { evaluateMail, MAIL_DEFAULT_RULE_ID } from '../../src/policy/sender.js';
 import { explainVerdict } from '../../src/policy/verdict.js';

@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import type { RawRules } from '../../src/policy/compile.js';
+import type { RawRules } from '../../src/rules/schemas.js';
 import { evaluateRcpt, isAcceptedDomain, isTrusted, recipientValidationMode } from '../../src/policy/relay.js';
 import { explainVerdict } from '../../src/policy/verdict.js';
 import { replyText } from '../../src/smtp/reply.js';

@@ -1,7 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
-import { compileRules, type RawRules } from '../../src/policy/compile.js';
+import { compileRules } from '../../src/policy/compile.js';
+import type { RawRules } from '../../src/rules/schemas.js';
 import { evaluateRcpt } from '../../src/policy/relay.js';
 import { SECTIONS, SECTION_NAMES, isSectionName } from '../../src/rules/schemas.js';
 import { formatSectionText, parseSectionText, validateItem, validateSection } from '../../src/rules/section-file.js';
