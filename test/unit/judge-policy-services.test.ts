@@ -3,7 +3,8 @@
  * (so no OK can make a relay), their trace after the judge's, a refusal under rule policy-service:NAME.
  */
 import { describe, expect, test } from 'vitest';
-import { compileRules, type RawRules } from '../../src/policy/compile.js';
+import { compileRules } from '../../src/policy/compile.js';
+import type { RawRules } from '../../src/rules/schemas.js';
 import { judgeRcpt, type EnvelopeContext, type RcptServicesPort, type RcptServicesVerdict } from '../../src/policy/judge.js';
 import { analyzeForwardPath, analyzeReversePath } from '../../src/smtp/path.js';
 import { reply } from '../../src/smtp/reply.js';
