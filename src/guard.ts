@@ -2,6 +2,7 @@
  * Composition root: createGuard(config) wires every module together and is the only file that
  * knows them all. It listens (SMTP listeners, admin API) but never exits the process.
  */
+import { BackendCapabilities } from './backend/capabilities.js';
 import path from 'node:path';
 import { hostname } from 'node:os';
 import http from 'node:http';
@@ -217,11 +218,13 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
   const registry = new SessionRegistry();
   // The console's recent refusals exist only where the admin listener can show them.
   const refusals = config.admin.enabled ? new RefusalRing(config.admin.recentRefusals ?? DEFAULT_RECENT_REFUSALS) : undefined;
+  const backendCaps = new BackendCapabilities();
   const services: GuardServices & { readonly pool: BackendPool | undefined } = {
     config,
     timeouts,
     maxMessageBytes: maxMessageBytes(config),
     ehloAllow: new Set(config.smtp.ehloAllow.map((k) => k.toUpperCase())),
+    backendCaps,
     rules,
     limiter,
     bans,
@@ -263,7 +266,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
   // then opens no connection beyond pool.max (the backend's per-source limit).
   const checkBackend = async (): Promise<boolean> => (pool !== undefined && pool.live > 0) || backendReady(targets, timeouts.backendConnectMs, config.backend.proxyProtocol);
   const admin = config.admin.enabled
-    ? await buildAdminServer({ config, rules, bans, sessions: registry, metrics, validator, limiter, log: log.child({ component: 'admin' }), env, checkBackend, ...(refusals ? { refusals } : {}), ...(dnsbl ? { dnsbl } : {}), ...(policyServices ? { policyServices } : {}), ...(pool ? { pool: () => pool.snapshot() } : {}) })
+    ? await buildAdminServer({ config, rules, bans, sessions: registry, metrics, validator, limiter, log: log.child({ component: 'admin' }), env, checkBackend, ...(refusals ? { refusals } : {}), ...(dnsbl ? { dnsbl } : {}), ...(policyServices ? { policyServices } : {}), backendCaps, ...(pool ? { pool: () => pool.snapshot() } : {}) })
     : undefined;
   // Optional listener serving only /metrics (config `metrics`), e.g. for a scraper on another network.
   const metricsServer =

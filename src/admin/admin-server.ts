@@ -3,6 +3,7 @@
  * and an OpenAPI document generated from the route schemas. buildAdminServer never listens (the
  * composition root does).
  */
+import type { BackendCapabilities } from '../backend/capabilities.js';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import swagger from '@fastify/swagger';
 import type { Logger } from 'pino';
@@ -48,6 +49,8 @@ export interface AdminDeps {
   /** DNS lists and policy services, for the dry-run check. */
   dnsbl?: DnsblScorer;
   policyServices?: PolicyServices;
+  /** The backend's SMTPUTF8/DSN as sessions last saw them, for the dry-run check. */
+  backendCaps?: BackendCapabilities;
 }
 
 /** Largest request body (a whole rules section fits many times over). */

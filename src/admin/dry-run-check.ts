@@ -6,6 +6,7 @@
  * verdict would feed. `priorTransactions` / `priorRecipients` say where the session would stand.
  * The answer says which rule decided and every rule consulted: "why was this refused?".
  */
+import type { BackendCapabilities } from '../backend/capabilities.js';
 import { Type, type Static } from '@sinclair/typebox';
 import type { Config, ListenerConfig } from '../config/schema.js';
 import { maxMessageBytes } from '../config/load-config.js';
@@ -80,6 +81,8 @@ export interface CheckDeps {
   validator?: RecipientDirectory;
   dnsbl?: Pick<DnsblScorer, 'score' | 'scores'>;
   policyServices?: Pick<PolicyServices, 'asks' | 'names' | 'evaluate'>;
+  /** The backend's SMTPUTF8/DSN as a live session last saw them; both assumed offered when unknown. */
+  backendCaps?: Pick<BackendCapabilities, 'last'>;
 }
 
 const MAIL_ACCEPTED = '250 2.1.0 OK';
@@ -146,12 +149,14 @@ export async function dryRunCheck(req: CheckRequest, deps: CheckDeps): Promise<C
     ...(req.helo !== undefined ? { helo: req.helo } : {}),
   };
   const smtp = deps.config.smtp;
+  const backendSeen = deps.backendCaps?.last();
   const ctx: EnvelopeContext = {
     session,
     limits: { maxRecipients: smtp.maxRecipients, maxTransactions: smtp.maxTransactions, maxMessageBytes: maxMessageBytes(deps.config) },
-    // The backend is assumed to offer SMTPUTF8 and DSN (the live session asks its EHLO); who may use DSN is policy.
-    backendSmtputf8: true,
-    dsnAllowed: dsnAllowedFor(smtp.dsn ?? 'trusted', session, rules),
+    // As a live session: what the backend's EHLO offered when a session last read it (both assumed
+    // before any has); who may use DSN is policy.
+    backendSmtputf8: backendSeen?.smtputf8 ?? true,
+    dsnAllowed: (backendSeen?.dsn ?? true) && dsnAllowedFor(smtp.dsn ?? 'trusted', session, rules),
   };
   let atConnect: Partial<CheckResponse> = {};
   const final = (step: CheckStepResult, mail: CheckStepResult, extra: Partial<CheckResponse> = {}, warnings: Warning[] = []): CheckResponse => ({

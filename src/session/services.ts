@@ -1,4 +1,5 @@
 /** What a session needs from the guard: built once by guard.ts, shared by every session. */
+import type { BackendCapabilities } from '../backend/capabilities.js';
 import type { Logger } from 'pino';
 import type { Config, ListenerConfig } from '../config/schema.js';
 import type { ResolvedTimeouts } from '../config/load-config.js';
@@ -31,6 +32,8 @@ export interface GuardServices {
   readonly timeouts: ResolvedTimeouts;
   readonly maxMessageBytes: number;
   readonly ehloAllow: ReadonlySet<string>;
+  /** The backend's SMTPUTF8/DSN as last seen, for the dry-run check (POST /api/v1/check). */
+  readonly backendCaps?: BackendCapabilities;
   readonly rules: { current(): RulesSnapshot };
   readonly limiter: RateLimiter | undefined;
   readonly bans: BanList | undefined;

@@ -512,6 +512,7 @@ export class SmtpSession {
   private learnExtensions(kw: ReadonlyMap<string, string> | undefined): void {
     this.backendSmtputf8 = kw !== undefined && kw.has('SMTPUTF8') && this.svc.ehloAllow.has('SMTPUTF8');
     this.backendDsn = kw !== undefined && kw.has('DSN') && this.svc.ehloAllow.has('DSN');
+    if (kw !== undefined) this.svc.backendCaps?.note({ smtputf8: this.backendSmtputf8, dsn: this.backendDsn });
   }
 
   /** DSN for this client now: the backend offers it and smtp.dsn allows this client (trusted by default). */

@@ -51,10 +51,10 @@ for (const { mode, config: modeConfig } of MODES) {
       for (const b of backends.splice(0)) await b.close();
     });
 
-    async function setup(hideSMTPUTF8: boolean) {
+    async function setup(hideSMTPUTF8: boolean, admin = false) {
       const b = await startRecordingBackend({ server: { hideSMTPUTF8 } });
       backends.push(b);
-      const g = await startGuard({ backendPort: b.port, rules: RULES, config: withMode(modeConfig, {}) });
+      const g = await startGuard({ backendPort: b.port, rules: RULES, config: withMode(modeConfig, admin ? { admin: { enabled: true, address: '127.0.0.1', port: 0, metricsAuth: false } } : {}) });
       guards.push(g);
       return { b, g };
     }
@@ -84,6 +84,28 @@ for (const { mode, config: modeConfig } of MODES) {
       expect(lines.some((l) => /SMTPUTF8/i.test(l) && /^MAIL/i.test(l))).toBe(false);
       // The trick itself is in the log, refused with its rule id.
       expect(g.logs.some((l) => l['msg'] === 'rcpt refused' && l['ruleId'] === 'smtputf8-required')).toBe(true);
+    });
+
+    test('POST /api/v1/check answers as the live session does against that backend: SMTPUTF8 refused once a session has seen its EHLO', async () => {
+      const { g } = await setup(true, true);
+      const a = g.guard.adminAddress();
+      if (!a) throw new Error('admin listener not bound');
+      const check = async () => {
+        const res = await fetch(`http://${a.host}:${a.port}/api/v1/check`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ clientIp: STRANGER, listener: 'mx', mailFrom: '<sender@outside.test> SMTPUTF8', rcptTo: '<jörg@example.com>' }),
+        });
+        expect(res.status).toBe(200);
+        return (await res.json()) as { reply: string; ruleId: string };
+      };
+      const { d } = await open(g.port, STRANGER);
+      const live = await d.cmd('MAIL FROM:<sender@outside.test> SMTPUTF8');
+      d.close();
+      expect(live.code).toBe(555);
+      const dry = await check();
+      expect(dry.reply.slice(0, 3)).toBe('555');
+      expect(g.logs.some((l) => l['msg'] === 'sender refused' && l['ruleId'] === dry.ruleId)).toBe(true);
     });
 
     test('backend with SMTPUTF8: advertised, and a non-ASCII recipient is delivered', async () => {

@@ -22,6 +22,7 @@ export function registerCheckRoutes(api: FastifyInstance, deps: AdminDeps): void
         ...(deps.validator ? { validator: deps.validator } : {}),
         ...(deps.dnsbl ? { dnsbl: deps.dnsbl } : {}),
         ...(deps.policyServices ? { policyServices: deps.policyServices } : {}),
+        ...(deps.backendCaps ? { backendCaps: deps.backendCaps } : {}),
       }),
   );
 }
