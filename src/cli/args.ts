@@ -115,3 +115,20 @@ export const OPTIONS = {
   version: { type: 'boolean' },
 } as const;
 
+
+/**
+ * What the demo prints once it is up (stderr): where to point swaks, and the metrics URL only when
+ * the admin listener (which serves /metrics) is on — not with --no-admin.
+ */
+export function demoBanner(smtp: { host: string; port: number }, admin: { enabled: boolean; address: string; port: number }): string {
+  const at = `${smtp.host}:${smtp.port}`;
+  return (
+    `\nrelay-guard is guarding the embedded demo backend (an open relay) on ${at}.\n` +
+    `Try it:\n` +
+    `  swaks --server ${at} --from a@outside.test --to user@example.com      # accepted: example.com is ours\n` +
+    `  swaks --server ${at} --from a@outside.test --to victim@elsewhere.test  # 550 5.7.1 Relaying denied\n` +
+    `  telnet ${smtp.host} ${smtp.port}\n` +
+    (admin.enabled ? `Metrics: curl http://${admin.address}:${admin.port}/metrics\n` : '') +
+    `\n`
+  );
+}

@@ -6,19 +6,36 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { ConfigError, loadConfigFile } from '../config/load-config.js';
-import { OPTIONS, USAGE, parseHostPort, planFromArgs, type CliPlan } from './args.js';
-import { createLogger } from '../observability/logger.js';
-import { createGuard } from '../guard.js';
-import { VERSION } from '../version.js';
-import { startDemoBackend } from '../demo/demo-backend.js';
-import { assertAdminSafe } from '../admin/admin-server.js';
+import type { CliPlan } from './args.js';
+
+/**
+ * SIGTERM / SIGINT handlers, installed before anything else loads (the guard's modules are imported
+ * below, on demand): a stop asked for while the guard is still starting is remembered, the start is
+ * let finish, then the guard closes and the process exits 0 — never killed by the signal itself.
+ * Not for `ctl` (a client: the default, die on the signal, is right there).
+ */
+let stopAsked: string | undefined;
+let onStop: ((signal: string) => void) | undefined;
+const stopRequested = new Promise<string>((resolve) => {
+  onStop = resolve;
+});
+if (process.argv[2] !== 'ctl') {
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.once(signal, () => {
+      stopAsked ??= signal;
+      onStop?.(signal);
+    });
+  }
+}
 
 async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'ctl') {
     const { runCtl } = await import('./ctl.js');
     return runCtl(argv.slice(1), { stdout: (s: string) => process.stdout.write(s), stderr: (s: string) => process.stderr.write(s), env: process.env });
   }
+  const { OPTIONS, USAGE, demoBanner, parseHostPort, planFromArgs } = await import('./args.js');
+  const { ConfigError, loadConfigFile } = await import('../config/load-config.js');
+  const { VERSION } = await import('../version.js');
   let values: Record<string, unknown>;
   try {
     values = parseArgs({ args: argv, options: OPTIONS, allowPositionals: false, strict: true }).values;
@@ -44,17 +61,18 @@ async function main(argv: string[]): Promise<number> {
       return 2;
     }
   }
+  const { startDemoBackend } = await import('../demo/demo-backend.js');
   if (values['demo-backend']) {
     const { host, port } = parseHostPort(values['demo-backend'] as string, '--demo-backend');
     const demo = await startDemoBackend(host, port);
     process.stdout.write(`demo backend (an open relay sink) listening on ${host}:${demo.port}\n`);
-    await new Promise<void>((resolve) => {
-      process.once('SIGTERM', resolve);
-      process.once('SIGINT', resolve);
-    });
+    await stopRequested;
     await demo.close();
     return 0;
   }
+  const { assertAdminSafe } = await import('../admin/admin-server.js');
+  const { createLogger } = await import('../observability/logger.js');
+  const { createGuard } = await import('../guard.js');
 
   const packageRulesDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'rules');
   let plan: CliPlan;
@@ -86,30 +104,16 @@ async function main(argv: string[]): Promise<number> {
     log.flush?.();
     return 1;
   }
-  if (plan.demo) {
-    const a = guard.address();
-    process.stderr.write(
-      `\nrelay-guard is guarding the embedded demo backend (an open relay) on ${a.host}:${a.port}.\n` +
-        `Try it:\n` +
-        `  swaks --server ${a.host}:${a.port} --from a@outside.test --to user@example.com      # accepted: example.com is ours\n` +
-        `  swaks --server ${a.host}:${a.port} --from a@outside.test --to victim@elsewhere.test  # 550 5.7.1 Relaying denied\n` +
-        `  telnet ${a.host} ${a.port}\n` +
-        `Metrics: curl http://${config.admin.address}:${config.admin.port}/metrics\n\n`,
-    );
+  if (stopAsked !== undefined) log.info({ signal: stopAsked }, 'stop asked for during startup');
+  if (plan.demo && stopAsked === undefined) {
+    process.stderr.write(demoBanner(guard.address(), config.admin));
   }
   const g = guard;
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string) => {
-      log.info({ signal }, 'shutting down');
-      resolve();
-    };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
-    process.on('SIGHUP', () => {
-      log.info({}, 'SIGHUP: reloading rules, certificates and recipient list');
-      void g.reload();
-    });
+  process.on('SIGHUP', () => {
+    log.info({}, 'SIGHUP: reloading rules, certificates and recipient list');
+    void g.reload();
   });
+  log.info({ signal: await stopRequested }, 'shutting down');
   await g.close();
   await demoBackend?.close();
   log.info({}, 'stopped');

@@ -49,6 +49,30 @@ function exitOf(proc: ChildProcess): Promise<number | null> {
 }
 
 describe('relay-guard process', () => {
+  test('SIGTERM while the guard is still starting (at its first output byte, before it listens): exit 0, not killed by the signal', async () => {
+    const rules = mkdtempSync(path.join(tmpdir(), 'rg-cli-'));
+    writeFileSync(path.join(rules, 'limits.yaml'), 'enabled: false\nprefixV4: 24\nprefixV6: 64\nlimits: []\n');
+    const proc = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', '--listen', '127.0.0.1:0', '--backend', `127.0.0.1:${await freePort()}`, '--rules-dir', rules, '--no-admin', '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    child = proc;
+    let out = '';
+    let atSignal: string | undefined;
+    const onData = (c: Buffer) => {
+      out += c.toString();
+      if (atSignal === undefined) {
+        atSignal = out;
+        proc.kill('SIGTERM');
+      }
+    };
+    proc.stdout!.on('data', onData);
+    proc.stderr!.on('data', onData);
+    const [code, signal] = await withTimeout(new Promise<[number | null, NodeJS.Signals | null]>((resolve) => proc.once('exit', (c, s) => resolve([c, s]))), 60_000, 'exit');
+    expect({ code, signal, out: code === 0 ? '' : out }).toEqual({ code: 0, signal: null, out: '' });
+    // The signal came while starting: the first line is not the listener's, and the guard says so.
+    expect(atSignal).not.toMatch(/"msg":"listening"/);
+    expect(out).toMatch(/"msg":"stop asked for during startup"/);
+    expect(out).toMatch(/"msg":"stopped"/);
+  }, 90_000);
+
   test('flags alone: refuses relaying, accepts our domain, trusts --relay-network', async () => {
     backend = await startRecordingBackend();
     const port = await freePort();

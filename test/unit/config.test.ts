@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { ConfigError, loadConfigFile, parseConfigText, resolveTimeouts } from '../../src/config/load-config.js';
-import { parseHostPort, planFromArgs } from '../../src/cli/args.js';
+import { demoBanner, parseHostPort, planFromArgs } from '../../src/cli/args.js';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'rg-config-'));
 function file(name: string, text: string): string {
@@ -83,6 +83,17 @@ describe('command line', () => {
     expect(plan.demo).toBe(true);
     expect(plan.config.listeners[0]).toMatchObject({ address: '127.0.0.1', port: 2525 });
     expect(plan.extra.acceptedDomains).toEqual(['example.com']);
+  });
+
+  test('the demo banner names the metrics URL only when the admin listener is on (not with --no-admin)', () => {
+    const smtp = { host: '127.0.0.1', port: 2525 };
+    const on = planFromArgs({}, 'rules');
+    expect(demoBanner(smtp, on.config.admin)).toContain(`Metrics: curl http://127.0.0.1:${on.config.admin.port}/metrics\n`);
+    const off = planFromArgs({ 'no-admin': true }, 'rules');
+    expect(off.demo).toBe(true);
+    const banner = demoBanner(smtp, off.config.admin);
+    expect(banner).not.toMatch(/metrics/i);
+    expect(banner).toContain('swaks --server 127.0.0.1:2525 --from a@outside.test --to victim@elsewhere.test');
   });
 
   test('--pool N turns pooled mode on with at most N backend sessions; junk is a ConfigError naming --pool', () => {
