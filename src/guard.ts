@@ -232,7 +232,16 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
     // The one place that knows the backend mode: sessions get a seat and never ask which kind.
     seats: pool
       ? new PooledSeats({ pool, hostname: config.smtp.hostname, stressIdleMs: timeouts.poolStressMs })
-      : new PerClientSeats({ connector, capacity: new BackendCapacity(config.backend.maxConnections), metrics, hostname: config.smtp.hostname }),
+      : new PerClientSeats({
+          connector,
+          capacity: new BackendCapacity(config.backend.maxConnections, {
+            maxPerAddress: Math.min(config.backend.maxPerAddress ?? 5, config.backend.maxConnections),
+            maxPerPrefix: Math.min(config.backend.maxPerPrefix ?? 10, config.backend.maxConnections),
+          }),
+          stressIdleMs: parseDuration(config.backend.stressTimeout ?? '10s'),
+          metrics,
+          hostname: config.smtp.hostname,
+        }),
     pool,
     registry,
     metrics,

@@ -14,6 +14,8 @@ import type { BackendSeat, BackendSeats, SeatClient, SeatEvents, SeatOpening } f
 export interface PerClientSeatsOptions {
   readonly connector: BackendConnector;
   readonly capacity: BackendCapacity;
+  /** Under stress (every slot taken) an idle client keeps its slot only this long (backend.stressTimeout). */
+  readonly stressIdleMs?: number;
   readonly metrics: Metrics;
   readonly hostname: string;
 }
@@ -33,7 +35,6 @@ class PerClientSeat implements BackendSeat {
   private abandoned = false;
   private released = false;
   readonly replaceable = false;
-  readonly contendedIdleMs = undefined;
 
   constructor(
     private readonly opts: PerClientSeatsOptions,
@@ -50,8 +51,14 @@ class PerClientSeat implements BackendSeat {
   }
 
   async open(): Promise<SeatOpening> {
-    this.releaseSlot = this.opts.capacity.tryAcquire();
-    if (!this.releaseSlot) return { ok: false, reply: R.CAPACITY, outcome: 'capacity' };
+    const client = this.client;
+    const holder = client.idleMs && client.shed ? { idleMs: () => client.idleMs!(), shed: () => client.shed!() } : undefined;
+    const slot = this.opts.capacity.acquire(client.clientIp, holder);
+    if (!slot.ok) {
+      if (slot.why !== 'full') this.events.log().info({ share: slot.why }, 'backend slot refused: client share reached');
+      return { ok: false, reply: slot.why === 'full' ? R.CAPACITY : R.CAPACITY_PER_CLIENT, outcome: 'capacity' };
+    }
+    this.releaseSlot = slot.release;
     const { clientIp, clientPort, localIp, localPort } = this.client;
     const res = await this.opts.connector.connect({ clientIp, clientPort, ...(localIp !== undefined ? { localIp } : {}), ...(localPort !== undefined ? { localPort } : {}) });
     if (this.released) {
@@ -107,7 +114,16 @@ class PerClientSeat implements BackendSeat {
     return reply(250, undefined, this.opts.hostname, 'PIPELINING', '8BITMIME', 'ENHANCEDSTATUSCODES');
   }
 
-  shedForWaiters(): boolean {
-    return false;
+  /** Looked at every stressTimeout while idle: the slot may be wanted (the cap is reached). */
+  get contendedIdleMs(): number | undefined {
+    return this.opts.stressIdleMs;
+  }
+
+  /** Under stress an idle client (between transactions) keeps its slot only stressTimeout. */
+  shedForWaiters(idleMs: number): boolean {
+    const stress = this.opts.stressIdleMs;
+    if (stress === undefined || !this.opts.capacity.stressed || idleMs < stress || this.client.idleMs?.() === undefined) return false;
+    this.events.log().info({ idleMs, inUse: this.opts.capacity.inUse }, 'backend slots under stress: idle client gives its slot up');
+    return true;
   }
 }

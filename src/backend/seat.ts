@@ -28,6 +28,10 @@ export interface SeatClient {
   esmtp(): boolean;
   /** The identity the client authenticated as. */
   authUser(): string | undefined;
+  /** How long the client has been idle between transactions (undefined: busy). Backend slot fairness. */
+  idleMs?(): number | undefined;
+  /** Close the client's connection now (421 4.4.2): its backend slot goes to another client. */
+  shed?(): void;
 }
 
 export interface SeatEvents {

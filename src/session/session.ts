@@ -135,6 +135,8 @@ export class SmtpSession {
         helo: () => this.helo,
         esmtp: () => this.ehlo,
         authUser: () => this.authUser,
+        idleMs: () => (this.phase === 'command' && this.isIdle() ? Date.now() - this.idleSince : undefined),
+        shed: () => this.shed(),
       },
       { lost: (failure) => this.onBackendClosed(failure), log: () => this.log },
     );
@@ -248,6 +250,15 @@ export class SmtpSession {
     this.writeNow(reason === 'shutdown' ? R.SHUTTING_DOWN : { ...reply(421, '4.3.2', 'Session closed by administrator'), close: true });
     if (this.tx.mailSent) this.seat.abandon();
     this.close('terminated');
+  }
+
+  /** Backend slots under stress: this idle session's slot went to a newcomer (backend-capacity.ts). */
+  private shed(): void {
+    if (this.phase === 'closed' || this.phase === 'closing') return;
+    this.log.info({ idleMs: Date.now() - this.idleSince }, 'backend slot shed for another client');
+    this.outcome = 'shed';
+    this.writeNow(R.SHED_UNDER_STRESS);
+    this.close('shed');
   }
 
   /** Shutdown: idle sessions get 421 4.3.2 now; a session in a transaction finishes it first. */

@@ -36,6 +36,10 @@ export const DIRECTORY_UNAVAILABLE = reply(451, '4.4.3', 'Directory temporarily 
 export const POLICY_FAILURE = reply(451, '4.3.0', 'Temporary policy failure, try again later');
 export const TOO_MANY_TRANSACTIONS: Reply = { ...reply(421, '4.7.0', 'Too many transactions in one session'), close: true };
 export const CAPACITY: Reply = { ...reply(421, '4.7.0', 'Too many connections, try again later'), close: true };
+/** One client address or prefix already holds its share of backend slots (backend.maxPerAddress / maxPerPrefix). */
+export const CAPACITY_PER_CLIENT: Reply = { ...reply(421, '4.7.0', 'Too many connections from your network, try again later'), close: true };
+/** Under stress (every backend slot taken) an idle session gives its slot up (Postfix's stress mode). */
+export const SHED_UNDER_STRESS: Reply = { ...reply(421, '4.4.2', 'Idle too long while the server is busy, closing connection'), close: true };
 export const HELO_FIRST = reply(503, '5.5.1', 'Send HELO/EHLO first');
 export const NESTED_MAIL = reply(503, '5.5.1', 'Nested MAIL command');
 export const NEED_MAIL = reply(503, '5.5.1', 'Need MAIL before RCPT');
