@@ -12,7 +12,7 @@
  *  - under stress every session idle between transactions keeps its slot only backend.stressTimeout
  *    (the per-client seat's idle check, per-client-seat.ts).
  */
-import { formatIp, maskIp, parseHostAddress } from '../smtp/ip-address.js';
+import { formatIp, maskIp, parseHostAddress } from '../util/ip-address.js';
 
 /** A session holding a slot, as the capacity sees it. */
 export interface SlotHolder {
