@@ -9,7 +9,8 @@ export class SessionTimers {
   private idleTimer: NodeJS.Timeout | undefined;
   /** When the armed idle timer fires (Date.now() clock). */
   private idleDue = 0;
-  private idleSince = 0;
+  /** When the client last sent or was sent something (Date.now() clock). */
+  idleSince = 0;
 
   constructor(private readonly s: SmtpSession) {}
 

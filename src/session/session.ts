@@ -108,7 +108,7 @@ export class SmtpSession {
         helo: () => this.helo,
         esmtp: () => this.ehlo,
         authUser: () => this.authUser,
-        idleMs: () => (this.phase === 'command' && this.isIdle() ? Date.now() - this.idleSince : undefined),
+        idleMs: () => (this.phase === 'command' && this.isIdle() ? Date.now() - this.timers.idleSince : undefined),
         shed: () => this.shed(),
       },
       { lost: (failure) => this.onBackendClosed(failure), log: () => this.log },
@@ -188,9 +188,9 @@ export class SmtpSession {
   /** Backend slots under stress: this idle session's slot went to a newcomer (backend-capacity.ts). */
   private shed(): void {
     if (this.phase === 'closed' || this.phase === 'closing') return;
-    this.log.info({ idleMs: Date.now() - this.idleSince }, 'backend slot shed for another client');
-    this.outcome = 'shed';
-    this.writeNow(R.SHED_UNDER_STRESS);
+    this.log.info({ idleMs: Date.now() - this.timers.idleSince }, 'backend slot shed for another client');
+    this.summary.outcome = 'shed';
+    this.replies.now(R.SHED_UNDER_STRESS);
     this.close('shed');
   }
 
