@@ -42,7 +42,7 @@ import type { Version } from './history.js';
 import { changedSections, compileWithOverlay, etagOf, okResult, planChange, type ChangeOptions, type ChangeRequest, type ChangeResult, type RulesOverlay } from './rules-change.js';
 import { readRulesDir, type MinimalLogger } from './rules-store.js';
 import { SECTIONS, SECTION_NAMES, isSectionName } from './schemas.js';
-import { validateSection } from './section-file.js';
+import { checkStored, type Checked, type StoredRules } from './stored-rules.js';
 
 export interface SharedRulesStoreOptions {
   /** redis://[user:password@]HOST:PORT[/DB] */
@@ -65,18 +65,6 @@ export interface SharedRulesStoreOptions {
   heartbeatMs?: number;
   /** The admin API address this guard answers on, shown in the fleet view. */
   admin?: () => string | undefined;
-}
-
-/** A stored rule set, as in rules:doc, in history entries and in the local copy. */
-interface StoredRules {
-  v: 1;
-  rev: number;
-  version: string;
-  raw: RawRules;
-  time: string;
-  actor: string;
-  guard: string;
-  operation: string;
 }
 
 interface HistoryEntry extends StoredRules {
@@ -128,8 +116,6 @@ return 1
 `;
 
 type ScriptedRedis = Redis & { relayGuardRulesCas(...args: (string | number)[]): Promise<number> };
-
-type Checked = { ok: true; stored: StoredRules; snapshot: RulesSnapshot } | { ok: false; code: string; message: string; errors?: RuleError[] };
 
 /** The URL without its password, for logs, errors and the fleet view. */
 export function redactUrl(url: string): string {
@@ -560,33 +546,6 @@ interface Heartbeat {
   seenAt: number;
   storeUp: boolean;
   admin?: string;
-}
-
-/** Parse and validate a stored rule set: JSON shape, every section's schema, compile, content hash. */
-function checkStored(text: string, overlay: RulesOverlay | undefined): Checked {
-  let doc: Partial<StoredRules>;
-  try {
-    doc = JSON.parse(text) as Partial<StoredRules>;
-  } catch {
-    return { ok: false, code: 'RG_ERR_RULES_STORE_INVALID', message: 'entry is not JSON' };
-  }
-  if (doc === null || typeof doc !== 'object' || doc.v !== 1 || typeof doc.rev !== 'number' || !Number.isSafeInteger(doc.rev) || doc.rev < 1 || typeof doc.version !== 'string' || doc.raw === null || typeof doc.raw !== 'object') {
-    return { ok: false, code: 'RG_ERR_RULES_STORE_INVALID', message: 'entry does not have the shape { v: 1, rev, version, raw }' };
-  }
-  const raw = doc.raw as unknown as Record<string, unknown>;
-  const errors: RuleError[] = [];
-  for (const name of SECTION_NAMES) {
-    const value = raw[SECTIONS[name].rawKey];
-    if (value === undefined) errors.push({ code: 'RG_ERR_RULES_STORE_INVALID', section: name, message: `section ${name} is missing` });
-    else errors.push(...validateSection(name, value));
-  }
-  if (errors.length > 0) return { ok: false, code: errors[0]?.code ?? 'RG_ERR_RULES_STORE_INVALID', message: errors[0]?.message ?? 'invalid', errors };
-  const compiled = compileWithOverlay(doc.raw, overlay);
-  if (!compiled.ok) return { ok: false, code: compiled.errors[0]?.code ?? 'RG_ERR_RULES_INVALID', message: compiled.errors[0]?.message ?? 'invalid', errors: compiled.errors };
-  if (contentHash(doc.raw) !== doc.version) {
-    return { ok: false, code: 'RG_ERR_RULES_STORE_TAMPERED', message: `content does not match its version ${doc.version} (edited outside relay-guard)` };
-  }
-  return { ok: true, stored: doc as StoredRules, snapshot: compiled.snapshot };
 }
 
 /** The rules to start from before the store answers: the last-known-good copy, else the rules directory. */
