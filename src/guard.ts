@@ -11,7 +11,7 @@ import { readFileSync } from 'node:fs';
 import { Registry } from 'prom-client';
 import type { Logger } from 'pino';
 import type { FastifyInstance } from 'fastify';
-import type { Config } from './config/schema.js';
+import { DEFAULT_LDAP_USER_FILTER, type Config } from './config/schema.js';
 import { maxMessageBytes, resolveTimeouts, type ResolvedTimeouts } from './config/load-config.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
 import { RulesStore } from './rules/rules-store.js';
@@ -43,6 +43,8 @@ import { buildAdminServer } from './admin/admin-server.js';
 import { DEFAULT_RECENT_REFUSALS, RefusalRing } from './observability/refusal-ring.js';
 import { DnsblScorer } from './dnsbl/dnsbl-scorer.js';
 import { PolicyServices } from './policy-service/policy-services.js';
+import { AuthCanary, type CanaryLink } from './backend/auth-canary.js';
+import { compileRelayUsers } from './policy/auth-grant.js';
 
 import { VERSION } from './version.js';
 
@@ -66,6 +68,8 @@ export interface Guard {
   readonly rules: RulesService;
   readonly listeners: readonly SmtpListener[];
   readonly admin: FastifyInstance | undefined;
+  /** The auth canary (issue 16): its state, and a run on demand. */
+  readonly authCanary: AuthCanary;
   start(): Promise<void>;
   /** Graceful: stop accepting, 421 idle sessions, let transactions finish within the drain timeout. */
   close(): Promise<void>;
@@ -213,6 +217,51 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
   // DNS lists (at connect, before the backend) and Postfix policy services (at RCPT / DATA).
   const dnsbl = config.dnsbl ? new DnsblScorer({ config: config.dnsbl, dns: config.dns, metrics, log: log.child({ component: 'dnsbl' }) }) : undefined;
   const policyServices = config.policyServices.length > 0 ? new PolicyServices(config.policyServices, { metrics, log: log.child({ component: 'policy-service' }) }) : undefined;
+  if (config.auth.verify === 'ldap' && rules.current().raw.recipientValidation.ldap === undefined) {
+    // Not fatal (the rules may get LDAP settings later), but until then no AUTH grants relay.
+    log.error({}, 'auth.verify is ldap but rules/recipient-validation.yaml has no ldap settings: AUTH grants no relay');
+  }
+  const capacity = new BackendCapacity(config.backend.maxConnections, {
+    maxPerAddress: Math.min(config.backend.maxPerAddress ?? 5, config.backend.maxConnections),
+    maxPerPrefix: Math.min(config.backend.maxPerPrefix ?? 10, config.backend.maxConnections),
+  });
+  /**
+   * The auth canary's own backend session (issue 16): pooled, a session taken out of the pool for
+   * good (closed after the login, the pool opens another); per-client, a connection of its own
+   * within backend.maxConnections. Either way never one a client uses.
+   */
+  const canaryLink = async (): Promise<CanaryLink> => {
+    if (pool) {
+      const link = await pool.acquire();
+      if (!link) return { failure: 'no pooled backend session free' };
+      pool.detach(link);
+      return { link, release: () => link.close(true) };
+    }
+    const release = capacity.tryAcquire();
+    if (!release) return { failure: 'backend connection cap reached' };
+    const r = await connector.connectOwn();
+    if (!r.ok) {
+      release();
+      return { failure: `backend unavailable (${r.failure})` };
+    }
+    return {
+      link: r.link,
+      release: () => {
+        r.link.close(true);
+        release();
+      },
+    };
+  };
+  // Only where an AUTH could grant relay: a listener with `auth: relay`.
+  const canaryWanted = config.authCanary.enabled && config.listeners.some((l) => l.auth === 'relay');
+  const canary = new AuthCanary({
+    enabled: canaryWanted,
+    intervalMs: parseDuration(config.authCanary.interval),
+    ehloName: config.smtp.hostname,
+    openLink: canaryLink,
+    metrics,
+    log: log.child({ component: 'auth-canary' }),
+  });
 
   let shuttingDown = false;
   const registry = new SessionRegistry();
@@ -234,10 +283,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
       ? new PooledSeats({ pool, hostname: config.smtp.hostname, stressIdleMs: timeouts.poolStressMs })
       : new PerClientSeats({
           connector,
-          capacity: new BackendCapacity(config.backend.maxConnections, {
-            maxPerAddress: Math.min(config.backend.maxPerAddress ?? 5, config.backend.maxConnections),
-            maxPerPrefix: Math.min(config.backend.maxPerPrefix ?? 10, config.backend.maxConnections),
-          }),
+          capacity,
           stressIdleMs: parseDuration(config.backend.stressTimeout ?? '10s'),
           metrics,
           hostname: config.smtp.hostname,
@@ -249,6 +295,13 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
     refusals,
     dnsbl,
     policyServices,
+    auth: {
+      canaryAccepted: () => canary.accepted,
+      relayUsers: compileRelayUsers(config.authRelayUsers),
+      ...(config.auth.verify === 'ldap'
+        ? { verify: (user: string, password: string) => validator.verifyCredentials(user, password, config.auth.ldapUserFilter ?? DEFAULT_LDAP_USER_FILTER) }
+        : {}),
+    },
     shuttingDown: () => shuttingDown,
   };
 
@@ -275,7 +328,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
   // then opens no connection beyond pool.max (the backend's per-source limit).
   const checkBackend = async (): Promise<boolean> => (pool !== undefined && pool.live > 0) || backendReady(targets, timeouts.backendConnectMs, config.backend.proxyProtocol);
   const admin = config.admin.enabled
-    ? await buildAdminServer({ config, rules, bans, sessions: registry, metrics, validator, limiter, log: log.child({ component: 'admin' }), env, checkBackend, ...(refusals ? { refusals } : {}), ...(dnsbl ? { dnsbl } : {}), ...(policyServices ? { policyServices } : {}), backendCaps, ...(pool ? { pool: () => pool.snapshot() } : {}) })
+    ? await buildAdminServer({ config, rules, bans, sessions: registry, metrics, validator, limiter, log: log.child({ component: 'admin' }), env, checkBackend, ...(refusals ? { refusals } : {}), ...(dnsbl ? { dnsbl } : {}), ...(policyServices ? { policyServices } : {}), backendCaps, ...(pool ? { pool: () => pool.snapshot() } : {}), authCanary: canary })
     : undefined;
   // Optional listener serving only /metrics (config `metrics`), e.g. for a scraper on another network.
   const metricsServer =
@@ -298,8 +351,11 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
     rules,
     listeners,
     admin,
+    authCanary: canary,
     async start() {
       await pool?.start();
+      // The first canary before the listeners open (waited for at most 5 s; it finishes in the background).
+      await canary.start(5000);
       for (const l of listeners) {
         const a = await l.listen();
         log.info({ listener: l.config.name, address: a.address, port: a.port, kind: l.config.kind }, 'listening');
@@ -320,6 +376,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
     },
     async close() {
       shuttingDown = true;
+      canary.stop();
       await Promise.all(listeners.map((l) => l.close()));
       const sessions = registry.all();
       for (const s of sessions) s.drain();

@@ -25,6 +25,8 @@ import { registerCheckRoutes } from './routes/check-routes.js';
 import { registerHealthRoutes } from './routes/health-routes.js';
 import { registerRuleRoutes } from './routes/rule-routes.js';
 import { registerSessionRoutes } from './routes/session-routes.js';
+import { registerAuthRoutes } from './routes/auth-routes.js';
+import type { CanarySnapshot } from '../backend/auth-canary.js';
 import type { RefusalRing } from '../observability/refusal-ring.js';
 import { registerConsole, registerConsoleApiRoutes } from './console/console-routes.js';
 import { adminHostGuard, crossSiteGuard } from './browser-guards.js';
@@ -51,6 +53,8 @@ export interface AdminDeps {
   policyServices?: PolicyServices;
   /** The backend's SMTPUTF8/DSN as sessions last saw them, for the dry-run check. */
   backendCaps?: BackendCapabilities;
+  /** The auth canary (GET/POST /api/v1/auth/canary, /readyz detail). */
+  authCanary?: { snapshot(): CanarySnapshot; run(): Promise<CanarySnapshot> };
 }
 
 /** Largest request body (a whole rules section fits many times over). */
@@ -113,6 +117,7 @@ export async function buildAdminServer(deps: AdminDeps): Promise<FastifyInstance
       registerCheckRoutes(api, deps);
       registerBanRoutes(api, deps);
       registerSessionRoutes(api, deps);
+      registerAuthRoutes(api, deps);
       registerConsoleApiRoutes(api, deps, auth);
     },
     { prefix: ADMIN_API_PREFIX },

@@ -72,6 +72,22 @@ export class BackendConnector {
     return r;
   }
 
+  /**
+   * A backend session for the guard's own use (the auth canary, issue 16): a PROXY header naming the
+   * guard itself when one is configured, backend STARTTLS; no client to tell the backend about.
+   */
+  async connectOwn(): Promise<Connected> {
+    const { proxyProtocol } = this.opts;
+    const r = await this.open(proxyProtocol !== 'off' ? (socket: Socket) => formatProxyForSelf(proxyProtocol, socket) : undefined);
+    if (!r.ok) return r;
+    const t = await this.secure(r.link);
+    if (!t.ok) {
+      r.link.close(false);
+      return { ok: false, failure: t.failure, target: r.link.target };
+    }
+    return r;
+  }
+
   /** Backend leg STARTTLS when configured (right after the greeting); a failed handshake drops the link. */
   async secure(link: BackendLink): Promise<{ ok: true } | { ok: false; failure: BackendFailure }> {
     const tls = this.opts.tls;
@@ -88,7 +104,7 @@ export class BackendConnector {
   }
 
   /** Connect to the first backend that answers, and keep the backend metrics. */
-  private async open(preamble?: Buffer): Promise<Connected> {
+  private async open(preamble?: BackendLinkOptions['preamble']): Promise<Connected> {
     const { metrics } = this.opts;
     const r = await BackendLink.connect(this.opts.targets, preamble ? { ...this.opts.link, preamble } : this.opts.link);
     if (r.ok) {

@@ -54,6 +54,11 @@ Bans and sessions:
   pool                              pooled mode: backend sessions (idle, lent, dedicated), waiting clients
   reload-recipients                 re-read the recipient list file
 
+AUTH trust:
+  auth-canary                       does the backend accept random credentials? (AUTH grants no
+                                    relay while it does)
+  auth-canary run                   run the canary now and show the result
+
 Options:
   --admin HOST:PORT   admin API address (default: $RELAY_GUARD_ADMIN or ${DEFAULT_ADMIN})
   --token TOKEN       bearer token (default: $RELAY_GUARD_ADMIN_TOKEN; prefer the variable,
@@ -356,6 +361,12 @@ async function dispatch(p: string[], v: Values, api: Api, io: CtlIo): Promise<nu
         return head + table(['BACKEND SESSION', 'STATE', 'IDLE'], ((b['sessions'] ?? []) as Json[]).map((x) => [x['backendSession'], x['state'], x['idleSeconds'] === undefined ? '-' : `${String(x['idleSeconds'])}s`]));
       });
     }
+    case 'auth-canary': {
+      const sub = p[1];
+      if (sub !== undefined && sub !== 'run') throw new UsageError(`unknown action ${JSON.stringify(sub)} for auth-canary (run)`);
+      noMore(p, sub === undefined ? 1 : 2);
+      return finish(sub === 'run' ? await api('POST', '/auth/canary') : await api('GET', '/auth/canary'), formatCanary);
+    }
     case 'reload-recipients': {
       noMore(p, 1);
       return finish(await api('POST', '/recipients/reload'), (b) => `recipient list reloaded${b['entries'] !== undefined ? ` (${String(b['entries'])} entries)` : ''}\n`);
@@ -390,6 +401,23 @@ function table(head: string[], rows: unknown[][]): string {
   const cells = [head, ...rows.map((r) => r.map((c) => (c === undefined || c === null ? '-' : String(c))))];
   const widths = head.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? '').length)));
   return cells.map((r) => `${r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ').trimEnd()}\n`).join('');
+}
+
+function formatCanary(b: Json): string {
+  if (b['enabled'] !== true) return 'auth canary: off (authCanary.enabled is false, or no listener has auth: relay)\n';
+  const state = String(b['state']);
+  const verdict =
+    b['accepted'] === true
+      ? `ACCEPTED since ${String(b['acceptedSince'])}: the backend takes random credentials; AUTH grants no relay`
+      : state === 'refused'
+        ? 'refused: the backend turns random credentials away; AUTH may relay'
+        : state === 'not_offered'
+          ? 'the backend offers no AUTH'
+          : 'unknown: no conclusive run yet';
+  const lines = [`auth canary: ${verdict}`, `runs: ${String(b['runs'])}, every ${String(b['intervalSeconds'])}s${b['running'] === true ? ' (a run is under way)' : ''}`];
+  const last = b['lastRun'] as Json | undefined;
+  if (last) lines.push(`last run: ${String(last['at'])} ${String(last['result'])}${last['mechanism'] ? ` (${String(last['mechanism'])})` : ''}${last['detail'] ? `: ${String(last['detail'])}` : ''}`);
+  return `${lines.join('\n')}\n`;
 }
 
 function formatCheck(b: Json): string {

@@ -60,7 +60,7 @@ function checkSemantics(c: Config, file: string, lineOf: (path: string[]) => num
   const durations: Array<[string[], string]> = [];
   for (const [k, v] of Object.entries(c.backend)) if (k.endsWith('Timeout') && typeof v === 'string') durations.push([['backend', k], v]);
   for (const [k, v] of Object.entries(c.timeouts)) durations.push([['timeouts', k], v]);
-  durations.push([['smtp', 'errorDelay'], c.smtp.errorDelay], [['smtp', 'greetingDelay'], c.smtp.greetingDelay]);
+  durations.push([['smtp', 'errorDelay'], c.smtp.errorDelay], [['smtp', 'greetingDelay'], c.smtp.greetingDelay], [['authCanary', 'interval'], c.authCanary.interval]);
   for (const [path, v] of durations) {
     try {
       parseDuration(v);
@@ -81,6 +81,9 @@ function checkSemantics(c: Config, file: string, lineOf: (path: string[]) => num
     throw new ConfigError(file, 'backend.proxyProtocol', 'cannot be used with backend.pool (a pooled backend session serves many clients): use backend.xclient or backend.xforward', lineOf(['backend', 'proxyProtocol']));
   }
   checkDnsAndPolicy(c, file, lineOf);
+  if (c.authCanary.enabled && parseDuration(c.authCanary.interval) < 10_000) {
+    throw new ConfigError(file, 'authCanary.interval', 'must be at least 10s (each run is a backend connection and a failed login in its log)', lineOf(['authCanary', 'interval']));
+  }
   if (c.limits.store === 'redis' && !c.limits.redisUrl) {
     throw new ConfigError(file, 'limits.redisUrl', 'required when limits.store is redis', lineOf(['limits', 'store']));
   }

@@ -49,6 +49,10 @@ export const ListenerSchema = Type.Object(
     starttls: Type.Boolean({ default: true, description: 'offer STARTTLS on mx and submission listeners' }),
     tls: Type.Optional(TlsServer),
     plaintextAuthNetworks: Type.Array(Type.String(), { default: [], description: 'client networks that may AUTH without TLS' }),
+    auth: Type.Union([Type.Literal('relay'), Type.Literal('pass'), Type.Literal('off')], {
+      default: 'relay',
+      description: 'relay = a backend-accepted AUTH may relay (guarded by the auth canary); pass = AUTH goes to the backend but grants nothing here; off = AUTH not offered, the verb refused',
+    }),
     maxConnections: Type.Integer({ minimum: 1, default: 1000 }),
   },
   { additionalProperties: false },
@@ -161,6 +165,27 @@ export const ConfigSchema = Type.Object(
     dns: DnsSchema,
     dnsbl: Type.Optional(DnsblSchema),
     policyServices: PolicyServicesSchema,
+    auth: Type.Object(
+      {
+        verify: Type.Union([Type.Literal('none'), Type.Literal('ldap')], {
+          description: 'ldap = relay rights need the guard itself to bind to the directory (rules/recipient-validation.yaml ldap settings) with the credentials the client gave',
+        }),
+        ldapUserFilter: Type.Optional(
+          Type.String({ minLength: 3, pattern: '^\\(.*\\{user\\}.*\\)$', description: 'filter finding the entry to bind as; {user} is the RFC 4515-escaped login' }),
+        ),
+      },
+      { additionalProperties: false },
+    ),
+    authRelayUsers: Type.Array(Type.String({ minLength: 1, maxLength: 256 }), {
+      description: 'logins whose AUTH may relay: exact names or globs (* ?), case-insensitive; empty = any',
+    }),
+    authCanary: Type.Object(
+      {
+        enabled: Type.Boolean({ description: 'log in with random credentials on a backend session at start and every interval' }),
+        interval: Duration,
+      },
+      { additionalProperties: false },
+    ),
     limits: Type.Object(
       {
         store: Type.Union([Type.Literal('memory'), Type.Literal('redis')]),
@@ -179,7 +204,7 @@ export type ListenerConfig = Static<typeof ListenerSchema>;
 
 /** Defaults merged under the file (and the file under the command line flags). */
 export const DEFAULT_CONFIG: Config = {
-  listeners: [{ name: 'mx', address: '127.0.0.1', port: 2525, kind: 'mx', relay: 'deny', proxyProtocol: 'off', proxyNetworks: [], starttls: true, plaintextAuthNetworks: [], maxConnections: 1000 }],
+  listeners: [{ name: 'mx', address: '127.0.0.1', port: 2525, kind: 'mx', relay: 'deny', proxyProtocol: 'off', proxyNetworks: [], starttls: true, plaintextAuthNetworks: [], auth: 'relay', maxConnections: 1000 }],
   backends: [{ host: '127.0.0.1', port: 2526 }],
   backend: {
     connectTimeout: '10s',
@@ -222,7 +247,13 @@ export const DEFAULT_CONFIG: Config = {
   limits: { store: 'memory', maxEntries: 100000 },
   dns: { timeout: '5s' },
   policyServices: [],
+  auth: { verify: 'none' },
+  authRelayUsers: [],
+  authCanary: { enabled: true, interval: '15m' },
 };
+
+/** Active Directory: the login as sAMAccountName, userPrincipalName or mail. */
+export const DEFAULT_LDAP_USER_FILTER = '(|(sAMAccountName={user})(userPrincipalName={user})(mail={user}))';
 
 export function parseSize(s: number | string): number {
   if (typeof s === 'number') return s;

@@ -35,6 +35,11 @@ export function buildLookupFilter(template: string, address: string): string {
   return template.split('{address}').join(escapeFilterValue(address));
 }
 
+/** Substitute the escaped login for every {user} in auth.ldapUserFilter. */
+export function buildUserFilter(template: string, user: string): string {
+  return template.split('{user}').join(escapeFilterValue(user));
+}
+
 export class LdapTimeoutError extends Error {
   readonly code = 'RG_ERR_DIRECTORY_TIMEOUT';
   constructor(ms: number) {
@@ -94,6 +99,76 @@ export class LdapDirectory {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /**
+   * Prove a login without trusting the mail server (issue 16, auth.verify: ldap): find the user's
+   * entry with the service connection (`userFilter`, {user} escaped), then bind as that entry with
+   * the password on a connection of its own, closed at once. 'valid' or 'invalid' (no entry, several
+   * entries, wrong password, an empty password: RFC 4513 §5.1.2 would make that an unauthenticated
+   * bind that "succeeds"). Throws on directory faults and after `timeout`.
+   */
+  async verifyCredentials(user: string, password: string, userFilter: string): Promise<'valid' | 'invalid'> {
+    if (this.closed) throw new Error('ldap directory is closed');
+    if (password === '' || user === '') return 'invalid';
+    const timeoutMs = this.settings.timeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new LdapTimeoutError(timeoutMs)), timeoutMs);
+    });
+    const used: { client?: Client; userClient?: Client } = {};
+    try {
+      return await Promise.race([this.bindAsUser(user, password, userFilter, used), deadline]);
+    } catch (err) {
+      if (used.client) this.discard(used.client);
+      throw err;
+    } finally {
+      clearTimeout(timer);
+      if (used.userClient) void used.userClient.unbind().catch(() => undefined);
+    }
+  }
+
+  private async bindAsUser(user: string, password: string, userFilter: string, used: { client?: Client; userClient?: Client }): Promise<'valid' | 'invalid'> {
+    const client = await this.connection();
+    used.client = client;
+    this.searchCount++;
+    const res = await client.search(this.settings.baseDn, {
+      scope: 'sub',
+      filter: buildUserFilter(userFilter, user),
+      attributes: ['1.1'],
+      // Two are enough to know the login is ambiguous.
+      sizeLimit: 2,
+      timeLimit: Math.max(1, Math.ceil(this.settings.timeoutMs / 1000)),
+      derefAliases: 'never',
+    });
+    if (res.searchEntries.length !== 1) return 'invalid';
+    const dn = res.searchEntries[0]!.dn;
+    const userClient = await this.newClient();
+    used.userClient = userClient;
+    try {
+      await userClient.bind(dn, password);
+      return 'valid';
+    } catch (err) {
+      // RFC 4511 §4.1.9 resultCode 49: invalidCredentials.
+      if ((err as { code?: unknown }).code === 49) return 'invalid';
+      throw err;
+    }
+  }
+
+  /** A fresh connection with the configured transport (TLS / StartTLS), not bound. */
+  private async newClient(): Promise<Client> {
+    const s = this.settings;
+    const url = new URL(s.url);
+    const tlsOptions = await this.tlsOptions(url.hostname);
+    const client = new Client({
+      url: s.url,
+      timeout: s.timeoutMs,
+      connectTimeout: s.timeoutMs,
+      ...(url.protocol === 'ldaps:' ? { tlsOptions } : {}),
+      strictDN: false,
+    });
+    if (s.startTls) await client.startTLS(tlsOptions);
+    return client;
   }
 
   /** Drop the connection; later lookups throw. */

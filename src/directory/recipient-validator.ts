@@ -247,6 +247,31 @@ export class RecipientValidator extends EventEmitter {
     this.emit('listReloaded', res);
   }
 
+  /**
+   * auth.verify: ldap (issue 16): prove a login against the directory configured in
+   * recipient-validation.yaml (`ldap`), whatever the domains' validation modes. Never throws:
+   * 'error' when the directory is not configured or cannot be asked (the caller refuses relay).
+   */
+  async verifyCredentials(user: string, password: string, userFilter: string): Promise<'valid' | 'invalid' | 'error'> {
+    let ldap: RecipientValidator['ldap'];
+    try {
+      ldap = this.currentLdap();
+    } catch (err) {
+      this.logDirectoryError(err);
+      return 'error';
+    }
+    if (ldap === undefined) {
+      this.opts.log.error({}, 'auth.verify is ldap but recipient-validation.yaml has no ldap settings: AUTH grants no relay');
+      return 'error';
+    }
+    try {
+      return await ldap.directory.verifyCredentials(user, password, userFilter);
+    } catch (err) {
+      this.logDirectoryError(err);
+      return 'error';
+    }
+  }
+
   // ── ldap mode ──────────────────────────────────────────────────────────────────────────────
 
   private async lookupLdap(address: string): Promise<RecipientLookup> {

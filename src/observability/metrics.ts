@@ -80,6 +80,21 @@ function createMetricsShape(register: Registry = new Registry(), opts: { default
       name: 'relay_guard_auth_total', help: 'AUTH attempts by result (success, failure, aborted, refused)',
       labelNames: ['result'] as const, registers,
     }),
+    authGrants: new Counter({
+      name: 'relay_guard_auth_grants_total',
+      help: 'Successful AUTHs (the backend said 235) by what the guard granted: relay, pass (listener auth: pass), not_listed (outside authRelayUsers), unproven (canary tripped or guard-side verification failed)',
+      labelNames: ['grant'] as const, registers,
+    }),
+    authCanaryAccepted: new Gauge({
+      name: 'relay_guard_auth_canary_accepted',
+      help: '1 while the backend accepted the last auth canary (a login with random credentials): AUTH grants no relay until a canary is refused',
+      registers,
+    }),
+    authCanaryRuns: new Counter({
+      name: 'relay_guard_auth_canary_runs_total',
+      help: 'Auth canary logins by result (refused, accepted, not_offered, error)',
+      labelNames: ['result'] as const, registers,
+    }),
     tlsHandshakes: new Counter({
       name: 'relay_guard_tls_handshakes_total', help: 'TLS handshakes with clients by kind (starttls, implicit) and result (success, failure)',
       labelNames: ['kind', 'result'] as const, registers,
@@ -401,6 +416,8 @@ function zeroKnownSeries(m: ReturnType<typeof createMetricsShape>): void {
   each(m.protocolErrors, { kind: ['line_too_long', 'bad_bytes', 'bare_lf', 'bare_cr', 'bad_eod', 'unknown_verb', 'syntax', 'bad_sequence', 'early_talker', 'http', 'tls_on_plain', 'too_many_errors'] });
   each(m.smuggling, { kind: ['bare_lf', 'bare_cr', 'nul'], action: ['rejected', 'normalised'] });
   each(m.auth, { result: ['success', 'failure', 'aborted', 'refused'] });
+  each(m.authGrants, { grant: ['relay', 'pass', 'not_listed', 'unproven'] });
+  each(m.authCanaryRuns, { result: ['refused', 'accepted', 'not_offered', 'error'] });
   each(m.tlsHandshakes, { kind: ['starttls', 'implicit'], result: ['success', 'failure'] });
   each(m.limitStoreErrors, { store: ['redis'] });
   each(m.rulesReloads, { result: ['success', 'error'] });

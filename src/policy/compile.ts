@@ -5,7 +5,7 @@
  */
 import { reply, type Reply } from '../smtp/reply.js';
 import {
-  BAD_RECIPIENT_SYNTAX, DIRECTORY_UNAVAILABLE, RELAY_DENIED, SENDER_NOT_AUTHORISED, USER_UNKNOWN,
+  AUTH_UNPROVEN, BAD_RECIPIENT_SYNTAX, DIRECTORY_UNAVAILABLE, RELAY_DENIED, SENDER_NOT_AUTHORISED, USER_UNKNOWN,
 } from '../smtp/replies.js';
 import { AcceptedDomains } from './accepted-domains.js';
 import { contentHash, deepFreeze } from './content-hash.js';
@@ -43,13 +43,14 @@ export type RuleError = { code: string; section: string; message: string; path?:
 /** Built-in rules whose mode and reply policy.yaml may override. */
 export const OVERRIDABLE_RULES = [
   'routing-tricks', 'encapsulated-address', 'relay-denied', 'anti-spoofing', 'recipient-unknown', 'directory-unavailable',
+  'auth-unproven',
 ] as const;
 export type OverridableRuleId = (typeof OVERRIDABLE_RULES)[number];
 
 /** Every built-in rule id, in evaluation order (RCPT, then MAIL, then recipient lookup). */
 export const BUILTIN_RULE_IDS = [
   'postmaster', 'routing-tricks', 'encapsulated-address', 'accepted-domains', 'never-relay-networks', 'relay-networks',
-  'authenticated', 'internal-listener', 'relay-denied', 'anti-spoofing', 'recipient-validation', 'recipient-unknown',
+  'authenticated', 'internal-listener', 'auth-unproven', 'relay-denied', 'anti-spoofing', 'recipient-validation', 'recipient-unknown',
   'directory-unavailable',
 ] as const;
 
@@ -62,6 +63,7 @@ export const DEFAULT_REPLIES: Readonly<Record<OverridableRuleId, Reply>> = Objec
   'anti-spoofing': SENDER_NOT_AUTHORISED,
   'recipient-unknown': USER_UNKNOWN,
   'directory-unavailable': DIRECTORY_UNAVAILABLE,
+  'auth-unproven': AUTH_UNPROVEN,
 });
 
 const SENDER_REJECTED = reply(550, '5.7.1', 'Sender rejected');

@@ -1,5 +1,6 @@
 /** Facts about a session that policy decides on. Built by the session, read-only for policy. */
 import type { ReversePath } from '../smtp/path.js';
+import type { AuthGrant } from './auth-grant.js';
 
 export type ListenerKind = 'mx' | 'submission' | 'smtps';
 
@@ -12,8 +13,13 @@ export interface SessionContext {
   /** The listener is marked `relay: allow` (internal interface). */
   readonly listenerRelay: boolean;
   readonly tls: boolean;
-  /** Authenticated user name, or undefined. */
+  /** Authenticated user name (the backend said 235), or undefined. */
   readonly authUser?: string;
+  /**
+   * What that authentication is worth (auth-grant.ts). Absent: it grants relay and trust, as any
+   * backend-accepted AUTH did before issue 16 (the dry-run check without a session).
+   */
+  readonly authGrant?: AuthGrant;
   readonly helo?: string;
   readonly mailFrom?: ReversePath;
 }

@@ -145,7 +145,7 @@ export interface RcptJudgement {
 const DSN_MAIL_PARAMS = new Set(['RET', 'ENVID']);
 const DSN_RCPT_PARAMS = new Set(['NOTIFY', 'ORCPT']);
 /** Refusals that are relay attempts: they feed the relay-denied limit and the relay denial count. */
-export const RELAY_RULES: ReadonlySet<string> = new Set(['relay-denied', 'routing-tricks', 'encapsulated-address']);
+export const RELAY_RULES: ReadonlySet<string> = new Set(['relay-denied', 'routing-tricks', 'encapsulated-address', 'auth-unproven']);
 
 function isAscii(s: string): boolean {
   // eslint-disable-next-line no-control-regex

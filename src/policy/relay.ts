@@ -10,7 +10,8 @@
  *   5 relay-networks        client in a relay network, not never-relay → accept
  *   6 authenticated         authenticated, not never-relay → accept
  *   7 internal-listener     relay-allowed listener, not never-relay → accept
- *   8 relay-denied          → 550 5.7.1 Relaying denied
+ *   8 auth-unproven         the backend accepted an AUTH the guard could not prove → 451 4.7.0
+ *   9 relay-denied          → 550 5.7.1 Relaying denied
  */
 import { isDotAtom, routingTricks } from '../smtp/mailbox.js';
 import type { ForwardPath } from '../smtp/path.js';
@@ -113,10 +114,18 @@ export function evaluateRcpt(ctx: SessionContext, rcpt: ForwardPath, rules: Rule
   if (facts.inRelayNetwork && !facts.inNeverRelayNetwork) return accept('relay-networks', 'off');
   dunno('relay-networks', facts.inRelayNetwork ? 'overridden by never-relay-networks' : undefined);
   if (facts.authenticated && !facts.inNeverRelayNetwork) return accept('authenticated', 'off');
-  dunno('authenticated', facts.authenticated ? 'overridden by never-relay-networks' : undefined);
+  const grant = ctx.authUser !== undefined && ctx.authUser !== '' ? ctx.authGrant : undefined;
+  dunno('authenticated', facts.authenticated ? 'overridden by never-relay-networks' : grant?.relay === false ? `AUTH grants no relay: ${grant.reason}` : undefined);
   if (facts.internalListener && !facts.inNeverRelayNetwork) return accept('internal-listener', 'off');
   dunno('internal-listener', facts.internalListener ? 'overridden by never-relay-networks' : undefined);
 
-  // 8. Everything else: implicit default deny (never warn-only; compile.ts refuses that).
+  // 8. The backend said 235 but the guard could not prove it (issue 16): temporary, never a relay.
+  // (A trace step only where an AUTH was refused relay: other traces stay as they were.)
+  if (grant?.relay === false && grant.unproven && !facts.inNeverRelayNetwork) {
+    const v = refuse('auth-unproven', grant.reason);
+    if (v) return v;
+  }
+
+  // 9. Everything else: implicit default deny (never warn-only; compile.ts refuses that).
   return refuse('relay-denied', 'domain not served and client not trusted') as RcptVerdict;
 }

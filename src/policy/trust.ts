@@ -21,7 +21,9 @@ export function trustFacts(ctx: SessionContext, rules: RulesSnapshot): TrustFact
   const ip = parseIp(ctx.clientIp);
   const inRelayNetwork = rules.relayNetworks.contains(ip);
   const inNeverRelayNetwork = rules.neverRelayNetworks.contains(ip);
-  const authenticated = ctx.authUser !== undefined && ctx.authUser !== '';
+  // An authentication counts only when it grants relay (auth-grant.ts): a `pass` listener, a user
+  // outside authRelayUsers or an unproven AUTH is no trust at all (no relay, no routing exemption).
+  const authenticated = ctx.authUser !== undefined && ctx.authUser !== '' && ctx.authGrant?.relay !== false;
   const internalListener = ctx.listenerRelay === true;
   const trusted = (inRelayNetwork || authenticated || internalListener) && !inNeverRelayNetwork;
   return { inRelayNetwork, inNeverRelayNetwork, authenticated, internalListener, trusted };

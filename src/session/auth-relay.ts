@@ -6,6 +6,7 @@
  * are never logged; only the user name is learned (PLAIN, LOGIN).
  */
 import { isFailure } from '../backend/backend-link.js';
+import { evaluateAuthGrant, type AuthGrant, type AuthVerification } from '../policy/auth-grant.js';
 import { reply, replyText, type Reply } from '../smtp/reply.js';
 import * as R from '../smtp/replies.js';
 import { HELD, type Outcome } from './outcome.js';
@@ -15,16 +16,26 @@ import type { SmtpSession } from './session.js';
 /** RFC 4954 §4: a SASL response line may be up to 12288 octets. */
 export const AUTH_LINE_BYTES = 12288;
 
+/**
+ * One SASL exchange in progress (RFC 4954). `user` is learned from PLAIN or LOGIN; `secret` (the
+ * password) only when the guard must check it itself (auth.verify), held in memory for the length
+ * of the exchange, never logged.
+ */
 interface AuthExchange {
   readonly mechanism: string;
   step: number;
   user?: string;
+  /** PLAIN's authorization identity when it differs from the user (acting as someone else). */
+  authzid?: string;
+  secret?: string;
 }
 
 export class AuthRelay {
   private exchange: AuthExchange | undefined;
   /** The AUTH mechanisms the backend offered in its last EHLO reply (undefined: none). */
   backendMechanisms: string | undefined;
+  /** auth.verify: what the guard's own check of the credentials said (issue 16). */
+  private verification: AuthVerification | undefined;
 
   constructor(private readonly s: SmtpSession) {}
 
@@ -35,7 +46,7 @@ export class AuthRelay {
 
   /** The EHLO keyword to add, if any. */
   ehloKeyword(): string | undefined {
-    return this.backendMechanisms && this.allowed() ? `AUTH ${this.backendMechanisms}` : undefined;
+    return this.backendMechanisms && this.allowed() && this.s.listener.config.auth !== 'off' ? `AUTH ${this.backendMechanisms}` : undefined;
   }
 
   onAuth(mechanism: string, initial: string | undefined): Outcome {
@@ -44,6 +55,11 @@ export class AuthRelay {
     // AUTH is an EHLO extension (RFC 4954 §3); after STARTTLS the old EHLO no longer counts (RFC 3207 §4.2).
     if (!s.ehlo || !s.helo) return refuse('ehlo-required', reply(503, '5.5.1', 'Send EHLO first'));
     if (s.tx.mailSent) return refuse('auth-in-transaction', R.BAD_SEQUENCE);
+    if (s.listener.config.auth === 'off') {
+      // Listener `auth: off`: never offered, never forwarded (issue 16).
+      s.svc.metrics.auth.inc({ result: 'refused' });
+      return refuse('auth-not-offered', R.VERB_NOT_ALLOWED);
+    }
     if (!this.backendMechanisms || !this.allowed()) {
       s.svc.metrics.auth.inc({ result: 'refused' });
       return this.backendMechanisms && !s.tlsActive ? refuse('auth-requires-tls', R.MUST_ISSUE_STARTTLS) : refuse('auth-not-offered', R.VERB_NOT_ALLOWED);
@@ -135,11 +151,19 @@ export class AuthRelay {
       s.phase = 'command';
       this.exchange = undefined;
       if (r.code === 235) {
-        s.authUser = ex.user ?? '(unknown)';
-        s.svc.metrics.auth.inc({ result: 'success' });
-        s.log.info({ authUser: cap(s.authUser), mechanism: ex.mechanism }, 'authenticated');
-        slot.resolve(r);
-        s.unblock();
+        // Still behind the AUTH barrier: the 235 reaches the client once the guard knows what it is worth.
+        const secret = ex.secret;
+        ex.secret = undefined;
+        const verify = s.svc.auth.verify;
+        const user = ex.user ?? '(unknown)';
+        const listed = s.svc.auth.relayUsers.empty || s.svc.auth.relayUsers.matches(user);
+        if (verify && s.listener.config.auth === 'relay' && listed) {
+          const checkable = ex.user !== undefined && secret !== undefined && secret !== '' && (ex.authzid === undefined || ex.authzid.toLowerCase() === ex.user.toLowerCase());
+          const verifying: Promise<AuthVerification> = checkable ? verify(ex.user!, secret!).catch(() => 'error' as const) : Promise.resolve('unverifiable');
+          void verifying.then((v) => this.authenticated(user, ex.mechanism, r, slot, v));
+          return;
+        }
+        this.authenticated(user, ex.mechanism, r, slot, undefined);
         return;
       }
       s.svc.metrics.auth.inc({ result: r.code === 501 ? 'aborted' : 'failure' });
@@ -151,13 +175,53 @@ export class AuthRelay {
     });
   }
 
-  /** Learn the user name from PLAIN (authzid\0authcid\0passwd) or LOGIN's first response; never the secret. */
+  /** The backend said 235 (and the guard's own check, if any, is done): record what it grants. */
+  private authenticated(user: string, mechanism: string, r: Reply, slot: { resolve(r: Reply): void }, verification: AuthVerification | undefined): void {
+    const { s } = this;
+    if (s.phase === 'closed') return;
+    s.authUser = user;
+    this.verification = verification;
+    const grant = this.grant()!;
+    const label = grant.relay ? 'relay' : grant.unproven ? 'unproven' : s.listener.config.auth !== 'relay' ? 'pass' : 'not_listed';
+    s.svc.metrics.auth.inc({ result: 'success' });
+    s.svc.metrics.authGrants.inc({ grant: label });
+    if (grant.relay) s.log.info({ authUser: cap(user), mechanism, relay: true, proof: grant.proof }, 'authenticated');
+    else s.log.info({ authUser: cap(user), mechanism, relay: false, reason: grant.reason }, 'authenticated');
+    slot.resolve(r);
+    s.unblock();
+  }
+
+  /** What this session's AUTH grants now (the canary may trip or clear while it lasts). */
+  grant(): AuthGrant | undefined {
+    const { s } = this;
+    if (s.authUser === undefined) return undefined;
+    const mustVerify = s.svc.auth.verify !== undefined && s.listener.config.auth === 'relay';
+    const verification = mustVerify ? (this.verification ?? 'unverifiable') : undefined;
+    return evaluateAuthGrant({
+      listenerAuth: s.listener.config.auth,
+      user: s.authUser,
+      relayUsers: s.svc.auth.relayUsers,
+      ...(verification !== undefined ? { verification } : {}),
+      canaryAccepted: s.svc.auth.canaryAccepted(),
+    });
+  }
+
+  /**
+   * Learn the user name from PLAIN (authzid\0authcid\0passwd) or LOGIN's first response. The secret
+   * is kept only when the guard must verify it (auth.verify), and never logged.
+   */
   private noteResponse(ex: AuthExchange, b64: string): void {
     const step = ex.step++;
     if (b64 === '*' || b64 === '=') return;
     const decoded = Buffer.from(b64, 'base64').toString('utf8');
-    if (ex.mechanism === 'PLAIN' && step === 0) ex.user = decoded.split('\0')[1];
-    else if (ex.mechanism === 'LOGIN' && step === 0) ex.user = decoded;
+    const keep = this.s.svc.auth.verify !== undefined;
+    if (ex.mechanism === 'PLAIN' && step === 0) {
+      const [authzid = '', authcid, passwd] = decoded.split('\0');
+      ex.user = authcid;
+      if (authzid !== '') ex.authzid = authzid;
+      if (keep) ex.secret = passwd;
+    } else if (ex.mechanism === 'LOGIN' && step === 0) ex.user = decoded;
+    else if (ex.mechanism === 'LOGIN' && step === 1 && keep) ex.secret = decoded;
   }
 }
 

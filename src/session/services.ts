@@ -14,6 +14,17 @@ import type { BackendSeats } from '../backend/seat.js';
 import type { RefusalSink } from '../observability/refusal-ring.js';
 import type { DnsblScorer } from '../dnsbl/dnsbl-scorer.js';
 import type { PolicyServices } from '../policy-service/policy-services.js';
+import type { AuthVerification, RelayUserMatcher } from '../policy/auth-grant.js';
+
+/** What an AUTH the backend accepted is worth (issue 16): built by guard.ts, read by every session. */
+export interface AuthTrust {
+  /** The last auth canary was accepted by the backend (it takes random credentials). */
+  canaryAccepted(): boolean;
+  /** authRelayUsers, compiled. */
+  readonly relayUsers: RelayUserMatcher;
+  /** auth.verify: ldap — the guard checks the credentials itself; absent: no guard-side proof required. */
+  readonly verify?: (user: string, password: string) => Promise<AuthVerification>;
+}
 
 export interface TlsProvider {
   /** Options for a STARTTLS upgrade of an existing socket (current certificate). */
@@ -50,5 +61,6 @@ export interface GuardServices {
   readonly dnsbl?: Pick<DnsblScorer, 'score' | 'scores'> | undefined;
   /** Postfix policy services asked at RCPT / DATA (config `policyServices`). */
   readonly policyServices?: Pick<PolicyServices, 'has' | 'evaluate' | 'asks'> | undefined;
+  readonly auth: AuthTrust;
   shuttingDown(): boolean;
 }

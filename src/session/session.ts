@@ -501,7 +501,7 @@ export class SmtpSession {
       listenerKind: this.listener.config.kind,
       listenerRelay: this.listener.config.relay === 'allow',
       tls: this.tlsActive,
-      ...(this.authUser !== undefined ? { authUser: this.authUser } : {}),
+      ...(this.authUser !== undefined ? { authUser: this.authUser, authGrant: this.auth.grant()! } : {}),
       ...(this.helo !== undefined ? { helo: this.helo } : {}),
       ...(mailFrom !== undefined ? { mailFrom } : {}),
     };

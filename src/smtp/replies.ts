@@ -32,6 +32,12 @@ export const TOO_MANY_ERRORS: Reply = { ...reply(421, '4.7.0', 'Too many errors,
 export const TIMEOUT: Reply = { ...reply(421, '4.4.2', 'Timeout exceeded, closing connection'), close: true };
 export const AUTH_REQUIRED = reply(530, '5.7.0', 'Authentication required');
 export const MUST_ISSUE_STARTTLS = reply(530, '5.7.0', 'Must issue a STARTTLS command first');
+/**
+ * An AUTH the backend accepted but the guard could not prove (auth canary tripped, LDAP verification
+ * refused or unreachable): temporary, so a real user's mail waits in its queue instead of bouncing
+ * while the admin fixes the backend or the directory.
+ */
+export const AUTH_UNPROVEN = reply(451, '4.7.0', 'Authentication not proven, relaying refused for now');
 export const DIRECTORY_UNAVAILABLE = reply(451, '4.4.3', 'Directory temporarily unavailable, try again later');
 export const POLICY_FAILURE = reply(451, '4.3.0', 'Temporary policy failure, try again later');
 export const TOO_MANY_TRANSACTIONS: Reply = { ...reply(421, '4.7.0', 'Too many transactions in one session'), close: true };

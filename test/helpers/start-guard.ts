@@ -70,6 +70,9 @@ export async function startGuard(opts: {
     log: { level: 'debug' },
     admin: { enabled: false, address: '127.0.0.1', port: 0, metricsAuth: false },
     smtp: { errorDelay: '0s' },
+    // The auth canary (issue 16) opens a backend session of its own at start: off unless a test asks,
+    // so suites that count backend connections or AUTH attempts see only their clients'.
+    authCanary: { enabled: false, interval: '15m' },
   });
   const config = validateConfig(mergeConfig(base, opts.config ?? {}), 'test');
   let text = '';

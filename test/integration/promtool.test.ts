@@ -75,7 +75,7 @@ describe('alerts.yml structure', () => {
     expect(rules.map((r) => r.alert)).toEqual(
       expect.arrayContaining([
         'RelayAttackSpike', 'BackendDown', 'AllBackendsDown', 'BanStorm', 'RulesReloadFailing',
-        'TlsCertificateExpiringSoon', 'SmugglingAttempts', 'GuardInternalErrors', 'LimitStoreFallback',
+        'TlsCertificateExpiringSoon', 'SmugglingAttempts', 'GuardInternalErrors', 'LimitStoreFallback', 'BackendAcceptsAnyCredentials',
       ]),
     );
   });

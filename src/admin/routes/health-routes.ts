@@ -25,7 +25,9 @@ export function registerHealthRoutes(app: FastifyInstance, deps: AdminDeps, auth
       deps.log.debug({ err }, 'readiness backend check failed');
     }
     if (!backend) reasons.push('no backend reachable');
-    return reasons.length === 0 ? { status: 'ready' } : reply.code(503).send({ status: 'not ready', reasons });
+    // Detail, not a readiness condition: a tripped canary stops AUTH relaying, not the mail flow.
+    const detail = authCanaryDetail(deps);
+    return reasons.length === 0 ? { status: 'ready', ...detail } : reply.code(503).send({ status: 'not ready', reasons, ...detail });
   });
 
   app.get('/metrics', { schema: { tags: ['health'], summary: 'Prometheus metrics (text exposition format)' } }, async (req, reply) => {
@@ -40,4 +42,17 @@ export function registerHealthRoutes(app: FastifyInstance, deps: AdminDeps, auth
     const text = await register.metrics();
     return reply.header('content-type', register.contentType).send(text);
   });
+}
+
+/** /readyz detail: the auth canary's state in a few fields (the full state: GET /api/v1/auth/canary). */
+function authCanaryDetail(deps: AdminDeps): { authCanary?: { state: string; accepted: boolean; lastRun?: string; lastResult?: string } } {
+  const s = deps.authCanary?.snapshot();
+  if (!s) return {};
+  return {
+    authCanary: {
+      state: s.state,
+      accepted: s.accepted,
+      ...(s.lastRun ? { lastRun: s.lastRun.at, lastResult: s.lastRun.result } : {}),
+    },
+  };
 }
