@@ -39,7 +39,7 @@ async function startBenchScript(name: string, script: string, args: string[], la
   writeFileSync(file, js);
   const port = await freePort();
   const child = startChild(launcher[0] ?? process.execPath, [...launcher.slice(1), file, String(port), ...args]);
-  await waitGreeting(port, name, launcher.length > 0 ? 300_000 : undefined);
+  await waitGreeting(port, name, launcher.length > 0 ? 900_000 : undefined);
   return {
     name,
     port,
@@ -108,7 +108,7 @@ export async function startGuardProcess(opts: GuardProcessOptions): Promise<Runn
   const launcher = opts.launcher ?? [];
   const child = startChild(launcher[0] ?? process.execPath, [...launcher.slice(1), ...args], { env: { ...process.env, NODE_ENV: 'production' } });
   try {
-    await waitGreeting(port, 'relay-guard', launcher.length > 0 ? 300_000 : undefined);
+    await waitGreeting(port, 'relay-guard', launcher.length > 0 ? 900_000 : undefined);
   } catch (err) {
     await child.stop('SIGKILL');
     throw new Error(`${(err as Error).message}\n${child.stderr()}`);
