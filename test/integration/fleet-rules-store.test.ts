@@ -133,7 +133,14 @@ describe.sequential('three guard processes, one Redis rules store', { timeout: 1
     const loser = ra.status === 412 ? { g: guards.a, net: '203.0.113.10/32', r: ra } : { g: guards.b, net: '203.0.113.20/32', r: rb };
     expect(loser.r.body).toMatchObject({ code: 'RG_ERR_RULES_PRECONDITION_FAILED' });
     // The loser fetches again and retries: both changes end up everywhere.
-    const fresh = (await loser.g.api('GET', '/rules/relay-networks')).headers.get('etag')!;
+    // (its guard applies the winner's change by pub/sub; a fetch before that still carries the old ETag)
+    const winner = ra.status === 200 ? ra : rb;
+    const winnerEtag = winner.headers.get('etag') ?? (winner.body as { etag?: string }).etag;
+    let fresh = '';
+    await pollUntil(async () => {
+      fresh = (await loser.g.api('GET', '/rules/relay-networks')).headers.get('etag')!;
+      return fresh !== etag && (winnerEtag === undefined || fresh === winnerEtag);
+    }, 5_000, 'the loser sees the winner\'s change');
     expect((await loser.g.api('POST', '/rules/relay-networks', { value: loser.net }, { 'if-match': fresh })).status).toBe(200);
     for (const g of Object.values(guards)) {
       await pollUntil(async () => {
