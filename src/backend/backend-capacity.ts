@@ -13,6 +13,7 @@
  *    (the per-client seat's idle check, per-client-seat.ts).
  */
 import { formatIp, maskIp, parseHostAddress } from '../util/ip-address.js';
+import { remembered } from '../util/remembered.js';
 
 /** A session holding a slot, as the capacity sees it. */
 export interface SlotHolder {
@@ -125,9 +126,16 @@ function decrement(map: Map<string, number>, key: string): void {
   else map.set(key, n);
 }
 
+const UNKNOWN_CLIENT = { address: '?', prefix: '?' } as const;
+
 /** Address and prefix keys (/24, /64); a missing or unparseable address shares one key. */
-function keysOf(clientIp: string | undefined): { address: string; prefix: string } {
-  const a = clientIp === undefined ? undefined : parseHostAddress(clientIp);
-  if (!a) return { address: '?', prefix: '?' };
-  return { address: formatIp(a), prefix: `${formatIp(maskIp(a, a.family === 4 ? 24 : 64))}/${a.family === 4 ? 24 : 64}` };
+function keysOf(clientIp: string | undefined): { readonly address: string; readonly prefix: string } {
+  return clientIp === undefined ? UNKNOWN_CLIENT : keysOfAddress(clientIp);
 }
+
+/** The same few client addresses connect over and over: their keys are worked out once. */
+const keysOfAddress = remembered((clientIp: string): { readonly address: string; readonly prefix: string } => {
+  const a = parseHostAddress(clientIp);
+  if (!a) return UNKNOWN_CLIENT;
+  return { address: formatIp(a), prefix: `${formatIp(maskIp(a, a.family === 4 ? 24 : 64))}/${a.family === 4 ? 24 : 64}` };
+});

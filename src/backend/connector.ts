@@ -36,6 +36,11 @@ export class BackendConnector {
     this.labels = opts.targets.map((t) => t.name ?? '');
   }
 
+  /** The outbound PROXY header names the guard address the client reached (ClientEndpoint.localIp/localPort). */
+  get namesLocalAddress(): boolean {
+    return this.opts.proxyProtocol !== 'off';
+  }
+
   /** A backend session for one client: every configured step ran, or it failed and is closed. */
   async connect(client: ClientEndpoint): Promise<Connected> {
     const { proxyProtocol, xclient, xforward } = this.opts;

@@ -59,8 +59,9 @@ class PerClientSeat implements BackendSeat {
       return { ok: false, reply: slot.why === 'full' ? R.CAPACITY : R.CAPACITY_PER_CLIENT, outcome: 'capacity' };
     }
     this.releaseSlot = slot.release;
-    const { clientIp, clientPort, localIp, localPort } = this.client;
-    const res = await this.opts.connector.connect({ clientIp, clientPort, ...(localIp !== undefined ? { localIp } : {}), ...(localPort !== undefined ? { localPort } : {}) });
+    const { clientIp, clientPort } = this.client;
+    const local = this.opts.connector.namesLocalAddress ? this.client.local?.() : undefined;
+    const res = await this.opts.connector.connect({ clientIp, clientPort, ...local });
     if (this.released) {
       if (res.ok) res.link.close(true);
       return { ok: false, reply: R.BACKEND_UNAVAILABLE, outcome: 'closed' };

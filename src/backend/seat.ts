@@ -19,9 +19,8 @@ import type { BackendFailure, BackendLink } from './backend-link.js';
 export interface SeatClient {
   readonly clientIp: string;
   readonly clientPort: number;
-  /** The guard address the client reached (an outbound PROXY header names it). */
-  readonly localIp?: string;
-  readonly localPort?: number;
+  /** The guard address the client reached (an outbound PROXY header names it; read only then: a getsockname). */
+  local?(): { readonly localIp?: string; readonly localPort?: number };
   /** The HELO/EHLO name the client gave last (undefined before one, and after STARTTLS). */
   helo(): string | undefined;
   /** The client said EHLO rather than HELO. */

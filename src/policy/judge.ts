@@ -147,9 +147,11 @@ const DSN_RCPT_PARAMS = new Set(['NOTIFY', 'ORCPT']);
 /** Refusals that are relay attempts: they feed the relay-denied limit and the relay denial count. */
 export const RELAY_RULES: ReadonlySet<string> = new Set(['relay-denied', 'routing-tricks', 'encapsulated-address', 'auth-unproven']);
 
+// eslint-disable-next-line no-control-regex
+const NON_ASCII = /[^\x00-\x7f]/;
+
 function isAscii(s: string): boolean {
-  // eslint-disable-next-line no-control-regex
-  return !/[^\x00-\x7f]/.test(s);
+  return !NON_ASCII.test(s);
 }
 
 /** A refusal decided by the judge itself (not a rule file): its rule id, the reply and why. */

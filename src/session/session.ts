@@ -65,6 +65,8 @@ export class SmtpSession {
   readonly policy = new PolicyServiceStage(this);
   readonly envelope: EnvelopeRelay;
   private readonly data = new DataRelay(this);
+  /** context() without mailFrom, kept while the facts it holds stay the same (baseContext). */
+  private contextKept: SessionContext | undefined;
   /** The session's child logger, made on first use (pino child() serialises its bindings). */
   private logger: Logger | undefined;
 
@@ -103,8 +105,10 @@ export class SmtpSession {
       {
         clientIp: this.clientIp,
         clientPort: this.clientPort,
-        ...(socket.localAddress !== undefined ? { localIp: socket.localAddress } : {}),
-        ...(socket.localPort !== undefined ? { localPort: socket.localPort } : {}),
+        local: () => ({
+          ...(socket.localAddress !== undefined ? { localIp: socket.localAddress } : {}),
+          ...(socket.localPort !== undefined ? { localPort: socket.localPort } : {}),
+        }),
         helo: () => this.helo,
         esmtp: () => this.ehlo,
         authUser: () => this.authUser,
@@ -495,7 +499,18 @@ export class SmtpSession {
   }
 
   context(mailFrom?: SessionContext['mailFrom']): SessionContext {
-    return {
+    const base = this.baseContext();
+    return mailFrom === undefined ? base : { ...base, mailFrom };
+  }
+
+  /**
+   * The facts as they stand, asked several times per command: kept while HELO and TLS stay as they
+   * are and nobody has logged in (an AUTH's grant follows the canary, so it is worked out each time).
+   */
+  private baseContext(): SessionContext {
+    const kept = this.contextKept;
+    if (kept && this.authUser === undefined && kept.helo === this.helo && kept.tls === this.tlsActive) return kept;
+    const ctx: SessionContext = {
       clientIp: this.clientIp,
       listener: this.listener.config.name,
       listenerKind: this.listener.config.kind,
@@ -503,8 +518,9 @@ export class SmtpSession {
       tls: this.tlsActive,
       ...(this.authUser !== undefined ? { authUser: this.authUser, authGrant: this.auth.grant()! } : {}),
       ...(this.helo !== undefined ? { helo: this.helo } : {}),
-      ...(mailFrom !== undefined ? { mailFrom } : {}),
     };
+    this.contextKept = this.authUser === undefined ? ctx : undefined;
+    return ctx;
   }
 
   trusted(mailFrom?: SessionContext['mailFrom']): boolean {
