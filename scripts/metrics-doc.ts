@@ -6,7 +6,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Registry } from 'prom-client';
-import { KNOWN_VERBS, createMetrics } from '../src/observability/metrics.js';
+import { KNOWN_VERBS, REFUSAL_RULES, createMetrics } from '../src/observability/metrics.js';
 
 export interface CatalogueEntry {
   name: string;
@@ -49,11 +49,19 @@ const LABEL_VALUES: Record<string, string> = {
   store: 'redis',
 };
 
+/** A label whose values differ for one metric from LABEL_VALUES. Keyed by metric, then label. */
+const METRIC_LABEL_VALUES: Record<string, Record<string, string>> = {
+  relay_guard_command_refusals_total: {
+    rule: `built-in rule ids (${REFUSAL_RULES.join(', ')}); sender rule ids from rules/senders.yaml; limit ids from rules/limits.yaml (e.g. relay-denied-per-ip); policy-service:<name> (a configured policy service)`,
+  },
+};
+
 /** A PromQL example per metric; the fallback depends on the type. */
 const EXAMPLES: Record<string, string> = {
   relay_guard_connections_total: `sum by (outcome) (rate(relay_guard_connections_total${SEL}[5m]))`,
   relay_guard_sessions_active: `sum by (listener) (relay_guard_sessions_active${SEL})`,
   relay_guard_rcpt_verdicts_total: `sum by (verdict, rule) (rate(relay_guard_rcpt_verdicts_total${SEL}[5m]))`,
+  relay_guard_command_refusals_total: `topk(10, sum by (rule) (increase(relay_guard_command_refusals_total${SEL}[1h])))`,
   relay_guard_relay_denials_total: `topk(5, sum by (rule) (increase(relay_guard_relay_denials_total${SEL}[1h])))`,
   relay_guard_messages_total: `sum by (outcome) (rate(relay_guard_messages_total${SEL}[5m]))`,
   relay_guard_limit_hits_total: `topk(10, sum by (limit, action) (increase(relay_guard_limit_hits_total${SEL}[1h])))`,
@@ -79,8 +87,8 @@ function example(e: CatalogueEntry): string {
 }
 
 /** The closed value set of a label: the LABEL_VALUES entry, else the list in the Help text's parentheses. */
-function labelValues(label: string, help: string): string {
-  const known = LABEL_VALUES[label];
+function labelValues(label: string, help: string, metric?: string): string {
+  const known = (metric ? METRIC_LABEL_VALUES[metric]?.[label] : undefined) ?? LABEL_VALUES[label];
   if (known) return known;
   const m = new RegExp(`${label.replace(/_/g, '[ _]')}s? \\(([^)]+)\\)`, 'i').exec(help);
   if (m?.[1]) return m[1];
@@ -112,7 +120,7 @@ export function renderMetricsDoc(entries: CatalogueEntry[] = metricCatalogue(), 
     out.push(`## ${e.name}`, '', `*${e.type}* — ${e.help}.`, '');
     if (e.labels.length > 0) {
       out.push('| label | values |', '|---|---|');
-      for (const l of e.labels) out.push(`| \`${l}\` | ${esc(labelValues(l, e.help))} |`);
+      for (const l of e.labels) out.push(`| \`${l}\` | ${esc(labelValues(l, e.help, e.name))} |`);
       out.push('');
     }
     out.push('```promql', example(e), '```', '');

@@ -55,7 +55,7 @@ class PerClientSeat implements BackendSeat {
     const holder = client.idleMs && client.shed ? { idleMs: () => client.idleMs!(), shed: () => client.shed!() } : undefined;
     const slot = this.opts.capacity.acquire(client.clientIp, holder);
     if (!slot.ok) {
-      if (slot.why !== 'full') this.events.log().info({ share: slot.why }, 'backend slot refused: client share reached');
+      if (slot.why !== 'full') this.events.log().info({ ruleId: 'backend-client-share', share: slot.why }, 'backend slot refused: client share reached');
       return { ok: false, reply: slot.why === 'full' ? R.CAPACITY : R.CAPACITY_PER_CLIENT, outcome: 'capacity' };
     }
     this.releaseSlot = slot.release;

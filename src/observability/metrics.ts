@@ -9,6 +9,29 @@ export const KNOWN_VERBS = [
   'STARTTLS', 'AUTH', 'TURN', 'ETRN', 'ATRN', 'XCLIENT', 'XFORWARD', 'XEXCH50', 'X-LINK2STATE', 'XRDST',
 ] as const;
 
+/**
+ * Rule ids of the refusals the guard makes itself (the `rule` label of
+ * relay_guard_command_refusals_total), beside the ids an operator names: sender rules in rules/,
+ * limit ids in rules/limits.yaml and `policy-service:<name>`. A closed vocabulary: never client text.
+ */
+export const REFUSAL_RULES = [
+  // a connection: admission, the backend seat, talking before the greeting, the PROXY header
+  'shutting-down', 'ban', 'connection-capacity', 'backend-capacity', 'backend-client-share', 'dnsbl', 'early-talker', 'proxy-refused',
+  // a command line the codec cannot take, or more pipelined input than the guard may hold
+  'line-too-long', 'bad-bytes', 'unknown-verb', 'command-syntax', 'bad-sequence', 'http-request', 'tls-on-plain', 'input-overflow',
+  // verbs, STARTTLS, AUTH
+  'verb-not-allowed', 'starttls-not-offered', 'starttls-in-transaction',
+  'auth-already-done', 'ehlo-required', 'auth-in-transaction', 'auth-not-offered', 'auth-requires-tls', 'auth-mechanism-unknown',
+  // MAIL (the envelope judge)
+  'helo-required', 'nested-mail', 'too-many-transactions', 'sender-syntax', 'parameter-syntax', 'unsupported-parameter',
+  'smtputf8-required', 'auth-required', 'anti-spoofing',
+  // RCPT (the envelope judge)
+  'mail-required', 'recipient-syntax', 'too-many-recipients', 'relay-denied', 'routing-tricks', 'encapsulated-address',
+  'auth-unproven', 'recipient-unknown', 'directory-unavailable',
+  // DATA and the message
+  'no-valid-recipients', 'message-too-large', 'smuggling',
+] as const;
+
 export function verbLabel(verb: string): string {
   const v = verb.toUpperCase();
   return (KNOWN_VERBS as readonly string[]).includes(v) ? v : 'other';
@@ -44,6 +67,11 @@ function createMetricsShape(register: Registry = new Registry(), opts: { default
     relayDenials: new Counter({
       name: 'relay_guard_relay_denials_total',
       help: 'Recipients refused as relay attempts (rule relay-denied, routing tricks, never-relay), by rule id',
+      labelNames: ['rule'] as const, registers,
+    }),
+    commandRefusals: new Counter({
+      name: 'relay_guard_command_refusals_total',
+      help: 'Refusals the guard answered itself (a command, a message or a connection; never a backend reply), one per refusal, by rule id (built-in ids, sender rule ids, limit ids, policy-service:<name>)',
       labelNames: ['rule'] as const, registers,
     }),
     mailVerdicts: new Counter({
@@ -232,7 +260,7 @@ export function createMetrics(register: Registry = new Registry(), opts: { defau
   m.buildInfo.set({ version: opts.version ?? '0.0.0' }, 1);
   zeroKnownSeries(m);
   // The counters a one-message session touches a dozen times between them.
-  for (const c of [m.connections, m.commands, m.replies, m.rcptVerdicts, m.mailVerdicts, m.messages] as Array<Counter<string>>) bufferIncrements(c);
+  for (const c of [m.connections, m.commands, m.replies, m.rcptVerdicts, m.mailVerdicts, m.commandRefusals, m.messages] as Array<Counter<string>>) bufferIncrements(c);
   // …and the gauges and histograms touched once per session, backend connection or backend reply.
   for (const g of [m.sessionsActive, m.backendConnections] as Array<Gauge<string>>) bufferIncrements(g);
   for (const h of [m.backendReplyDuration, m.backendConnectDuration, m.messageSize] as Array<Histogram<string>>) bufferObservations(h);
@@ -429,6 +457,7 @@ function zeroKnownSeries(m: ReturnType<typeof createMetricsShape>): void {
   each(m.replies, { source: ['guard', 'backend'], class: ['2xx', '3xx', '4xx', '5xx'] });
   each(m.recipientLookups, { source: ['list', 'ldap', 'cache'], result: ['known', 'unknown', 'error'] });
   each(m.limitHits, { limit: ['none'], action: ['tempfail', 'close', 'tarpit', 'ban'] });
+  each(m.commandRefusals, { rule: ['relay-denied', 'routing-tricks', 'recipient-unknown', 'too-many-recipients', 'verb-not-allowed', 'unknown-verb', 'command-syntax', 'line-too-long', 'early-talker', 'ban', 'smuggling'] });
   each(m.refusedVerbs, { verb: ['VRFY', 'EXPN', 'BDAT', 'TURN', 'ETRN', 'ATRN', 'XEXCH50', 'X-LINK2STATE', 'other'] });
   each(m.dnsblVerdicts, { verdict: ['pass', 'refuse'] });
   m.limitStoreFallback.set(0);

@@ -119,8 +119,8 @@ export class AuthRelay {
     const { s } = this;
     this.exchange = undefined;
     s.phase = 'command';
-    s.svc.metrics.protocolErrors.inc({ kind: 'line_too_long' });
     s.svc.metrics.auth.inc({ result: 'aborted' });
+    s.refusals.record({ stage: 'command', ruleId: 'line-too-long', kind: 'line_too_long', reply: R.LINE_TOO_LONG });
     s.block();
     const slot = s.replies.seq.later();
     s.seat.link!.send('AUTH', Buffer.from('*\r\n'), (r) => {

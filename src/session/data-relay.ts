@@ -64,6 +64,7 @@ export class DataRelay {
         }
         if (tx.accepted.length === 0) {
           // The backend would take a message with no recipient it accepted: never send one.
+          s.refusals.record({ stage: 'command', ruleId: 'no-valid-recipients', reply: R.NO_VALID_RECIPIENTS });
           s.seat.abandon();
           slot.resolve(s.replies.guardMade({ ...R.NO_VALID_RECIPIENTS, close: true }));
           return;
@@ -115,9 +116,12 @@ export class DataRelay {
         return this.endOfData(step.size, step.rest);
       case 'smuggling':
         s.svc.metrics.smuggling.inc({ kind: step.smuggle, action: 'rejected' });
-        s.svc.metrics.protocolErrors.inc({ kind: step.smuggle === 'nul' ? 'bad_bytes' : step.smuggle });
         s.svc.metrics.messages.inc({ outcome: 'smuggling' });
-        s.log.warn({ helo: cap(s.helo), mailFrom: cap(s.tx.sender), kind: step.smuggle, rcpts: s.tx.accepted.length }, 'smuggling attempt refused');
+        s.refusals.record({
+          stage: 'session', ruleId: 'smuggling', reply: R.SMUGGLING, msg: 'smuggling attempt refused', warn: true,
+          kind: step.smuggle === 'nul' ? 'bad_bytes' : step.smuggle,
+          fields: { helo: cap(s.helo), mailFrom: cap(s.tx.sender), kind: step.smuggle, rcpts: s.tx.accepted.length },
+        });
         s.seat.abandon();
         s.summary.outcome = 'smuggling';
         s.phase = 'closing';
@@ -125,7 +129,8 @@ export class DataRelay {
         return;
       case 'too_large':
         s.svc.metrics.messages.inc({ outcome: 'too_large' });
-        s.log.info({ mailFrom: cap(s.tx.sender), size: step.size }, 'message too large');
+        // Refused now (counted, logged); the 552 follows once the rest of the message is read.
+        s.refusals.record({ stage: 'session', ruleId: 'message-too-large', reply: R.MESSAGE_TOO_LARGE, msg: 'message too large', fields: { mailFrom: cap(s.tx.sender), size: step.size } });
         s.seat.abandon();
         s.phase = 'discard';
         // The scanner keeps the rest of the overflowing chunk: scan it first (stay in sync, then 552).

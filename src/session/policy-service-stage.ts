@@ -55,7 +55,7 @@ export class PolicyServiceStage {
       if ((s.phase as Phase) === 'closed') return HELD;
       if (pv.action !== 'accept') {
         const ruleId = `policy-service:${pv.decidedBy}`;
-        s.log.info({ helo: cap(s.helo), mailFrom: cap(tx.sender), rcpts: tx.accepted.length, ruleId, reply: replyText(pv.reply) }, 'data refused');
+        s.refusals.record({ stage: 'session', ruleId, reply: pv.reply, msg: 'data refused', fields: { helo: cap(s.helo), mailFrom: cap(tx.sender), rcpts: tx.accepted.length } });
         s.svc.refusals?.record({ kind: 'data', sessionId: s.id, clientIp: s.clientIp, listener: s.listener.config.name, helo: s.helo, authUser: s.authUser, mailFrom: tx.sender, ruleId, reply: replyText(pv.reply) });
         return { kind: 'reply', reply: pv.reply };
       }

@@ -44,12 +44,14 @@ export class SessionLimits {
       return false; // the stores fall back by themselves; a bug here must not stop mail
     }
     if (s.phase === 'closed' || d.action === 'allow') return false;
-    s.log.info({ limit: d.limitId, action: d.action, event }, 'limit hit');
-    if (d.action === 'tarpit') {
-      await s.timers.sleep(d.delayMs ?? 0);
+    if (d.action === 'tarpit' || (d.action === 'tempfail' && refusal)) {
+      // Not a refusal of its own: a delay, or a tempfail the refused command already answers.
+      s.log.info({ limit: d.limitId, action: d.action, event }, 'limit hit');
+      if (d.action === 'tarpit') await s.timers.sleep(d.delayMs ?? 0);
       return false;
     }
-    if (d.action === 'tempfail' && refusal) return false;
+    // The limit answers: one refusal, counted and logged under the limit's id.
+    s.refusals.record({ stage: 'session', ruleId: d.limitId, reply: d.reply, msg: 'limit hit', fields: { limit: d.limitId, action: d.action, event } });
     s.summary.outcome = d.action === 'ban' ? 'banned' : 'limited';
     if (d.action === 'tempfail') {
       s.replies.local(d.reply);

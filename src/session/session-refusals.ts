@@ -1,8 +1,9 @@
 /**
- * SessionRefusals: every refusal the session writes gets exactly one log line and one count here
- * ('command refused', 'sender refused', 'rcpt refused'), and MAIL/RCPT verdicts — accepted or not,
- * warn-mode rules included — are counted by rule id. The admin console's ring of recent refusals
- * gets what the log line says, no more.
+ * SessionRefusals: every refusal the session writes gets exactly one log line and one count by rule
+ * id here (relay_guard_command_refusals_total{rule}; the line is 'command refused', 'sender
+ * refused', 'rcpt refused', or a session refusal's own message such as 'client refused' or 'limit
+ * hit'), and MAIL/RCPT verdicts — accepted or not, warn-mode rules included — are counted by rule
+ * id. The admin console's ring of recent refusals gets what the log line says, no more.
  */
 import type { ProtocolErrorKind, Reply } from '../smtp/reply.js';
 import { replyText } from '../smtp/reply.js';
@@ -14,13 +15,29 @@ import { HELD, type Outcome, type Refusal } from './outcome.js';
 import { cap } from './session-summary.js';
 import type { SmtpSession } from './session.js';
 
+/** The rule id of a command the codec refused, by protocol error kind (kebab-case, as every rule id). */
+const PROTOCOL_RULES: Partial<Record<ProtocolErrorKind, string>> = {
+  line_too_long: 'line-too-long',
+  bad_bytes: 'bad-bytes',
+  unknown_verb: 'unknown-verb',
+  syntax: 'command-syntax',
+  bad_sequence: 'bad-sequence',
+  http: 'http-request',
+  tls_on_plain: 'tls-on-plain',
+};
+
 export class SessionRefusals {
   constructor(private readonly s: SmtpSession) {}
 
-  /** A refusal's one log line and its count (rule id, or the kind a protocol counter knows). */
+  /**
+   * A refusal's one log line and its one count by rule id (plus the counters of its stage: the
+   * protocol error kind, the refused verb, the MAIL/RCPT verdict). Refusals that are not a verb
+   * handler's outcome (admission, limits, DATA) come here too, then write their reply themselves.
+   */
   record(r: Refusal): void {
     const { s } = this;
     const { metrics } = s.svc;
+    metrics.commandRefusals.inc({ rule: SessionRefusals.ruleId(r) });
     switch (r.stage) {
       case 'command':
         if (r.kind) metrics.protocolErrors.inc({ kind: r.kind });
@@ -28,8 +45,15 @@ export class SessionRefusals {
         return;
       case 'verb':
         metrics.refusedVerbs.inc({ verb: verbLabel(r.verb) });
-        s.log.info({ ruleId: 'verb-not-allowed', verb: verbLabel(r.verb), reply: replyText(r.reply) }, 'command refused');
+        s.log.info({ ruleId: SessionRefusals.ruleId(r), verb: verbLabel(r.verb), reply: replyText(r.reply) }, 'command refused');
         return;
+      case 'session': {
+        if (r.kind) metrics.protocolErrors.inc({ kind: r.kind });
+        const line = { ruleId: r.ruleId, ...r.fields, reply: replyText(r.reply) };
+        if (r.warn) s.log.warn(line, r.msg);
+        else s.log.info(line, r.msg);
+        return;
+      }
       case 'sender':
         this.countMailVerdict(r.verdict);
         s.log.info({ helo: cap(s.helo), mailFrom: cap(r.sender), ruleId: r.verdict.ruleId, reply: replyText(r.verdict.reply) }, 'sender refused');
@@ -48,13 +72,36 @@ export class SessionRefusals {
     }
   }
 
+  /** The rule id a refusal is counted and logged under: a fixed vocabulary (REFUSAL_RULES) or an operator-named id, never client text. */
+  static ruleId(r: Refusal): string {
+    switch (r.stage) {
+      case 'command':
+      case 'session':
+        return r.ruleId;
+      case 'verb':
+        return r.ruleId ?? 'verb-not-allowed';
+      case 'sender':
+      case 'rcpt':
+        return r.verdict.ruleId;
+    }
+  }
+
+  /**
+   * The backend seat had no place for this client: every backend slot taken (backend-capacity), or
+   * this client's share of them (backend-client-share; the seat wrote that line with the share).
+   */
+  seatRefused(r: Reply): void {
+    if (r !== R.CAPACITY_PER_CLIENT) return this.record({ stage: 'session', ruleId: 'backend-capacity', reply: r, msg: 'client refused' });
+    this.s.svc.metrics.commandRefusals.inc({ rule: 'backend-client-share' });
+  }
+
   /** The reply a refusal gives when nothing else answers for it. */
   static reply(r: Refusal): Reply {
     return r.stage === 'sender' || r.stage === 'rcpt' ? r.verdict.reply : r.reply;
   }
 
-  verb(verb: string): Outcome {
-    return { kind: 'refuse', refusal: { stage: 'verb', verb, reply: R.VERB_NOT_ALLOWED } };
+  verb(verb: string, ruleId?: string): Outcome {
+    return { kind: 'refuse', refusal: { stage: 'verb', verb, reply: R.VERB_NOT_ALLOWED, ...(ruleId ? { ruleId } : {}) } };
   }
 
   /**
@@ -67,7 +114,7 @@ export class SessionRefusals {
     if (r.close) s.summary.outcome = kind;
     const after = !r.close && s.svc.limiter ? (): Outcome => ({ kind: 'wait', until: s.limits.check('protocol-error', {}).then(() => HELD) }) : undefined;
     const verb = line && kind === 'syntax' ? /^(MAIL|RCPT) /i.exec(line.toString('latin1', 0, 5))?.[1]?.toUpperCase() : undefined;
-    let refusal: Refusal = { stage: 'command', ruleId: kind, kind, reply: r };
+    let refusal: Refusal = { stage: 'command', ruleId: PROTOCOL_RULES[kind] ?? kind.replace(/_/g, '-'), kind, reply: r };
     if (verb === 'MAIL' || verb === 'RCPT') {
       // Counted as a protocol error and as a verdict; logged once, as the verdict.
       s.svc.metrics.protocolErrors.inc({ kind });

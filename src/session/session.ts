@@ -149,7 +149,10 @@ export class SmtpSession {
       this.phase = 'connecting';
       const opened = await this.seat.open();
       if ((this.phase as Phase) === 'closed') return;
-      if (!opened.ok) return this.refuseConnection(opened.reply, opened.outcome);
+      if (!opened.ok) {
+        if (opened.outcome === 'capacity') this.refusals.seatRefused(opened.reply);
+        return this.refuseConnection(opened.reply, opened.outcome);
+      }
       if (this.phase !== 'connecting') return; // early talker already refused
       if (svc.timeouts.greetingDelayMs > 0) {
         await this.timers.sleep(svc.timeouts.greetingDelayMs);
@@ -246,8 +249,7 @@ export class SmtpSession {
       case 'admission':
       case 'connecting':
         if (!this.greeted && this.svc.config.smtp.earlyTalker === 'reject') {
-          this.svc.metrics.protocolErrors.inc({ kind: 'early_talker' });
-          this.log.info({}, 'early talker refused');
+          this.refusals.record({ stage: 'session', ruleId: 'early-talker', kind: 'early_talker', reply: R.EARLY_TALKER, msg: 'early talker refused' });
           this.refuseConnection(R.EARLY_TALKER, 'early_talker');
           return;
         }
@@ -322,9 +324,10 @@ export class SmtpSession {
     if (this.reader.overflowed) {
       // Bytes were dropped (more pipelined input than the reader may hold behind a barrier): the
       // stream can no longer be trusted, e.g. a body sent before 354 would be forwarded with a hole.
-      this.svc.metrics.protocolErrors.inc({ kind: 'line_too_long' });
+      const overflow = { ...reply(421, '4.5.0', 'Too much pipelined input, closing connection'), close: true };
+      this.refusals.record({ stage: 'session', ruleId: 'input-overflow', kind: 'line_too_long', reply: overflow, msg: 'command refused' });
       this.summary.outcome = 'input_overflow';
-      this.replies.now({ ...reply(421, '4.5.0', 'Too much pipelined input, closing connection'), close: true });
+      this.replies.now(overflow);
       this.close('input_overflow');
       return;
     }

@@ -20,7 +20,7 @@ export class StartTls {
 
   onStartTls(): Outcome {
     const { s } = this;
-    if (!this.offered()) return s.refusals.verb('STARTTLS');
+    if (!this.offered()) return s.refusals.verb('STARTTLS', 'starttls-not-offered');
     if (s.tx.mailSent) return { kind: 'refuse', refusal: { stage: 'command', ruleId: 'starttls-in-transaction', reply: R.BAD_SEQUENCE } };
     // Discard anything pipelined after STARTTLS (CVE-2011-0411): it was sent in plaintext.
     s.reader.takeBuffered();
