@@ -613,6 +613,7 @@ for (const { mode, config: modeConfig } of MODES) describe(`live /metrics after 
       [seriesKey('relay_guard_rcpt_verdicts_total', { verdict: 'reject', mode: 'enforce', rule: 'relay-denied' })]: 1,
       [seriesKey('relay_guard_rcpt_verdicts_total', { verdict: 'accept', mode: 'enforce', rule: 'accepted-domains' })]: 2,
       [seriesKey('relay_guard_relay_denials_total', { rule: 'relay-denied' })]: 1,
+      [seriesKey('relay_guard_command_refusals_total', { rule: 'relay-denied' })]: 1,
       [seriesKey('relay_guard_mail_verdicts_total', { verdict: 'accept', mode: 'enforce', rule: 'default-permit' })]: 2,
       [seriesKey('relay_guard_messages_total', { outcome: 'delivered' })]: 2,
       [seriesKey('relay_guard_message_bytes_total')]: bytes,
