@@ -104,7 +104,8 @@ export class SmtpListener {
 
   private refuseProxy(raw: net.Socket, peerIp: string, reason: string): void {
     this.metrics.connections.inc({ listener: this.config.name, outcome: 'proxy_refused' });
-    this.log.warn({ peerIp, reason }, 'proxy header refused');
+    this.metrics.commandRefusals.inc({ rule: 'proxy-refused' });
+    this.log.warn({ peerIp, reason, ruleId: 'proxy-refused' }, 'proxy header refused');
     raw.end(PROXY_REFUSED);
     raw.destroySoon?.();
   }
@@ -125,7 +126,8 @@ export class SmtpListener {
       if (seen.length >= 16 || r.status === 'ok') {
         raw.off('data', sniff);
         this.metrics.connections.inc({ listener: this.config.name, outcome: 'proxy_refused' });
-        this.log.warn({ peerIp, reason: 'peer not in proxyNetworks' }, 'proxy header refused');
+        this.metrics.commandRefusals.inc({ rule: 'proxy-refused' });
+        this.log.warn({ peerIp, reason: 'peer not in proxyNetworks', ruleId: 'proxy-refused' }, 'proxy header refused');
         raw.destroy();
       }
     };

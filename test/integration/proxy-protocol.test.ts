@@ -209,6 +209,10 @@ for (const { mode, config } of MODES) describe(`${mode} mode`, () => {
       const m = await g.guard.metrics.connections.get();
       const n = m.values.filter((v) => v.labels.outcome === 'proxy_refused').reduce((a, v) => a + v.value, 0);
       expect(n).toBeGreaterThanOrEqual(4);
+      // …and each one once by rule id, with one log line (issue 18 item 3).
+      const byRule = (await g.guard.metrics.commandRefusals.get()).values.filter((v) => v.labels.rule === 'proxy-refused').reduce((a, v) => a + v.value, 0);
+      expect(byRule).toBe(n);
+      expect(g.logs.filter((l) => l.msg === 'proxy header refused' && l.ruleId === 'proxy-refused')).toHaveLength(n);
     });
   });
 
