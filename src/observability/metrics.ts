@@ -18,7 +18,7 @@ export const REFUSAL_RULES = [
   // a connection: admission, the backend seat, talking before the greeting, the PROXY header
   'shutting-down', 'ban', 'connection-capacity', 'backend-capacity', 'backend-client-share', 'dnsbl', 'early-talker', 'proxy-refused',
   // a command line the codec cannot take, or more pipelined input than the guard may hold
-  'line-too-long', 'bad-bytes', 'unknown-verb', 'command-syntax', 'bad-sequence', 'http-request', 'tls-on-plain', 'input-overflow',
+  'line-too-long', 'bad-bytes', 'unknown-verb', 'command-syntax', 'bad-sequence', 'http-request', 'tls-on-plain', 'input-overflow', 'too-many-errors',
   // verbs, STARTTLS, AUTH
   'verb-not-allowed', 'starttls-not-offered', 'starttls-in-transaction',
   'auth-already-done', 'ehlo-required', 'auth-in-transaction', 'auth-not-offered', 'auth-requires-tls', 'auth-mechanism-unknown',

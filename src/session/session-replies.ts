@@ -90,7 +90,7 @@ export class SessionReplies {
     }
     const { softErrorLimit, hardErrorLimit } = s.svc.config.smtp;
     if (this.errors >= hardErrorLimit) {
-      s.svc.metrics.protocolErrors.inc({ kind: 'too_many_errors' });
+      s.refusals.record({ stage: 'session', ruleId: 'too-many-errors', kind: 'too_many_errors', reply: R.TOO_MANY_ERRORS, msg: 'command refused' });
       s.summary.outcome = 'too_many_errors';
       this.now(R.TOO_MANY_ERRORS);
       s.close('too_many_errors');

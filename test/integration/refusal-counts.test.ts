@@ -111,6 +111,17 @@ const ROWS: Row[] = [
     },
   },
   {
+    name: 'too many errors: the hard error limit closes with 421',
+    rules: ['unknown-verb', 'unknown-verb', 'unknown-verb', 'unknown-verb', 'too-many-errors'],
+    async run(c) {
+      const d = await c.greet();
+      for (let i = 0; i < 4; i++) await expectReply(d, `FOOBAR ${i}`, 500);
+      const r = await d.reply();
+      expect(r.code, r.text).toBe(421);
+      await d.waitClosed();
+    },
+  },
+  {
     name: 'VRFY',
     rules: ['verb-not-allowed'],
     async run(c) {
@@ -298,7 +309,7 @@ for (const { mode, config: modeConfig } of MODES) describe(`refusals counted by 
         admin: { enabled: true, address: '127.0.0.1', port: 0, metricsAuth: false },
         listeners: [{ name: 'mx', address: '127.0.0.1', port: 0, kind: 'mx', starttls: false }],
         // A greeting delay makes "talks before the greeting" deterministic for the early talker.
-        smtp: { greetingDelay: '100ms', maxRecipients: 2, maxMessageBytes: 4096, vrfy: 'refuse' },
+        smtp: { greetingDelay: '100ms', maxRecipients: 2, maxMessageBytes: 4096, vrfy: 'refuse', softErrorLimit: 3, hardErrorLimit: 4, errorDelay: '0s' },
         timeouts: { drain: '1s' },
       }),
     });
