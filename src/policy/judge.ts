@@ -236,7 +236,8 @@ export function judgeRcptPolicy(
     if (!rcptParamAllowed(p.keyword, ctx)) return early(rcptRefusal('unsupported-parameter', UNSUPPORTED_PARAMETER, `RCPT parameter ${p.keyword} not offered`, rcpt));
   }
   if (!state.smtputf8 && !isAscii(rcpt)) return early(rcptRefusal('smtputf8-required', NON_ASCII_ADDRESS, 'non-ASCII recipient, MAIL without SMTPUTF8', rcpt));
-  const verdict = evaluateRcpt({ ...ctx.session, mailFrom: state.mailFrom }, path, rules);
+  // The recipient restrictions do not look at the sender: the session's facts as they are.
+  const verdict = evaluateRcpt(ctx.session, path, rules);
   if (verdict.action === 'accept' && verdict.ruleId === 'accepted-domains' && path.kind === 'mailbox' && directory && directory.mode(path.mailbox.domain) !== 'off') {
     // RFC 5321 §4.5.1: postmaster@<our domain> must be accepted, listed or not.
     if (path.mailbox.localPart.toLowerCase() === 'postmaster') {

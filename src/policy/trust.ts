@@ -17,6 +17,16 @@ export interface TrustFacts {
 }
 
 export function trustFacts(ctx: SessionContext, rules: RulesSnapshot): TrustFacts {
+  // Asked a few times per command with the same (unchanging) context: the last answer is kept.
+  if (last !== undefined && last.ctx === ctx && last.rules === rules) return last.facts;
+  const facts = workOut(ctx, rules);
+  last = { ctx, rules, facts };
+  return facts;
+}
+
+let last: { readonly ctx: SessionContext; readonly rules: RulesSnapshot; readonly facts: TrustFacts } | undefined;
+
+function workOut(ctx: SessionContext, rules: RulesSnapshot): TrustFacts {
   // An address that does not parse is in no network: not trusted by address, not exempted either.
   const networks = membership(ctx.clientIp, rules);
   const inRelayNetwork = (networks & IN_RELAY) !== 0;

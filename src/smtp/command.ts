@@ -184,13 +184,16 @@ export function formatCommandText(cmd: Command): string {
  */
 export function formatCommand(cmd: Command): Buffer {
   const text = formatCommandText(cmd);
-  // eslint-disable-next-line no-control-regex
-  if (/[\x00-\x1f\x7f]/.test(text)) throw new Error(`formatCommand: control character in ${cmd.verb} command`);
-  if (cmd.verb !== 'MAIL' && cmd.verb !== 'RCPT' && /[^\x00-\x7f]/.test(text)) {
-    throw new Error(`formatCommand: non-ASCII text in ${cmd.verb} command`);
-  }
-  return Buffer.from(`${text}\r\n`, 'utf8');
+  if (CONTROL_CHAR.test(text)) throw new Error(`formatCommand: control character in ${cmd.verb} command`);
+  const ascii = !NON_ASCII_CHAR.test(text);
+  if (!ascii && cmd.verb !== 'MAIL' && cmd.verb !== 'RCPT') throw new Error(`formatCommand: non-ASCII text in ${cmd.verb} command`);
+  return Buffer.from(`${text}\r\n`, ascii ? 'latin1' : 'utf8');
 }
+
+// eslint-disable-next-line no-control-regex
+const CONTROL_CHAR = /[\x00-\x1f\x7f]/;
+// eslint-disable-next-line no-control-regex
+const NON_ASCII_CHAR = /[^\x00-\x7f]/;
 
 /** Verb for logs and metrics ('RCPT', or the OTHER command's own name, e.g. 'XEXCH50'). */
 export function commandVerbName(cmd: Command): string {

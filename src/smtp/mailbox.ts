@@ -104,6 +104,7 @@ const ENCAPSULATED = /^IMCEA[A-Z0-9]*-/i;
 
 /** Decode Exchange's "+XX" hex escapes (IMCEA encoding), e.g. "+40" → "@". */
 export function decodePlusHex(s: string): string {
+  if (!s.includes('+')) return s;
   return s.replace(/\+([0-9A-Fa-f]{2})/g, (_, hex: string) => String.fromCharCode(parseInt(hex, 16)));
 }
 
@@ -132,10 +133,11 @@ const CONFUSABLE_ROUTING: ReadonlyMap<string, '@' | '%' | '!'> = new Map([
  * and compatibility forms fold to ASCII), then the confusables NFKC leaves alone. Plain ASCII
  * characters are not counted here (routingTricks finds them).
  */
-export function lookalikeRouting(local: string): Set<'@' | '%' | '!'> {
+const NO_LOOKALIKES: ReadonlySet<'@' | '%' | '!'> = new Set();
+
+export function lookalikeRouting(local: string): ReadonlySet<'@' | '%' | '!'> {
+  if (!NON_ASCII.test(local)) return NO_LOOKALIKES;
   const out = new Set<'@' | '%' | '!'>();
-  // eslint-disable-next-line no-control-regex
-  if (!/[^\x00-\x7f]/.test(local)) return out;
   for (const ch of local) {
     if (ch.charCodeAt(0) < 0x80) continue;
     const folded = ch.normalize('NFKC');
@@ -175,7 +177,9 @@ export function routingTricks(path: ForwardPath | ReversePath): RoutingTrick[] {
  * SMTPUTF8, atext also holds every non-ASCII character (RFC 6531 §3.3); C1 controls excepted.
  */
 export function isDotAtom(s: string): boolean {
-  if (s.length === 0) return false;
+  // Nearly every local part is a plain ASCII dot-atom: one regex answers; the rest are walked.
+  if (ASCII_DOT_ATOM.test(s)) return true;
+  if (s.length === 0 || !NON_ASCII.test(s)) return false;
   let prevDot = true;
   for (const ch of s) {
     if (ch === '.') {
@@ -190,6 +194,9 @@ export function isDotAtom(s: string): boolean {
 }
 
 const ASCII_ATEXT = /^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]$/;
+const ASCII_DOT_ATOM = /^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?:\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*$/;
+// eslint-disable-next-line no-control-regex
+const NON_ASCII = /[^\x00-\x7f]/;
 
 export function isAtext(ch: string): boolean {
   const c = ch.codePointAt(0) ?? 0;

@@ -328,6 +328,7 @@ export function formatForwardPath(p: ForwardPath): string {
 
 /** " KEY=value KEY2" (one leading space per parameter), or "" for none. */
 export function formatParams(params: readonly EsmtpParam[]): string {
+  if (params.length === 0) return '';
   return params.map((p) => (p.value === undefined ? ` ${p.keyword}` : ` ${p.keyword}=${p.value}`)).join('');
 }
 
