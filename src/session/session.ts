@@ -3,8 +3,8 @@
  * file each: EnvelopeRelay (HELO/EHLO, MAIL, RCPT), DataRelay (DATA), AuthRelay (AUTH), StartTls,
  * SessionLimits, SessionTimers, SessionSummary, SessionReplies (the one way out: order, counts,
  * error limits) and SessionRefusals (one log line and one count per refusal). The backend is a
- * seat (src/backend/seat.ts): the session never asks which kind. Verb handlers return an Outcome
- * (outcome.ts) and run() below is the one place that applies it.
+ * seat (src/backend/seat.ts): the session never asks which kind. Verb handlers (command-handlers.ts
+ * and the parts) return an Outcome (outcome.ts) and run() below is the one place that applies it.
  * Flow (README "Protocol hardening" says what each step guarantees):
  *   admission (bans, limits) → seat.open (the backend's greeting, or the guard's) → command loop
  *   (PIPELINING order kept by ReplySequencer; DATA, AUTH, STARTTLS are barriers) →
@@ -13,19 +13,17 @@
 import type net from 'node:net';
 import type { Logger } from 'pino';
 import { CommandLineReader } from '../smtp/line-reader.js';
-import { parseCommand, formatCommand, commandVerbName } from '../smtp/command.js';
 import { reply, type Reply } from '../smtp/reply.js';
 import * as R from '../smtp/replies.js';
 import type { SessionContext } from '../policy/context.js';
 import { isTrusted } from '../policy/relay.js';
 import type { RulesSnapshot } from '../policy/compile.js';
-import { verbLabel } from '../observability/metrics.js';
-import { isFailure, type BackendFailure } from '../backend/backend-link.js';
+import type { BackendFailure } from '../backend/backend-link.js';
 import type { BackendSeat } from '../backend/seat.js';
 import { Transaction } from './transaction.js';
 import type { SessionInfo } from './session-registry.js';
 import type { GuardServices, ListenerRuntime } from './services.js';
-import { HELD, type Outcome } from './outcome.js';
+import type { Outcome } from './outcome.js';
 import { AuthRelay, AUTH_LINE_BYTES } from './auth-relay.js';
 import { DataRelay } from './data-relay.js';
 import { EnvelopeRelay } from './envelope-relay.js';
@@ -37,6 +35,7 @@ import { SessionReplies } from './session-replies.js';
 import { SessionRefusals } from './session-refusals.js';
 import { PolicyServiceStage } from './policy-service-stage.js';
 import { admit } from './admission.js';
+import { commandOutcome } from './command-handlers.js';
 
 export type Phase = 'admission' | 'connecting' | 'command' | 'data' | 'discard' | 'auth' | 'closing' | 'closed';
 
@@ -64,7 +63,7 @@ export class SmtpSession {
   readonly startTls = new StartTls(this);
   readonly policy = new PolicyServiceStage(this);
   readonly envelope: EnvelopeRelay;
-  private readonly data = new DataRelay(this);
+  readonly data = new DataRelay(this);
   /** context() without mailFrom, kept while the facts it holds stay the same (baseContext). */
   private contextKept: SessionContext | undefined;
   /** The session's child logger, made on first use (pino child() serialises its bindings). */
@@ -309,7 +308,7 @@ export class SmtpSession {
           continue;
         }
         if (this.phase === 'auth') this.auth.onLine(ev.line);
-        else this.run(this.onCommandLine(ev.line));
+        else this.run(commandOutcome(this, ev.line));
       }
       this.flowControl();
       this.closeIfClientDone();
@@ -354,59 +353,6 @@ export class SmtpSession {
 
   // ───────────────────────────── commands → outcomes ─────────────────────────────
 
-  private onCommandLine(line: Buffer): Outcome {
-    const parsed = parseCommand(line);
-    if (!parsed.ok) {
-      this.svc.metrics.commands.inc({ verb: 'other' });
-      return this.refusals.protocolError(parsed.kind, parsed.reply, line);
-    }
-    const cmd = parsed.value;
-    this.svc.metrics.commands.inc({ verb: verbLabel(commandVerbName(cmd)) });
-    switch (cmd.verb) {
-      case 'HELO':
-      case 'EHLO':
-        return this.envelope.onHelo(cmd);
-      case 'MAIL':
-        return { kind: 'wait', until: this.envelope.onMail(cmd.path, cmd.params) };
-      case 'RCPT':
-        return { kind: 'wait', until: this.envelope.onRcpt(cmd.path, cmd.params) };
-      case 'DATA':
-        return this.policy.onData(() => this.data.onData());
-      case 'RSET':
-        this.tx.reset();
-        // No backend session held (none lent now): nothing to reset there.
-        if (!this.seat.link) return { kind: 'reply', reply: reply(250, '2.0.0', 'OK') };
-        return { kind: 'forward', command: cmd, onReply: () => this.seat.endTransaction(true) };
-      case 'NOOP':
-        return { kind: 'reply', reply: reply(250, '2.0.0', 'OK') };
-      case 'HELP':
-        return { kind: 'reply', reply: reply(214, '2.0.0', 'See RFC 5321') };
-      case 'QUIT':
-        return this.onQuit();
-      case 'VRFY':
-        if (this.svc.config.smtp.vrfy === '252') return { kind: 'reply', reply: R.VRFY_CANNOT };
-        return this.refusals.verb('VRFY');
-      case 'EXPN':
-        return this.refusals.verb('EXPN');
-      case 'STARTTLS':
-        return this.startTls.onStartTls();
-      case 'AUTH':
-        return this.auth.onAuth(cmd.mechanism, cmd.initialResponse);
-      case 'BDAT':
-        return this.refusals.verb('BDAT'); // CHUNKING is never advertised: the guard must see DATA's end.
-      case 'OTHER': {
-        const name = cmd.name.toUpperCase();
-        if (this.svc.config.smtp.trustedVerbs.map((v) => v.toUpperCase()).includes(name) && this.trusted()) {
-          if (this.seat.own) return { kind: 'forward', command: cmd };
-          // A private verb (ETRN, an X-verb) may change the backend session's state, so this client
-          // keeps that session (the one it holds, else a free one) for good, as with AUTH.
-          return { kind: 'wait', until: this.dedicate().then((ok): Outcome => (ok ? { kind: 'forward', command: cmd } : HELD)) };
-        }
-        return this.refusals.verb(name);
-      }
-    }
-  }
-
   /**
    * The one place an outcome happens: replies are queued in command order (and counted), refusals
    * logged and counted, commands forwarded. An outcome still settling (a 'wait') keeps the loop
@@ -449,22 +395,6 @@ export class SmtpSession {
       case 'held':
         return undefined;
     }
-  }
-
-  private onQuit(): Outcome {
-    this.summary.outcome = 'quit';
-    // A lent backend session is not this client's to close: the guard says goodbye itself and the
-    // session goes back (RSET first when a transaction was open).
-    const own = this.seat.own;
-    this.block();
-    if (!own) return { kind: 'reply', reply: { ...reply(221, '2.0.0', 'Bye'), close: true } };
-    const slot = this.replies.seq.later();
-    own.send('QUIT', formatCommand({ verb: 'QUIT' }), (r) => {
-      const bye = isFailure(r) ? reply(221, '2.0.0', 'Bye') : r;
-      this.replies.count(isFailure(r) ? 'guard' : 'backend', bye);
-      slot.resolve({ ...bye, close: true });
-    });
-    return HELD;
   }
 
   /** A backend session that stays this client's (AUTH, a private verb); false (451 sent) when there is none. */
