@@ -13,6 +13,7 @@ import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import type { Clock } from '../clock.js';
 import type { Metrics } from '../observability/metrics.js';
 import { formatIp, ipInNetwork, maskIp, parseHostAddress, type IpNetwork } from '../util/ip-address.js';
+import { remembered } from '../util/remembered.js';
 import { internetWideReason } from '../policy/wide-networks.js';
 
 export type BanSource = 'manual' | 'automatic';
@@ -147,16 +148,17 @@ export class BanList {
 
   /** The ban that covers `ip`, if any. Malformed input is never banned (the session refuses it elsewhere). */
   check(ip: string): Ban | undefined {
-    const a = parseHostAddress(ip);
-    if (!a) return undefined;
+    const key = exactKey(ip);
+    if (key === undefined) return undefined;
     const now = this.clock.now();
     this.maybePrune(now);
-    const key = formatIp(a);
     const hit = this.exact.get(key);
     if (hit) {
       if (hit.expiresAtMs > now) return hit.ban;
       this.delete(key);
     }
+    if (this.networks.size === 0) return undefined;
+    const a = parseHostAddress(ip)!;
     for (const [k, e] of this.networks) {
       if (!e.network || !ipInNetwork(a, e.network)) continue;
       if (e.expiresAtMs > now) return e.ban;
@@ -417,3 +419,9 @@ export class BanList {
     }
   }
 }
+
+/** A client address's exact-ban key (canonical text), worked out once per address: asked at every connect. */
+const exactKey = remembered((ip: string): string | undefined => {
+  const a = parseHostAddress(ip);
+  return a ? formatIp(a) : undefined;
+});

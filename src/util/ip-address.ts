@@ -101,7 +101,8 @@ export function maskOf(family: IpFamily, prefix: number): bigint {
 }
 
 export function formatIPv4(v: bigint): string {
-  return [24n, 16n, 8n, 0n].map((s) => String((v >> s) & 0xffn)).join('.');
+  const n = Number(v & 0xffffffffn);
+  return `${n >>> 24}.${(n >>> 16) & 0xff}.${(n >>> 8) & 0xff}.${n & 0xff}`;
 }
 
 export interface FormatIPv6Options {
