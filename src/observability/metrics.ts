@@ -264,7 +264,28 @@ export function createMetrics(register: Registry = new Registry(), opts: { defau
   // …and the gauges and histograms touched once per session, backend connection or backend reply.
   for (const g of [m.sessionsActive, m.backendConnections] as Array<Gauge<string>>) bufferIncrements(g);
   for (const h of [m.backendReplyDuration, m.backendConnectDuration, m.messageSize] as Array<Histogram<string>>) bufferObservations(h);
+  // …and the gauge set to the same value at every backend connection.
+  skipUnchangedSets(m.backendUp as Gauge<string>);
   return m;
+}
+
+/**
+ * A gauge set to the value it already has, over and over (backend_up: once per backend connection):
+ * prom-client hears only of changes. Its series are never reset (reset() would make the memory stale).
+ */
+function skipUnchangedSets<T extends string>(metric: Gauge<T>): void {
+  const direct = (metric.set as (labels: LabelValues<T> | number, value?: number) => void).bind(metric);
+  const names = labelNamesOf<T>(metric);
+  const tree = labelTree(names, (labels) => ({ labels: { ...labels }, value: Number.NaN }));
+  Object.assign(metric, {
+    set: (labels: LabelValues<T> | number, value?: number): void => {
+      if (typeof labels === 'number' || value === undefined || names.length === 0) return direct(labels, value);
+      const e = tree.get(labels);
+      if (e.value === value) return;
+      direct(labels, value);
+      e.value = value;
+    },
+  });
 }
 
 type LabelValues<T extends string> = Partial<Record<T, string | number>>;
