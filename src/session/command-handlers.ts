@@ -19,7 +19,8 @@ export function commandOutcome(s: SmtpSession, line: Buffer): Outcome {
     return s.refusals.protocolError(parsed.kind, parsed.reply, line);
   }
   const cmd = parsed.value;
-  s.svc.metrics.commands.inc({ verb: verbLabel(commandVerbName(cmd)) });
+  // The parsed verbs are all known labels; only a private verb's name needs looking up.
+  s.svc.metrics.commands.inc({ verb: cmd.verb === 'OTHER' ? verbLabel(commandVerbName(cmd)) : cmd.verb });
   switch (cmd.verb) {
     case 'HELO':
     case 'EHLO':

@@ -14,6 +14,9 @@ import { HELD, type Outcome } from './outcome.js';
 import { cap } from './session-summary.js';
 import type { SmtpSession } from './session.js';
 
+/** The DATA command line, made once (socket writes never modify a buffer). */
+const DATA_LINE = formatCommand({ verb: 'DATA' });
+
 export class DataRelay {
   private scanner: EndOfDataScanner | undefined;
 
@@ -34,7 +37,7 @@ export class DataRelay {
     const slot = s.replies.seq.later();
     s.seat.link!.send(
       'DATA',
-      formatCommand({ verb: 'DATA' }),
+      DATA_LINE,
       (r) => {
         // The session ended while this reply was on its way (close() dealt with the backend session).
         if (s.phase === 'closed') return;

@@ -108,7 +108,8 @@ export class EnvelopeRelay {
     const sender = path.kind === 'null' ? '' : mailboxAddress(path.mailbox);
     if (j.verdict.action !== 'accept') return { kind: 'refuse', refusal: { stage: 'sender', sender, verdict: j.verdict } };
     s.refusals.countMailVerdict(j.verdict);
-    if (j.limit && (await s.limits.check(j.limit, { sender }))) return HELD;
+    // (No limit counts the event: no promise to wait for.)
+    if (j.limit && !s.limits.noLimitFor(j.limit) && (await s.limits.check(j.limit, { sender }))) return HELD;
     if (!s.seat.link && !(await s.seat.forTransaction())) return s.phase === 'closed' ? HELD : { kind: 'reply', reply: R.BACKEND_FAILED_IN_TRANSACTION };
     s.summary.transactions++;
     tx.mailSent = true;
@@ -150,7 +151,7 @@ export class EnvelopeRelay {
       };
     }
     s.refusals.countRcptVerdict(j.verdict);
-    if (j.limit && (await s.limits.check(j.limit, { sender: tx.sender }))) return HELD;
+    if (j.limit && !s.limits.noLimitFor(j.limit) && (await s.limits.check(j.limit, { sender: tx.sender }))) return HELD;
     if (s.svc.log.isLevelEnabled('debug')) s.log.debug({ rcpt: cap(j.rcpt), ruleId: j.verdict.ruleId, lookup: j.lookup?.source }, 'rcpt accepted');
     tx.rcptForwarded++;
     const rcpt = j.rcpt;
