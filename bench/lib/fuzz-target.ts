@@ -39,7 +39,10 @@ export async function startFuzzTarget(opts: { pool?: number } = {}): Promise<Run
     port: guard.port,
     guard,
     backend,
-    handleAllowance: opts.pool ? 2 * opts.pool : 0,
+    // Pooled mode keeps up to `pool` backend sessions open after the run, and each is four handles in
+    // this process: the guard's socket, and the recording backend's tap (accepted socket, its
+    // connection on to smtp-server) and smtp-server's accepted socket.
+    handleAllowance: opts.pool ? 4 * opts.pool : 0,
     backendRcpts: () => rcpts,
     backendBodies: () => backend.messages.map((m) => m.body),
     activeSessions: () => guard.guard.services.registry.all().length,
