@@ -199,7 +199,8 @@ export function judgeMail(ctx: EnvelopeContext, state: MailState, path: ReverseP
   if (!smtputf8 && path.kind === 'mailbox' && !isAscii(mailboxAddress(path.mailbox))) {
     return mailRefusal('smtputf8-required', NON_ASCII_ADDRESS, 'non-ASCII sender without SMTPUTF8');
   }
-  const verdict = evaluateMail({ ...ctx.session, mailFrom: path }, path, rules);
+  // The sender restrictions get the sender as their own argument: the session's facts need no copy.
+  const verdict = evaluateMail(ctx.session, path, rules);
   if (verdict.action !== 'accept') return { verdict, params: [], declaredSize: 0, smtputf8: false, limit: undefined };
   return { verdict, params, declaredSize, smtputf8, limit: 'message' };
 }

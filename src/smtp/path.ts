@@ -293,7 +293,11 @@ const PARAM_KEYWORD = /^[A-Za-z0-9][A-Za-z0-9-]*$/;
 // RFC 5321 §4.1.2 esmtp-value = 1*(%d33-60 / %d62-126): printable US-ASCII, no '=' or space.
 const PARAM_VALUE = /^[\x21-\x3c\x3e-\x7e]+$/;
 
+/** Most commands carry no parameters: one shared (frozen) empty list and one shared answer. */
+const NO_PARAMS: Step<EsmtpParam[]> = yes(Object.freeze([]) as unknown as EsmtpParam[]);
+
 function parseParams(rest: string): Step<EsmtpParam[]> {
+  if (rest === '' || trimSpaces(rest) === '') return NO_PARAMS;
   const params: EsmtpParam[] = [];
   const seen = new Set<string>();
   for (const word of rest.split(' ')) {
