@@ -157,6 +157,13 @@ export class LdapDirectory {
 
   /** A fresh connection with the configured transport (TLS / StartTLS), not bound. */
   private async newClient(): Promise<Client> {
+    const { client, tlsOptions } = await this.createClient(false);
+    if (this.settings.startTls) await client.startTLS(tlsOptions);
+    return client;
+  }
+
+  /** A client for the configured URL, not yet connected; `autoRebind` for the long-lived search connection. */
+  private async createClient(autoRebind: boolean): Promise<{ client: Client; tlsOptions: ConnectionOptions }> {
     const s = this.settings;
     const url = new URL(s.url);
     const tlsOptions = await this.tlsOptions(url.hostname);
@@ -166,9 +173,9 @@ export class LdapDirectory {
       connectTimeout: s.timeoutMs,
       ...(url.protocol === 'ldaps:' ? { tlsOptions } : {}),
       strictDN: false,
+      ...(autoRebind ? { autoRebind: true } : {}),
     });
-    if (s.startTls) await client.startTLS(tlsOptions);
-    return client;
+    return { client, tlsOptions };
   }
 
   /** Drop the connection; later lookups throw. */
@@ -205,17 +212,8 @@ export class LdapDirectory {
 
   private async connect(): Promise<Client> {
     const s = this.settings;
-    const url = new URL(s.url);
-    const tlsOptions = await this.tlsOptions(url.hostname);
-    const client = new Client({
-      url: s.url,
-      timeout: s.timeoutMs,
-      connectTimeout: s.timeoutMs,
-      ...(url.protocol === 'ldaps:' ? { tlsOptions } : {}),
-      strictDN: false,
-      // A transparent reconnect must not run unauthenticated; ldapts never replays over StartTLS.
-      autoRebind: !s.startTls,
-    });
+    // A transparent reconnect must not run unauthenticated; ldapts never replays over StartTLS.
+    const { client, tlsOptions } = await this.createClient(!s.startTls);
     try {
       if (s.startTls) await client.startTLS(tlsOptions);
       if (s.bindDn !== undefined) await client.bind(s.bindDn, await this.bindPassword());

@@ -112,6 +112,13 @@ export function etagOf(value: unknown): string {
   return `"${contentHash(value)}"`;
 }
 
+/** A section's value (a copy) and its ETag, from either store's rules. Throws on an unknown section name. */
+export function readSection(raw: RawRules, name: string): { value: unknown; etag: string } {
+  if (!isSectionName(name)) throw new Error(`unknown rules section ${JSON.stringify(name)}`);
+  const value = raw[SECTIONS[name].rawKey];
+  return { value: structuredClone(value), etag: etagOf(value) };
+}
+
 /** The result a successful (or idempotent) change answers with. */
 export function okResult(s: RulesSnapshot, section: SectionName | undefined): ChangeResult {
   return { ok: true, etag: section === undefined ? `"${s.version}"` : etagOf(s.raw[SECTIONS[section].rawKey]), version: s.version, snapshot: s };

@@ -29,7 +29,7 @@ import { AuditLog, type AuditEntry, type AuditOperation } from './audit-log.js';
 import { RulesHistory, type Version } from './history.js';
 import { SECTIONS, SECTION_NAMES, isSectionName, type SectionName } from './schemas.js';
 import { formatSectionText, parseSectionText } from './section-file.js';
-import { changedSections, compileWithOverlay, etagOf, formatRuleError, okResult, planChange, type ChangeOptions, type ChangeRequest, type ChangeResult, type RulesOverlay } from './rules-change.js';
+import { changedSections, compileWithOverlay, readSection, formatRuleError, okResult, planChange, type ChangeOptions, type ChangeRequest, type ChangeResult, type RulesOverlay } from './rules-change.js';
 
 export { formatRuleError, type ChangeOptions, type ChangeResult, type RulesOverlay } from './rules-change.js';
 
@@ -175,9 +175,7 @@ export class RulesStore extends EventEmitter {
 
   /** The section's value (a copy) and its ETag. Throws on an unknown section name. */
   getSection(name: string): { value: unknown; etag: string } {
-    if (!isSectionName(name)) throw new Error(`unknown rules section ${JSON.stringify(name)}`);
-    const value = this.#raw[SECTIONS[name].rawKey];
-    return { value: structuredClone(value), etag: etagOf(value) };
+    return readSection(this.#raw, name);
   }
 
   replaceSection(name: string, value: unknown, opts: ChangeOptions): Promise<ChangeResult> {

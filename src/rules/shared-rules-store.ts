@@ -39,9 +39,9 @@ import { contentHash } from '../policy/content-hash.js';
 import { writeFileAtomic } from './atomic-write.js';
 import type { AuditEntry } from './audit-log.js';
 import type { Version } from './history.js';
-import { changedSections, compileWithOverlay, etagOf, okResult, planChange, type ChangeOptions, type ChangeRequest, type ChangeResult, type RulesOverlay } from './rules-change.js';
+import { changedSections, readSection, okResult, planChange, type ChangeOptions, type ChangeRequest, type ChangeResult, type RulesOverlay } from './rules-change.js';
 import { readRulesDir, type MinimalLogger } from './rules-store.js';
-import { SECTIONS, SECTION_NAMES, isSectionName } from './schemas.js';
+import { SECTIONS, SECTION_NAMES } from './schemas.js';
 import { checkStored, type Checked, type StoredRules } from './stored-rules.js';
 
 export interface SharedRulesStoreOptions {
@@ -223,9 +223,7 @@ export class SharedRulesStore extends EventEmitter {
   }
 
   getSection(name: string): { value: unknown; etag: string } {
-    if (!isSectionName(name)) throw new Error(`unknown rules section ${JSON.stringify(name)}`);
-    const value = this.#raw[SECTIONS[name].rawKey];
-    return { value: structuredClone(value), etag: etagOf(value) };
+    return readSection(this.#raw, name);
   }
 
   replaceSection(name: string, value: unknown, opts: ChangeOptions): Promise<ChangeResult> {
