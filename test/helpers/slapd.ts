@@ -39,8 +39,8 @@ const PROXY_ADDRESSES_SCHEMA = `attributetype ( 1.3.6.1.4.1.4203.666.11.1 NAME '
 objectclass ( 1.3.6.1.4.1.4203.666.11.2 NAME 'exchangeRecipient' SUP top AUXILIARY MAY proxyAddresses )
 `;
 
-/** Users: alice by proxyAddresses (primary SMTP: and alias smtp:), bob by mail, dave only by a non-SMTP address. */
-export const SEED_LDIF = `dn: ${SLAPD_SUFFIX}
+/** The suffix entry and ou=people: the start of every seed. */
+export const BASE_LDIF = `dn: ${SLAPD_SUFFIX}
 objectClass: dcObject
 objectClass: organization
 dc: example
@@ -49,7 +49,10 @@ o: Example
 dn: ou=people,${SLAPD_SUFFIX}
 objectClass: organizationalUnit
 ou: people
+`;
 
+/** Users: alice by proxyAddresses (primary SMTP: and alias smtp:), bob by mail, dave only by a non-SMTP address. */
+export const SEED_LDIF = `${BASE_LDIF}
 dn: cn=Alice,ou=people,${SLAPD_SUFFIX}
 objectClass: inetOrgPerson
 objectClass: exchangeRecipient

@@ -11,23 +11,14 @@ import { startGuard, type StartedGuard } from '../helpers/start-guard.js';
 import { Dialog } from '../helpers/dialog.js';
 import { makeCertificate } from '../helpers/certs.js';
 import { startTlsScriptedBackend, type TlsScriptedBackend } from '../helpers/tls-scripted-backend.js';
-import { SLAPD_ROOT_DN, SLAPD_ROOT_PW, SLAPD_SUFFIX, startSlapd, type Slapd } from '../helpers/slapd.js';
+import { SLAPD_ROOT_DN, SLAPD_ROOT_PW, SLAPD_SUFFIX, BASE_LDIF, startSlapd, type Slapd } from '../helpers/slapd.js';
 
 const STRANGER = '127.0.0.9';
 const PASSWORD_ENV = 'RG_TEST_LDAP_PW';
 const ALICE_PW = 'Alice-dir3ctory-pw';
 const b64 = (s: string) => Buffer.from(s, 'utf8').toString('base64');
 
-const SEED = `dn: ${SLAPD_SUFFIX}
-objectClass: dcObject
-objectClass: organization
-dc: example
-o: Example
-
-dn: ou=people,${SLAPD_SUFFIX}
-objectClass: organizationalUnit
-ou: people
-
+const SEED = `${BASE_LDIF}
 dn: uid=alice,ou=people,${SLAPD_SUFFIX}
 objectClass: inetOrgPerson
 uid: alice
