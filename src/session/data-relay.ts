@@ -197,7 +197,8 @@ export class DataRelay {
           return;
         }
         s.replies.count('backend', r);
-        const backendSession = s.seat.link?.tag;
+        // The backend session's name costs a getsockname call: read it only for a line that is logged.
+        const backendSession = s.infoOn ? s.seat.link?.tag : undefined;
         if (r.code >= 200 && r.code < 300) {
           s.summary.messages++;
           svc.metrics.messages.inc({ outcome: 'delivered' });

@@ -14,6 +14,9 @@ import { HELD, type Outcome } from './outcome.js';
 import { cap } from './session-summary.js';
 import type { SmtpSession } from './session.js';
 
+/** smtp.ehloAllow without DSN, one copy per configured set (and so one filtered EHLO reply, ehlo.ts). */
+const withoutDsn = new WeakMap<ReadonlySet<string>, ReadonlySet<string>>();
+
 export class EnvelopeRelay {
   private readonly limits: EnvelopeLimits;
   /** The backend offered SMTPUTF8 / DSN in its EHLO reply (and smtp.ehloAllow passes them): issue 16 items 6, 7. */
@@ -94,8 +97,12 @@ export class EnvelopeRelay {
   private ehloAllowNow(): ReadonlySet<string> {
     const { s } = this;
     if (!s.svc.ehloAllow.has('DSN') || dsnAllowedFor(s.svc.config.smtp.dsn ?? 'trusted', s.context(), s.rules())) return s.svc.ehloAllow;
-    const allow = new Set(s.svc.ehloAllow);
-    allow.delete('DSN');
+    let allow = withoutDsn.get(s.svc.ehloAllow);
+    if (!allow) {
+      const copy = new Set(s.svc.ehloAllow);
+      copy.delete('DSN');
+      withoutDsn.set(s.svc.ehloAllow, (allow = copy));
+    }
     return allow;
   }
 

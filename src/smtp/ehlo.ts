@@ -6,6 +6,7 @@
  * Pure: no I/O.
  */
 import type { Reply } from './reply.js';
+import { remembered } from '../util/remembered.js';
 
 /** Extensions that are safe to pass through by default. */
 export const DEFAULT_EHLO_ALLOW = ['PIPELINING', 'SIZE', '8BITMIME', 'SMTPUTF8', 'DSN', 'ENHANCEDSTATUSCODES', 'HELP'];
@@ -49,6 +50,23 @@ function parseSize(params: string): number | undefined {
  * and appends `add` lines, replacing backend lines with the same keyword.
  */
 export function filterEhlo(r: Reply, opts: FilterEhloOptions): Reply {
+  // The backend says the same EHLO reply to every connection, and the options take a few shapes:
+  // the filtered reply is worked out once per (reply, options) and shared (replies are never modified).
+  let memo = filteredBy.get(opts.allow);
+  if (!memo) filteredBy.set(opts.allow, (memo = new Map()));
+  const key = `${opts.maxSizeBytes ?? ''}\n${(opts.add ?? []).join('\n')}\n\n${r.lines.join('\n')}`;
+  const hit = memo.get(key);
+  if (hit) return hit;
+  const filtered = filterEhloUncached(r, opts);
+  if (memo.size >= 64) memo.clear();
+  memo.set(key, filtered);
+  return filtered;
+}
+
+/** Filtered replies by allow set (the configured set, or its copy without DSN), then by options and reply text; bounded. */
+const filteredBy = new WeakMap<ReadonlySet<string>, Map<string, Reply>>();
+
+function filterEhloUncached(r: Reply, opts: FilterEhloOptions): Reply {
   const allow = new Set<string>();
   for (const k of opts.allow) allow.add(k.toUpperCase());
   const added = new Map<string, string>();
@@ -92,9 +110,16 @@ function sizeLine(backend: number | undefined, guard: number | undefined): strin
  * STARTTLS, AUTH mechanisms, SIZE… Repeated keywords (e.g. "AUTH LOGIN" and the legacy
  * "AUTH=LOGIN PLAIN") have their parameters merged, without case-insensitive duplicates.
  */
-export function ehloKeywords(r: Reply): Map<string, string> {
+export function ehloKeywords(r: Reply): ReadonlyMap<string, string> {
+  return keywordsOfText(r.lines.join('\n'));
+}
+
+/** Keyword maps by reply text (the backend's EHLO reply is the same for every connection); shared, so read-only. */
+const keywordsOfText = remembered((text: string): ReadonlyMap<string, string> => parseKeywords(text.split('\n')), 64);
+
+function parseKeywords(lines: readonly string[]): Map<string, string> {
   const map = new Map<string, string>();
-  for (const line of r.lines.slice(1)) {
+  for (const line of lines.slice(1)) {
     const k = keywordOf(line);
     if (k === '') continue;
     const trimmed = line.trim();
