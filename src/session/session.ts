@@ -495,8 +495,11 @@ export class SmtpSession {
     const client = this.client;
     if (this.summary.outcome === 'quit') {
       // After the reply to QUIT nothing more is read (RFC 5321 §4.1.1.10): close as soon as the reply
-      // is flushed, as Postfix does, rather than wait for the client's FIN (or its reset).
-      client.destroySoon();
+      // is flushed, as Postfix does, rather than wait for the client's FIN (or its reset). When the
+      // kernel already holds every byte, close() alone sends the FIN after them; a shutdown() first
+      // would mostly fail (the client closes at once after QUIT). TLS says close_notify first.
+      if (!this.tlsActive && client.writableLength === 0) client.destroy();
+      else client.destroySoon();
     } else {
       client.end();
       const linger = setTimeout(() => client.destroy(), 2000);
