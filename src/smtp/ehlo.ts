@@ -52,9 +52,11 @@ function parseSize(params: string): number | undefined {
 export function filterEhlo(r: Reply, opts: FilterEhloOptions): Reply {
   // The backend says the same EHLO reply to every connection, and the options take a few shapes:
   // the filtered reply is worked out once per (reply, options) and shared (replies are never modified).
+  const text = r.lines.join('\n');
+  if (text.length > MEMO_TEXT_MAX) return filterEhloUncached(r, opts);
   let memo = filteredBy.get(opts.allow);
   if (!memo) filteredBy.set(opts.allow, (memo = new Map()));
-  const key = `${opts.maxSizeBytes ?? ''}\n${(opts.add ?? []).join('\n')}\n\n${r.lines.join('\n')}`;
+  const key = `${opts.maxSizeBytes ?? ''}\n${(opts.add ?? []).join('\n')}\n\n${text}`;
   const hit = memo.get(key);
   if (hit) return hit;
   const filtered = filterEhloUncached(r, opts);
@@ -62,6 +64,12 @@ export function filterEhlo(r: Reply, opts: FilterEhloOptions): Reply {
   memo.set(key, filtered);
   return filtered;
 }
+
+/**
+ * Replies longer than this are worked out each time, never kept: real EHLO replies are a few hundred
+ * bytes, and a backend that sends 200 long lines must not make the memos hold megabytes.
+ */
+const MEMO_TEXT_MAX = 4096;
 
 /** Filtered replies by allow set (the configured set, or its copy without DSN), then by options and reply text; bounded. */
 const filteredBy = new WeakMap<ReadonlySet<string>, Map<string, Reply>>();
@@ -111,7 +119,8 @@ function sizeLine(backend: number | undefined, guard: number | undefined): strin
  * "AUTH=LOGIN PLAIN") have their parameters merged, without case-insensitive duplicates.
  */
 export function ehloKeywords(r: Reply): ReadonlyMap<string, string> {
-  return keywordsOfText(r.lines.join('\n'));
+  const text = r.lines.join('\n');
+  return text.length > MEMO_TEXT_MAX ? parseKeywords(r.lines) : keywordsOfText(text);
 }
 
 /** Keyword maps by reply text (the backend's EHLO reply is the same for every connection); shared, so read-only. */

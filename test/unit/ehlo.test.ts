@@ -137,3 +137,27 @@ describe('ehloKeywords', () => {
     ]);
   });
 });
+
+describe('filtered replies and keyword maps are kept per reply text (same answers as working them out)', () => {
+  const allow = new Set(DEFAULT_EHLO_ALLOW);
+  test('the same reply text with other options, or another reply, never gets a kept answer that does not fit', () => {
+    const first = filterEhlo({ code: 250, lines: ['mx', 'SIZE 5000', 'PIPELINING'] }, { allow, maxSizeBytes: 1000 });
+    expect(first.lines).toEqual(['mx', 'SIZE 1000', 'PIPELINING']);
+    // A fresh Reply object with the same text: the kept answer, the same object.
+    expect(filterEhlo({ code: 250, lines: ['mx', 'SIZE 5000', 'PIPELINING'] }, { allow, maxSizeBytes: 1000 })).toBe(first);
+    expect(filterEhlo({ code: 250, lines: ['mx', 'SIZE 5000', 'PIPELINING'] }, { allow, maxSizeBytes: 2000 }).lines).toEqual(['mx', 'SIZE 2000', 'PIPELINING']);
+    expect(filterEhlo({ code: 250, lines: ['mx', 'SIZE 5000', 'PIPELINING'] }, { allow, maxSizeBytes: 1000, add: ['STARTTLS'] }).lines).toEqual(['mx', 'SIZE 1000', 'PIPELINING', 'STARTTLS']);
+    expect(filterEhlo({ code: 250, lines: ['mx', 'SIZE 5000', 'PIPELINING'] }, { allow: new Set(['SIZE']), maxSizeBytes: 1000 }).lines).toEqual(['mx', 'SIZE 1000']);
+    expect(filterEhlo({ code: 250, lines: ['mx', 'SIZE 5000', 'DSN'] }, { allow, maxSizeBytes: 1000 }).lines).toEqual(['mx', 'SIZE 1000', 'DSN']);
+    expect(ehloKeywords({ code: 250, lines: ['mx', 'DSN'] }).has('DSN')).toBe(true);
+    expect(ehloKeywords({ code: 250, lines: ['mx', 'PIPELINING'] }).has('DSN')).toBe(false);
+  });
+
+  test('a reply longer than the memo keeps is still filtered (worked out each time)', () => {
+    const long = ['mx', ...Array.from({ length: 60 }, (_, i) => `X-PRIVATE-${i} ${'p'.repeat(80)}`), 'PIPELINING', 'SIZE 10'];
+    expect(long.join('\n').length).toBeGreaterThan(4096);
+    const r = filterEhlo({ code: 250, lines: long }, { allow, maxSizeBytes: 1000 });
+    expect(r.lines).toEqual(['mx', 'PIPELINING', 'SIZE 10']);
+    expect(ehloKeywords({ code: 250, lines: long }).get('SIZE')).toBe('10');
+  });
+});
