@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
 import { stringify } from 'yaml';
 import { freePort, startChild, waitGreeting, type Child } from './proc.js';
+import { HEAP_GROWING_PERCENT } from '../../src/cli/heap-growth.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -38,7 +39,9 @@ async function startBenchScript(name: string, script: string, args: string[], la
   const file = path.join(dir, script.replace(/\.ts$/, '.mjs'));
   writeFileSync(file, js);
   const port = await freePort();
-  const child = startChild(launcher[0] ?? process.execPath, [...launcher.slice(1), file, String(port), ...args]);
+  // The same V8 heap growing percent as the guard sets itself (src/cli/heap-growth.ts): without it a
+  // Node proxy's CPU per MiB depends on whether a full GC has run yet (README "Performance").
+  const child = startChild(launcher[0] ?? process.execPath, [...launcher.slice(1), `--heap-growing-percent=${HEAP_GROWING_PERCENT}`, file, String(port), ...args]);
   await waitGreeting(port, name, launcher.length > 0 ? 900_000 : undefined);
   return {
     name,

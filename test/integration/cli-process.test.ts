@@ -78,7 +78,9 @@ describe('relay-guard process', () => {
     const port = await freePort();
     const rules = mkdtempSync(path.join(tmpdir(), 'rg-cli-'));
     writeFileSync(path.join(rules, 'limits.yaml'), 'enabled: false\nprefixV4: 24\nprefixV6: 64\nlimits: []\n');
-    const { proc } = await startCli(['--listen', `127.0.0.1:${port}`, '--backend', `127.0.0.1:${backend.port}`, '--accepted-domain', 'example.org', '--relay-network', '127.0.0.2/32', '--rules-dir', rules, '--no-admin', '--log-level', 'info']);
+    const { proc, output } = await startCli(['--listen', `127.0.0.1:${port}`, '--backend', `127.0.0.1:${backend.port}`, '--accepted-domain', 'example.org', '--relay-network', '127.0.0.2/32', '--rules-dir', rules, '--no-admin', '--log-level', 'info']);
+    // No heap flag on node's command line or in NODE_OPTIONS: the guard sets its own (README "Performance").
+    expect(output()).toMatch(/"heapGrowingPercent":200,"msg":"V8 heap growing percent"/);
     const stranger = await Dialog.connect(port, { localAddress: '127.0.0.9' });
     expect((await stranger.reply()).code).toBe(220);
     await stranger.cmd('EHLO s.test');
