@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
 import { stringify } from 'yaml';
 import { freePort, startChild, waitGreeting, type Child } from './proc.js';
-import { HEAP_GROWING_PERCENT } from '../../src/cli/heap-growth.js';
+import { HEAP_GROWING_PERCENT, MALLOC_TUNABLES } from '../../src/cli/memory-tuning.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -39,9 +39,13 @@ async function startBenchScript(name: string, script: string, args: string[], la
   const file = path.join(dir, script.replace(/\.ts$/, '.mjs'));
   writeFileSync(file, js);
   const port = await freePort();
-  // The same V8 heap growing percent as the guard sets itself (src/cli/heap-growth.ts): without it a
-  // Node proxy's CPU per MiB depends on whether a full GC has run yet (README "Performance").
-  const child = startChild(launcher[0] ?? process.execPath, [...launcher.slice(1), `--heap-growing-percent=${HEAP_GROWING_PERCENT}`, file, String(port), ...args]);
+  // The memory settings the guard runs with (src/cli/memory-tuning.ts): the V8 heap growing percent it
+  // sets itself and the malloc trim threshold its deploy files set. Without them a Node proxy's CPU per
+  // MiB depends on whether a full GC has run yet and on where glibc's heap top happens to be (README
+  // "Performance"): every Node path is measured in the same regime.
+  const child = startChild(launcher[0] ?? process.execPath, [...launcher.slice(1), `--heap-growing-percent=${HEAP_GROWING_PERCENT}`, file, String(port), ...args], {
+    env: { ...process.env, GLIBC_TUNABLES: MALLOC_TUNABLES },
+  });
   await waitGreeting(port, name, launcher.length > 0 ? 900_000 : undefined);
   return {
     name,
@@ -109,7 +113,8 @@ export async function startGuardProcess(opts: GuardProcessOptions): Promise<Runn
   writeFileSync(configFile, stringify(config));
   const args = [...(opts.nodeArgs ?? []), main, '--config', configFile, '--accepted-domain', 'example.com', '--no-admin', '--log-level', 'warn', '--rules-dir', rulesDir];
   const launcher = opts.launcher ?? [];
-  const child = startChild(launcher[0] ?? process.execPath, [...launcher.slice(1), ...args], { env: { ...process.env, NODE_ENV: 'production' } });
+  // GLIBC_TUNABLES as `npm start`, the systemd unit and the container image set it (src/cli/memory-tuning.ts).
+  const child = startChild(launcher[0] ?? process.execPath, [...launcher.slice(1), ...args], { env: { ...process.env, NODE_ENV: 'production', GLIBC_TUNABLES: MALLOC_TUNABLES } });
   try {
     await waitGreeting(port, 'relay-guard', launcher.length > 0 ? 900_000 : undefined);
   } catch (err) {

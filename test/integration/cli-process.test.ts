@@ -14,6 +14,7 @@ import { Dialog } from '../helpers/dialog.js';
 import { until, withTimeout } from '../helpers/with-timeout.js';
 import { freePort } from '../helpers/free-port.js';
 import { since } from '../helpers/modes.js';
+import { MALLOC_TUNABLES } from '../../src/cli/memory-tuning.js';
 
 let child: ChildProcess | undefined;
 let backend: RecordingBackend | undefined;
@@ -26,8 +27,8 @@ afterEach(async () => {
 });
 
 /** Start the CLI and resolve once it logs that the mx listener is up. */
-async function startCli(args: string[]): Promise<{ proc: ChildProcess; output: () => string }> {
-  const proc = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+async function startCli(args: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ proc: ChildProcess; output: () => string }> {
+  const proc = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
   child = proc;
   let out = '';
   proc.stdout!.on('data', (c: Buffer) => (out += c.toString()));
@@ -78,9 +79,10 @@ describe('relay-guard process', () => {
     const port = await freePort();
     const rules = mkdtempSync(path.join(tmpdir(), 'rg-cli-'));
     writeFileSync(path.join(rules, 'limits.yaml'), 'enabled: false\nprefixV4: 24\nprefixV6: 64\nlimits: []\n');
-    const { proc, output } = await startCli(['--listen', `127.0.0.1:${port}`, '--backend', `127.0.0.1:${backend.port}`, '--accepted-domain', 'example.org', '--relay-network', '127.0.0.2/32', '--rules-dir', rules, '--no-admin', '--log-level', 'info']);
-    // No heap flag on node's command line or in NODE_OPTIONS: the guard sets its own (README "Performance").
-    expect(output()).toMatch(/"heapGrowingPercent":200,"msg":"V8 heap growing percent"/);
+    const { proc, output } = await startCli(['--listen', `127.0.0.1:${port}`, '--backend', `127.0.0.1:${backend.port}`, '--accepted-domain', 'example.org', '--relay-network', '127.0.0.2/32', '--rules-dir', rules, '--no-admin', '--log-level', 'info'], { ...process.env, GLIBC_TUNABLES: MALLOC_TUNABLES });
+    // No heap flag on node's command line or in NODE_OPTIONS: the guard sets its own; the malloc
+    // setting it reports is the one glibc read from this process's environment (README "Memory settings").
+    expect(output()).toMatch(/"heapGrowingPercent":200,"mallocTrimThreshold":"67108864","msg":"memory settings"/);
     const stranger = await Dialog.connect(port, { localAddress: '127.0.0.9' });
     expect((await stranger.reply()).code).toBe(220);
     await stranger.cmd('EHLO s.test');
