@@ -86,8 +86,8 @@ async function main(argv: string[]): Promise<number> {
   const { config } = plan;
   const log = createLogger(config.log.level);
   const { mallocTrimThreshold, tuneHeapGrowth } = await import('./memory-tuning.js');
-  const heapGrowingPercent = tuneHeapGrowth(process.execArgv, process.env.NODE_OPTIONS);
-  log.info({ heapGrowingPercent: heapGrowingPercent ?? 'chosen by node options', mallocTrimThreshold: mallocTrimThreshold(process.env) }, 'memory settings');
+  const heapGrowingPercent = tuneHeapGrowth(process.execArgv);
+  log.info({ heapGrowingPercent: heapGrowingPercent ?? 'chosen on the node command line', mallocTrimThreshold: mallocTrimThreshold(process.env) }, 'memory settings');
   let demoBackend: Awaited<ReturnType<typeof startDemoBackend>> | undefined;
   if (plan.demo) {
     const b = config.backends[0]!;

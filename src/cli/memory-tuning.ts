@@ -8,7 +8,8 @@
  *    burst of sessions), relaying large messages started a full GC for every ~8 MB read: 1 MB messages
  *    cost 2–4 times the CPU of a fresh process. A factor of 3 puts the limit far enough above the live
  *    heap that read buffers are freed by scavenges again. Set here, at start, unless the operator chose
- *    one (node --heap-growing-percent=N, or in NODE_OPTIONS): theirs wins.
+ *    one on node's command line (node --heap-growing-percent=N …; Node refuses V8 flags of this kind
+ *    in NODE_OPTIONS): theirs wins.
  *
  * 2. glibc's malloc trim threshold. Those read buffers come from malloc; a scavenge frees tens of MB of
  *    them at once, glibc gives the top of its heap back to the kernel (default threshold 128 KiB), and
@@ -24,15 +25,14 @@ export const HEAP_GROWING_PERCENT = 200;
 /** The GLIBC_TUNABLES value the deploy files and `npm start` give the guard: keep up to 64 MiB freed at the heap top. */
 export const MALLOC_TUNABLES = 'glibc.malloc.trim_threshold=67108864';
 
-/** True when node's own arguments or NODE_OPTIONS already name a heap growing percent (V8 takes - or _ in flag names). */
-export function heapGrowthChosen(execArgv: readonly string[], nodeOptions: string | undefined): boolean {
-  const names = (s: string) => /^--heap[-_]growing[-_]percent(=|$)/.test(s);
-  return execArgv.some(names) || (nodeOptions ?? '').split(/\s+/).some(names);
+/** True when node's own arguments already name a heap growing percent (V8 takes - or _ in flag names). */
+export function heapGrowthChosen(execArgv: readonly string[]): boolean {
+  return execArgv.some((s) => /^--heap[-_]growing[-_]percent(=|$)/.test(s));
 }
 
 /** Sets --heap-growing-percent unless the operator chose one; returns what was set, or undefined. */
-export function tuneHeapGrowth(execArgv: readonly string[], nodeOptions: string | undefined): number | undefined {
-  if (heapGrowthChosen(execArgv, nodeOptions)) return undefined;
+export function tuneHeapGrowth(execArgv: readonly string[]): number | undefined {
+  if (heapGrowthChosen(execArgv)) return undefined;
   setFlagsFromString(`--heap-growing-percent=${HEAP_GROWING_PERCENT}`);
   return HEAP_GROWING_PERCENT;
 }

@@ -27,8 +27,8 @@ afterEach(async () => {
 });
 
 /** Start the CLI and resolve once it logs that the mx listener is up. */
-async function startCli(args: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ proc: ChildProcess; output: () => string }> {
-  const proc = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
+async function startCli(args: string[], env: NodeJS.ProcessEnv = process.env, nodeArgs: string[] = []): Promise<{ proc: ChildProcess; output: () => string }> {
+  const proc = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', 'src/cli/main.ts', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
   child = proc;
   let out = '';
   proc.stdout!.on('data', (c: Buffer) => (out += c.toString()));
@@ -80,7 +80,7 @@ describe('relay-guard process', () => {
     const rules = mkdtempSync(path.join(tmpdir(), 'rg-cli-'));
     writeFileSync(path.join(rules, 'limits.yaml'), 'enabled: false\nprefixV4: 24\nprefixV6: 64\nlimits: []\n');
     const { proc, output } = await startCli(['--listen', `127.0.0.1:${port}`, '--backend', `127.0.0.1:${backend.port}`, '--accepted-domain', 'example.org', '--relay-network', '127.0.0.2/32', '--rules-dir', rules, '--no-admin', '--log-level', 'info'], { ...process.env, GLIBC_TUNABLES: MALLOC_TUNABLES });
-    // No heap flag on node's command line or in NODE_OPTIONS: the guard sets its own; the malloc
+    // No heap flag on node's command line: the guard sets its own; the malloc
     // setting it reports is the one glibc read from this process's environment (README "Memory settings").
     expect(output()).toMatch(/"heapGrowingPercent":200,"mallocTrimThreshold":"67108864","msg":"memory settings"/);
     const stranger = await Dialog.connect(port, { localAddress: '127.0.0.9' });
@@ -99,6 +99,18 @@ describe('relay-guard process', () => {
     proc.kill('SIGTERM');
     expect(await withTimeout(exitOf(proc), 15_000, 'exit')).toBe(0);
   }, 90_000); // a process started through tsx: slow on a loaded 2-core machine
+
+  test("a heap growing percent on node's command line wins over the guard's own; no GLIBC_TUNABLES: the glibc default is reported", async () => {
+    const rules = mkdtempSync(path.join(tmpdir(), 'rg-cli-'));
+    writeFileSync(path.join(rules, 'limits.yaml'), 'enabled: false\nprefixV4: 24\nprefixV6: 64\nlimits: []\n');
+    const env = { ...process.env };
+    delete env.GLIBC_TUNABLES;
+    delete env.MALLOC_TRIM_THRESHOLD_;
+    const { proc, output } = await startCli(['--listen', `127.0.0.1:${await freePort()}`, '--backend', `127.0.0.1:${await freePort()}`, '--accepted-domain', 'example.org', '--rules-dir', rules, '--no-admin', '--log-level', 'info'], env, ['--heap-growing-percent=50']);
+    expect(output()).toMatch(/"heapGrowingPercent":"chosen on the node command line","mallocTrimThreshold":"glibc default","msg":"memory settings"/);
+    proc.kill('SIGTERM');
+    expect(await withTimeout(exitOf(proc), 15_000, 'exit')).toBe(0);
+  }, 90_000);
 
   test('SIGHUP reloads the rules without dropping a session; SIGTERM gives idle sessions 421 4.3.2 and exits 0', async () => {
     backend = await startRecordingBackend();
