@@ -35,10 +35,11 @@ describe('malloc trim threshold', () => {
     expect(mallocTrimThreshold({ GLIBC_TUNABLES: 'glibc.malloc.trim_threshold=8192', MALLOC_TRIM_THRESHOLD_: '4096' })).toBe('8192');
   });
 
-  test('npm start, the systemd unit and the container image set exactly MALLOC_TUNABLES', () => {
+  test('npm start, the systemd unit, the container image and the Kubernetes deployment set exactly MALLOC_TUNABLES', () => {
     const start = (JSON.parse(readFileSync('package.json', 'utf8')) as { scripts: Record<string, string> }).scripts.start!;
     expect(start).toContain(`GLIBC_TUNABLES=\${GLIBC_TUNABLES:-${MALLOC_TUNABLES}} node dist/cli/main.js`);
     expect(readFileSync('deploy/systemd/relay-guard.service', 'utf8')).toMatch(new RegExp(`^Environment=GLIBC_TUNABLES=${MALLOC_TUNABLES.replace(/\./g, '\\.')}$`, 'm'));
     expect(readFileSync('deploy/container/Dockerfile', 'utf8')).toMatch(new RegExp(`^ENV GLIBC_TUNABLES=${MALLOC_TUNABLES.replace(/\./g, '\\.')}$`, 'm'));
+    expect(readFileSync('deploy/kubernetes/deployment.yaml', 'utf8')).toMatch(new RegExp(`- name: GLIBC_TUNABLES\n\\s+value: ${MALLOC_TUNABLES.replace(/\./g, '\\.')}\n`));
   });
 });
