@@ -12,11 +12,12 @@
  *    in NODE_OPTIONS): theirs wins.
  *
  * 2. glibc's malloc trim threshold. Those read buffers come from malloc; a scavenge frees tens of MB of
- *    them at once, glibc gives the top of its heap back to the kernel (default threshold 128 KiB), and
- *    the next reads fault every page in again: ~41,000 page faults per 200 MiB, system time twice the
- *    user time. glibc reads its tunables only when the process starts, so this one cannot be set from
- *    here: `npm start`, the systemd unit and the container image set GLIBC_TUNABLES (MALLOC_TUNABLES
- *    below); the guard only reports whether it is in effect.
+ *    them at once, glibc may give the top of its heap back to the kernel (default threshold 128 KiB),
+ *    and the next reads fault every page in again: ~41,000 page faults per 200 MiB, system time twice
+ *    the user time, in most full bench runs without this setting and in none with it. glibc reads its
+ *    tunables only when the process starts, so this one cannot be set from here: `npm start`, the
+ *    systemd unit, the container image and the Kubernetes deployment set GLIBC_TUNABLES
+ *    (MALLOC_TUNABLES below); the guard only reports whether it is in effect.
  */
 import { setFlagsFromString } from 'node:v8';
 
