@@ -6,7 +6,7 @@
  * Pure: no I/O.
  */
 import type { Reply } from './reply.js';
-import { remembered } from '../util/remembered.js';
+import { keptAnswers, remembered } from '../util/remembered.js';
 
 /** Extensions that are safe to pass through by default. */
 export const DEFAULT_EHLO_ALLOW = ['PIPELINING', 'SIZE', '8BITMIME', 'SMTPUTF8', 'DSN', 'ENHANCEDSTATUSCODES', 'HELP'];
@@ -54,15 +54,9 @@ export function filterEhlo(r: Reply, opts: FilterEhloOptions): Reply {
   // the filtered reply is worked out once per (reply, options) and shared (replies are never modified).
   const text = r.lines.join('\n');
   if (text.length > MEMO_TEXT_MAX) return filterEhloUncached(r, opts);
-  let memo = filteredBy.get(opts.allow);
-  if (!memo) filteredBy.set(opts.allow, (memo = new Map()));
-  const key = `${opts.maxSizeBytes ?? ''}\n${(opts.add ?? []).join('\n')}\n\n${text}`;
-  const hit = memo.get(key);
-  if (hit) return hit;
-  const filtered = filterEhloUncached(r, opts);
-  if (memo.size >= 64) memo.clear();
-  memo.set(key, filtered);
-  return filtered;
+  let answer = filteredBy.get(opts.allow);
+  if (!answer) filteredBy.set(opts.allow, (answer = keptAnswers<Reply>(64)));
+  return answer(`${opts.maxSizeBytes ?? ''}\n${(opts.add ?? []).join('\n')}\n\n${text}`, () => filterEhloUncached(r, opts));
 }
 
 /**
@@ -72,7 +66,7 @@ export function filterEhlo(r: Reply, opts: FilterEhloOptions): Reply {
 const MEMO_TEXT_MAX = 4096;
 
 /** Filtered replies by allow set (the configured set, or its copy without DSN), then by options and reply text; bounded. */
-const filteredBy = new WeakMap<ReadonlySet<string>, Map<string, Reply>>();
+const filteredBy = new WeakMap<ReadonlySet<string>, (key: string, make: () => Reply) => Reply>();
 
 function filterEhloUncached(r: Reply, opts: FilterEhloOptions): Reply {
   const allow = new Set<string>();
