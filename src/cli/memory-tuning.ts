@@ -41,13 +41,15 @@ export function tuneHeapGrowth(execArgv: readonly string[]): number | undefined 
 /**
  * The malloc trim threshold in effect, from the environment glibc read at start: GLIBC_TUNABLES'
  * glibc.malloc.trim_threshold (colon-separated name=value pairs), else the older MALLOC_TRIM_THRESHOLD_;
- * 'glibc default' when neither names one.
+ * 'glibc default' when neither names one. Only a decimal byte count is reported as given; anything
+ * else (empty, text, a value of any length) as 'not a number', never copied into the log.
  */
 export function mallocTrimThreshold(env: NodeJS.ProcessEnv): string {
+  const shown = (v: string) => (/^\d{1,20}$/.test(v.trim()) ? v.trim() : 'not a number');
   for (const pair of (env.GLIBC_TUNABLES ?? '').split(':')) {
     const eq = pair.indexOf('=');
-    if (eq > 0 && pair.slice(0, eq).trim() === 'glibc.malloc.trim_threshold') return pair.slice(eq + 1).trim();
+    if (eq > 0 && pair.slice(0, eq).trim() === 'glibc.malloc.trim_threshold') return shown(pair.slice(eq + 1));
   }
-  const old = env.MALLOC_TRIM_THRESHOLD_?.trim();
-  return old ? old : 'glibc default';
+  const old = env.MALLOC_TRIM_THRESHOLD_;
+  return old === undefined || old.trim() === '' ? 'glibc default' : shown(old);
 }

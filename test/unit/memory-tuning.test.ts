@@ -35,6 +35,17 @@ describe('malloc trim threshold', () => {
     expect(mallocTrimThreshold({ GLIBC_TUNABLES: 'glibc.malloc.trim_threshold=8192', MALLOC_TRIM_THRESHOLD_: '4096' })).toBe('8192');
   });
 
+  test('an environment that is empty, malformed or huge: a clear answer, never its text in the log', () => {
+    expect(mallocTrimThreshold({ GLIBC_TUNABLES: '' })).toBe('glibc default');
+    expect(mallocTrimThreshold({ GLIBC_TUNABLES: ':::', MALLOC_TRIM_THRESHOLD_: '  ' })).toBe('glibc default');
+    expect(mallocTrimThreshold({ GLIBC_TUNABLES: 'glibc.malloc.trim_threshold' })).toBe('glibc default');
+    expect(mallocTrimThreshold({ GLIBC_TUNABLES: '=5:glibc.malloc.trim_threshold=' })).toBe('not a number');
+    expect(mallocTrimThreshold({ GLIBC_TUNABLES: 'glibc.malloc.trim_threshold=64M' })).toBe('not a number');
+    expect(mallocTrimThreshold({ MALLOC_TRIM_THRESHOLD_: '"},"admin":true' })).toBe('not a number');
+    expect(mallocTrimThreshold({ GLIBC_TUNABLES: `glibc.malloc.trim_threshold=${'9'.repeat(100_000)}` })).toBe('not a number');
+    expect(mallocTrimThreshold({ GLIBC_TUNABLES: 'a=b:'.repeat(50_000) })).toBe('glibc default');
+  });
+
   test('npm start, the systemd unit, the container image and the Kubernetes deployment set exactly MALLOC_TUNABLES', () => {
     const start = (JSON.parse(readFileSync('package.json', 'utf8')) as { scripts: Record<string, string> }).scripts.start!;
     expect(start).toContain(`GLIBC_TUNABLES=\${GLIBC_TUNABLES:-${MALLOC_TUNABLES}} node dist/cli/main.js`);
