@@ -52,6 +52,18 @@ export interface MailPreambleCommand {
 
 let nextSerial = 0;
 
+/**
+ * Where every plaintext backend socket reads into (Node's `onread`, net.connect): one buffer for all
+ * of them. Reads are handled one at a time on this thread and each is parsed before the next, so
+ * one buffer is enough; the reply parser copies the rare partial line it keeps. The stream path
+ * instead allocates a 64 KiB backing store per read and shrinks it to the bytes read: a malloc, a
+ * realloc and an ArrayBuffer per reply, which the guard does not need.
+ */
+let readBuffer: Buffer | undefined;
+function sharedReadBuffer(): Buffer {
+  return (readBuffer ??= Buffer.allocUnsafe(64 * 1024));
+}
+
 function newReplyParser(): ReplyParser {
   return new ReplyParser({ maxLineBytes: 4096, maxLines: 200 });
 }
@@ -90,6 +102,8 @@ export class BackendLink extends EventEmitter {
   private closed = false;
 
   private sock: net.Socket;
+  /** The TCP socket connectOne made (reads through onread into the shared buffer). */
+  private readonly plain: net.Socket;
   /** True once the backend leg runs over TLS (STARTTLS, RFC 3207). */
   tls = false;
 
@@ -100,6 +114,7 @@ export class BackendLink extends EventEmitter {
   ) {
     super();
     this.sock = socket;
+    this.plain = socket;
     this.attach(socket);
   }
 
@@ -117,8 +132,16 @@ export class BackendLink extends EventEmitter {
     return this.sock;
   }
 
+  /** Bytes read into the shared buffer (plaintext sockets, see sharedReadBuffer): a view, valid during the call. */
+  private onRead(nread: number): void {
+    // After startTls the TLS socket reads, through its own stream; the plain socket says nothing more.
+    if (this.sock !== this.plain) return;
+    this.onData(sharedReadBuffer().subarray(0, nread));
+  }
+
   private attach(socket: net.Socket): void {
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    // The plain socket delivers through onread (connectOne); a TLS socket through its stream.
+    if (socket !== this.plain) socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', () => this.fail('closed'));
     socket.on('close', () => this.fail('closed'));
     socket.on('drain', () => this.emit('drain'));
@@ -201,11 +224,17 @@ export class BackendLink extends EventEmitter {
     opts: BackendLinkOptions,
   ): Promise<{ ok: true; link: BackendLink; greeting: Reply } | { ok: false; failure: BackendFailure }> {
     return new Promise((resolve) => {
+      let link: BackendLink | undefined;
       const socket = net.connect({
         host: target.host,
         port: target.port,
         noDelay: true,
         ...(opts.sourceAddress ? { localAddress: opts.sourceAddress } : {}),
+        // Nothing can be read before 'connect', where the link is made.
+        onread: { buffer: sharedReadBuffer(), callback: (nread: number) => {
+            link?.onRead(nread);
+            return true; // keep reading (false would stop the socket)
+          } },
       });
       let done = false;
       const finish = (r: { ok: true; link: BackendLink; greeting: Reply } | { ok: false; failure: BackendFailure }) => {
@@ -219,12 +248,13 @@ export class BackendLink extends EventEmitter {
       socket.once('error', () => finish({ ok: false, failure: 'connect' }));
       socket.once('connect', () => {
         clearTimeout(connectTimer);
-        const link = new BackendLink(socket, target, opts);
+        const made = new BackendLink(socket, target, opts);
+        link = made;
         if (opts.preamble) socket.write(typeof opts.preamble === 'function' ? opts.preamble(socket) : opts.preamble);
         // The greeting is the reply to an implicit first "command".
         link.expect('GREETING', (r) => {
           if (isFailure(r)) finish({ ok: false, failure: r.failure });
-          else finish({ ok: true, link, greeting: r });
+          else finish({ ok: true, link: made, greeting: r });
         }, opts.greetingTimeoutMs);
       });
     });

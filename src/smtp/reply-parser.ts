@@ -11,6 +11,7 @@
  *   stays at the start of each line's text.
  * - Bounds: a line longer than `maxLineBytes` (including its line end, default 4096) gives
  *   'line_too_long'; a reply with more than `maxLines` lines (default 100) 'too_many_lines'.
+ * - push() keeps no reference to the chunk after it returns: the caller may reuse its memory.
  * - After the first error the parser is finished: it returns [] for every further push; the
  *   session drops the backend connection.
  */
@@ -66,7 +67,9 @@ export class ReplyParser {
         const piece = chunk.subarray(start);
         // Without its line end the line is already partialLen + piece bytes long.
         if (this.partialLen + piece.length >= this.maxLineBytes) return this.fail(events, 'line_too_long');
-        this.partial.push(piece);
+        // A copy: the caller may reuse the chunk's memory once push returns (backend-link.ts reads
+        // every backend into one buffer). Only an unterminated line is kept, so this is rare.
+        this.partial.push(Buffer.from(piece));
         this.partialLen += piece.length;
         break;
       }

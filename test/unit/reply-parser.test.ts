@@ -102,3 +102,27 @@ describe('ReplyParser', () => {
     if (ev?.kind === 'reply') expect(formatReply(ev.reply).toString('latin1')).toBe(wire);
   });
 });
+
+describe('ReplyParser keeps no reference to a pushed chunk', () => {
+  // backend-link.ts reads every backend into one buffer and reuses it after push returns.
+  test('one reused buffer, every split point: the replies are the bytes as written', () => {
+    const wire = '250-2.1.0 first line\r\n250-second\r\n250 2.1.0 Sender ok\r\n354 go\r\n';
+    const want = [
+      { code: 250, lines: ['2.1.0 first line', 'second', '2.1.0 Sender ok'] },
+      { code: 354, lines: ['go'] },
+    ];
+    const shared = Buffer.alloc(64);
+    for (let a = 0; a <= wire.length; a++) {
+      for (let b = a; b <= wire.length; b++) {
+        const p = new ReplyParser();
+        const got: ReplyEvent[] = [];
+        for (const piece of [wire.slice(0, a), wire.slice(a, b), wire.slice(b)]) {
+          const n = shared.write(piece, 'latin1');
+          got.push(...p.push(shared.subarray(0, n)));
+          shared.fill(0x58); // what the next read would leave there
+        }
+        expect(got).toEqual(want.map((reply) => ({ kind: 'reply', reply })));
+      }
+    }
+  });
+});
