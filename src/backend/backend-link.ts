@@ -231,10 +231,13 @@ export class BackendLink extends EventEmitter {
         noDelay: true,
         ...(opts.sourceAddress ? { localAddress: opts.sourceAddress } : {}),
         // Nothing can be read before 'connect', where the link is made.
-        onread: { buffer: sharedReadBuffer(), callback: (nread: number) => {
+        onread: {
+          buffer: sharedReadBuffer(),
+          callback: (nread: number) => {
             link?.onRead(nread);
             return true; // keep reading (false would stop the socket)
-          } },
+          },
+        },
       });
       let done = false;
       const finish = (r: { ok: true; link: BackendLink; greeting: Reply } | { ok: false; failure: BackendFailure }) => {
@@ -252,7 +255,7 @@ export class BackendLink extends EventEmitter {
         link = made;
         if (opts.preamble) socket.write(typeof opts.preamble === 'function' ? opts.preamble(socket) : opts.preamble);
         // The greeting is the reply to an implicit first "command".
-        link.expect('GREETING', (r) => {
+        made.expect('GREETING', (r) => {
           if (isFailure(r)) finish({ ok: false, failure: r.failure });
           else finish({ ok: true, link: made, greeting: r });
         }, opts.greetingTimeoutMs);
