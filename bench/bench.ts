@@ -65,7 +65,8 @@ interface Workload {
 const WORKLOADS: Workload[] = [
   { id: 'one-per-conn', label: '1 KB, one message per connection, 20 sessions', sessions: 20, messages: Math.round(3000 * scale), size: 1024, rcpts: 1, persistent: false, pinned: false, cpuTarget: 1.4 },
   { id: 'persistent', label: '1 KB, many messages per connection, 10 sessions', sessions: 10, messages: Math.round(8000 * scale), size: 1024, rcpts: 1, persistent: true, pinned: false, cpuTarget: 1.4 },
-  // 200 MiB: the pipe spends about 0.4–0.6 s of CPU on it, 40–60 clock ticks (60 MiB were about 10, too few to compare).
+  // 200 MiB: the pipe spends about 0.2–0.6 s of CPU on it (60 MiB were about 10 clock ticks, too few to compare; CPU is now
+  // read in nanoseconds from schedstat, lib/proc.ts, but a short run still says more about the VM's moment than the path).
   { id: '1mb', label: '1 MB messages, 4 sessions', sessions: 4, messages: Math.round(200 * scale), size: 1024 * 1024, rcpts: 1, persistent: true, pinned: false, cpuTarget: 1.15 },
   { id: '50-rcpts', label: '1 KB, 50 recipients per message, 10 sessions', sessions: 10, messages: Math.round(800 * scale), size: 1024, rcpts: 50, persistent: true, pinned: false, cpuTarget: 1.3 },
   { id: 'lockstep', label: 'lock-step single session pinned to CPU 0', sessions: 1, messages: Math.round(1000 * scale), size: 1024, rcpts: 1, persistent: true, pinned: true },
