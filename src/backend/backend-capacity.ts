@@ -36,7 +36,8 @@ export type SlotAcquired = { ok: true; release: () => void } | { ok: false; why:
 interface Slot {
   readonly address: string;
   readonly prefix: string;
-  readonly holder: SlotHolder | undefined;
+  /** Emptied on release: the set's dead backing tables may still hold the slot (session-registry.ts says why that matters). */
+  holder: SlotHolder | undefined;
   released: boolean;
 }
 
@@ -106,14 +107,16 @@ export class BackendCapacity {
       if (!victim || a > victim.a || (a === victim.a && (p > victim.p || (p === victim.p && idle > victim.idle)))) victim = { slot, a, p, idle };
     }
     if (!victim) return false;
+    const holder = victim.slot.holder;
     this.free(victim.slot);
-    victim.slot.holder?.shed();
+    holder?.shed();
     return true;
   }
 
   private free(slot: Slot): void {
     if (slot.released) return;
     slot.released = true;
+    slot.holder = undefined;
     this.slots.delete(slot);
     decrement(this.byAddress, slot.address);
     decrement(this.byPrefix, slot.prefix);
