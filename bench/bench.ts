@@ -9,7 +9,8 @@
  * answering the dialogue itself, no backend — the ceiling of any Node proxy), HAProxy in TCP mode.
  * --paths picks among guard, pooled, floor, endpoint, haproxy. Reports medians of msgs/s, MB/s and the proxy's CPU time (utime+stime from
  * /proc/PID/stat) per 1000 messages, each as a ratio to the pipe measured in the same run; the
- * added latency per round trip of a lock-step session pinned to one CPU; RSS per idle session.
+ * added latency per round trip of a lock-step session pinned to one CPU; RSS per idle session and the
+ * proxy's CPU at rest while those sessions are held.
  * --baseline DIR: also measure another checkout's built guard (DIR/dist/cli/main.js, e.g. a `git worktree` of
  * the commit before a change, built with `npm run build`) as paths "base" and "base-pooled", interleaved with
  * the others, so before and after come from one run on one machine state.
@@ -214,7 +215,7 @@ async function main(): Promise<void> {
     // endpoint is a yardstick for the per-message cost only: it holds no backend, so its RSS says nothing.
     for (const p of PROXY_IDS.filter((x) => x !== 'endpoint')) {
       idle[p] = await idleRss(at(p).port, at(p).pid!, idleSessions);
-      process.stderr.write(`bench: idle ${p}: ${fmt(idle[p]!.bytesPerSession / 1024)} KiB/session\n`);
+      process.stderr.write(`bench: idle ${p}: ${fmt(idle[p]!.bytesPerSession / 1024)} KiB/session, ${fmt(idle[p]!.cpuMsPerSecondAtRest)} ms CPU per s at rest\n`);
     }
 
     const rows: Row[] = [];
@@ -339,11 +340,11 @@ function renderMarkdown(rows: Row[], idle: Partial<Record<PathId, IdleResult>>, 
     out.push('| path | µs per round trip over direct | target |', '|---|---:|---|');
     for (const r of lock) out.push(`| ${r.path} | ${fmt(r.addedLatencyUsPerRoundTrip!, 1)} | ${r.path === 'guard' || r.path === 'pooled' ? `≤ 70 ${verdict(r.addedLatencyUsPerRoundTrip! <= 70)}` : ''} |`);
   }
-  out.push('', `### RSS per idle session (${idleSessions} greeted clients held open)`, '');
-  out.push('| path | KiB per session | target |', '|---|---:|---|');
+  out.push('', `### RSS per idle session (${idleSessions} greeted clients held open), and CPU at rest while they are`, '');
+  out.push('| path | KiB per session | target | CPU at rest, ms per s |', '|---|---:|---|---:|');
   for (const p of PROXY_IDS) {
     const i = idle[p];
-    if (i) out.push(`| ${p} | ${fmt(i.bytesPerSession / 1024)} | ${p === 'guard' || p === 'pooled' ? `≤ 14 ${verdict(i.bytesPerSession / 1024 <= 14)}` : ''} |`);
+    if (i) out.push(`| ${p} | ${fmt(i.bytesPerSession / 1024)} | ${p === 'guard' || p === 'pooled' ? `≤ 14 ${verdict(i.bytesPerSession / 1024 <= 14)}` : ''} | ${fmt(i.cpuMsPerSecondAtRest)} |`);
   }
   if (profile) {
     out.push('', `### ${opts['profile-path'] === 'pooled' ? 'Pooled guard' : 'Guard'} CPU profile, ${opts['profile-workload'] ?? 'one-per-conn'} (${path.basename(profile.file)})`, '');

@@ -6,7 +6,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Registry } from 'prom-client';
-import { KNOWN_VERBS, REFUSAL_RULES, createMetrics } from '../src/observability/metrics.js';
+import { EVENT_LOOP_SAMPLE_MS, KNOWN_VERBS, REFUSAL_RULES, createMetrics } from '../src/observability/metrics.js';
 
 export interface CatalogueEntry {
   name: string;
@@ -128,7 +128,9 @@ export function renderMetricsDoc(entries: CatalogueEntry[] = metricCatalogue(), 
   out.push(
     '## Node.js process metrics',
     '',
-    "prom-client's `collectDefaultMetrics()` adds these (no `relay_guard_` prefix):",
+    "prom-client's `collectDefaultMetrics()` adds these (no `relay_guard_` prefix). The event-loop delay behind",
+    `\`nodejs_eventloop_lag_*\` is sampled every ${EVENT_LOOP_SAMPLE_MS} ms. prom-client's default, 10 ms, kept the guard at 6.6–6.8 ms of`,
+    'CPU per second at rest, against 2.2 ms at 100 ms.',
     '',
     ...defaults.map((n) => `- \`${n}\``),
     '',
