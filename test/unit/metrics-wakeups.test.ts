@@ -44,6 +44,7 @@ function idleWakeups(mode: 'guard' | 'prom-client-default'): Promise<number> {
   });
 }
 
+// Linux only: the count comes from /proc (the guard's deploy targets and CI are Linux).
 describe.skipIf(!existsSync('/proc/self/task'))('metrics at rest', () => {
   test(`the event-loop delay is sampled every ${EVENT_LOOP_SAMPLE_MS} ms, not prom-client's 10: a tenth of the wakeups`, async () => {
     expect(EVENT_LOOP_SAMPLE_MS).toBe(100);
