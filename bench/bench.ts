@@ -7,8 +7,8 @@
  * backend.pool minIdle 4, max 16), the bare pooled forwarder bench/pool-floor.ts ("floor": pooled mode
  * with none of the guard's work, a yardstick), bench/node-endpoint.ts ("endpoint": a Node process
  * answering the dialogue itself, no backend — the ceiling of any Node proxy), HAProxy in TCP mode.
- * --paths picks among guard, pooled, floor, endpoint, haproxy. Reports medians of msgs/s, MB/s and the proxy's CPU time (utime+stime from
- * /proc/PID/stat) per 1000 messages, each as a ratio to the pipe measured in the same run; the
+ * --paths picks among guard, pooled, floor, endpoint, haproxy. Reports medians of msgs/s, MB/s and the proxy's CPU time (its threads' run time from
+ * the schedstat file of each of /proc/PID/task, lib/proc.ts) per 1000 messages, each as a ratio to the pipe measured in the same run; the
  * added latency per round trip of a lock-step session pinned to one CPU; RSS per idle session and the
  * proxy's CPU at rest while those sessions are held.
  * --baseline DIR: also measure another checkout's built guard (DIR/dist/cli/main.js, e.g. a `git worktree` of
