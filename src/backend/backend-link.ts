@@ -309,6 +309,11 @@ export class BackendLink extends EventEmitter {
     this.arm();
   }
 
+  /** A write is not finished yet: the socket still holds the buffer it was given (not a copy). */
+  get writesPending(): boolean {
+    return this.sock.writableLength > 0;
+  }
+
   /** Write bytes that are not a command (message data). Returns false when the socket buffer is full. */
   writeRaw(data: Buffer): boolean {
     if (this.closed) return true;

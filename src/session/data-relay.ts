@@ -6,6 +6,7 @@
  * the end-of-data is relayed — never a 2xx the backend did not give (invariant 3).
  */
 import { isFailure } from '../backend/backend-link.js';
+import { SHARED_BYTES, type ClientReads } from '../net/client-reads.js';
 import { formatCommand } from '../smtp/command.js';
 import { EndOfDataScanner } from '../smtp/end-of-data.js';
 import { reply, replyText, type Reply } from '../smtp/reply.js';
@@ -13,6 +14,9 @@ import * as R from '../smtp/replies.js';
 import { HELD, type Outcome } from './outcome.js';
 import { cap } from './session-summary.js';
 import type { SmtpSession } from './session.js';
+
+/** A read of at least this many message bytes asks for a read buffer of the session's own (client-reads.ts). */
+const PRIVATE_READS_FROM = SHARED_BYTES / 2;
 
 /** The DATA command line, made once (socket writes never modify a buffer). */
 const DATA_LINE = formatCommand({ verb: 'DATA' });
@@ -93,30 +97,49 @@ export class DataRelay {
     return HELD;
   }
 
-  /** Message bytes from the client (phase data). */
-  feed(chunk: Buffer): void {
+  /**
+   * Message bytes from the client (phase data). With `reads`, the chunk is a view of a read buffer
+   * that the next read overwrites (src/net/client-reads.ts): what is kept is copied, and a view is
+   * written to the backend only when the buffer is this session's own, which is pinned if the write
+   * is still holding it afterwards.
+   */
+  feed(chunk: Buffer, reads?: ClientReads): void {
     const { s } = this;
     const scanner = this.scanner!;
     const step = scanner.push(chunk);
     // A lent backend session lost mid-DATA leaves no link; read the rest, then 451.
     const link = s.seat.link;
     let full = false;
-    if (link) {
-      for (const b of step.forward) {
-        s.summary.bytesOut += b.length;
-        if (!link.writeRaw(b)) full = true;
+    if (link && step.forward.length > 0) {
+      if (reads && !reads.privateView) {
+        // The shared read buffer: forward a copy, one write.
+        const copy = step.forward.length === 1 ? Buffer.from(step.forward[0]!) : Buffer.concat(step.forward);
+        s.summary.bytesOut += copy.length;
+        full = !link.writeRaw(copy);
+      } else {
+        for (const b of step.forward) {
+          s.summary.bytesOut += b.length;
+          if (!link.writeRaw(b)) full = true;
+        }
+        if (reads && link.writesPending) reads.pin();
       }
     }
     if (full && link) {
       s.client.pause();
       link.once('drain', () => this.resumeClient());
     }
+    if (step.status !== 'more') reads?.release();
     switch (step.status) {
       case 'more':
+        // A large message: read the rest into a buffer of this session's own, forwarded without a copy.
+        if (reads && chunk.length >= PRIVATE_READS_FROM) reads.wantPrivate();
         return;
-      case 'end':
-        if (!link) return this.finishDiscard(R.BACKEND_FAILED_IN_TRANSACTION, step.rest);
-        return this.endOfData(step.size, step.rest);
+      case 'end': {
+        // Pipelined commands after the end of data are kept by the reader: never a view of a read buffer.
+        const rest = reads && step.rest.length > 0 ? Buffer.from(step.rest) : step.rest;
+        if (!link) return this.finishDiscard(R.BACKEND_FAILED_IN_TRANSACTION, rest);
+        return this.endOfData(step.size, rest);
+      }
       case 'smuggling':
         s.svc.metrics.smuggling.inc({ kind: step.smuggle, action: 'rejected' });
         s.svc.metrics.messages.inc({ outcome: 'smuggling' });
@@ -136,19 +159,21 @@ export class DataRelay {
         s.refusals.record({ stage: 'session', ruleId: 'message-too-large', reply: R.MESSAGE_TOO_LARGE, msg: 'message too large', fields: { mailFrom: cap(s.tx.sender), size: step.size } });
         s.seat.abandon();
         s.phase = 'discard';
-        // The scanner keeps the rest of the overflowing chunk: scan it first (stay in sync, then 552).
-        this.discard(Buffer.alloc(0));
+        // The scanner keeps the rest of the overflowing chunk (a view of it): scan it now, before
+        // this call returns (stay in sync, then 552).
+        this.discard(Buffer.alloc(0), reads);
         return;
     }
   }
 
   /** Bytes of a message that will not be delivered (phase discard): read to its end, then answer. */
-  discard(chunk: Buffer): void {
+  discard(chunk: Buffer, reads?: ClientReads): void {
     const r = this.scanner!.discardUntilEnd(chunk);
     if (!r.done) return;
     this.s.summary.outcome = 'too_large';
+    const rest = reads && r.rest.length > 0 ? Buffer.from(r.rest) : r.rest;
     // The aborted message took the backend session with it: the client goes on only when another can be had.
-    this.finishDiscard(this.s.seat.replaceable ? R.MESSAGE_TOO_LARGE : { ...R.MESSAGE_TOO_LARGE, close: true }, r.rest);
+    this.finishDiscard(this.s.seat.replaceable ? R.MESSAGE_TOO_LARGE : { ...R.MESSAGE_TOO_LARGE, close: true }, rest);
   }
 
   /** The client's end-of-data arrived for a message that will not be delivered: answer, go on. */

@@ -36,6 +36,7 @@ import { SessionRefusals } from './session-refusals.js';
 import { PolicyServiceStage } from './policy-service-stage.js';
 import { admit } from './admission.js';
 import { commandOutcome } from './command-handlers.js';
+import type { ClientReads } from '../net/client-reads.js';
 
 export type Phase = 'admission' | 'connecting' | 'command' | 'data' | 'discard' | 'auth' | 'closing' | 'closed';
 
@@ -86,17 +87,20 @@ export class SmtpSession {
   private draining = false;
   private releaseConcurrency: (() => void) | undefined;
   private clientEnded = false;
+  /** The client socket reads into the guard's buffers (src/net/client-reads.ts), not through 'data'. */
+  private reads: ClientReads | undefined;
 
   constructor(
     socket: net.Socket,
     readonly listener: ListenerRuntime,
     readonly svc: GuardServices,
-    opts: { clientIp: string; clientPort: number; tls: boolean },
+    opts: { clientIp: string; clientPort: number; tls: boolean; reads?: ClientReads },
   ) {
     this.client = socket;
     this.clientIp = opts.clientIp;
     this.clientPort = opts.clientPort;
     this.tlsActive = opts.tls;
+    this.reads = opts.reads;
     this.ended = new Promise((r) => (this.resolveEnded = r));
     this.reader = new CommandLineReader({ maxLineBytes: svc.config.smtp.maxLineBytes });
     this.envelope = new EnvelopeRelay(this);
@@ -214,7 +218,9 @@ export class SmtpSession {
 
   private attachClient(socket: net.Socket): void {
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onClientData(chunk));
+    const reads = this.reads;
+    if (reads) reads.deliver = (chunk) => this.onClientData(chunk, reads);
+    else socket.on('data', (chunk: Buffer) => this.onClientData(chunk));
     socket.on('error', (err: NodeJS.ErrnoException) => {
       // Clients that reset after QUIT are common: no child logger for a line nobody reads.
       if (this.svc.log.isLevelEnabled('debug')) this.log.debug({ err: { code: err.code, message: err.message } }, 'client socket error');
@@ -239,7 +245,12 @@ export class SmtpSession {
     this.close('client_closed');
   }
 
-  onClientData(chunk: Buffer): void {
+  /**
+   * Bytes from the client. With `reads` the chunk is a view of a read buffer that the next read
+   * overwrites: the command reader keeps what it is given, so it gets a copy; DataRelay copies what
+   * it keeps itself.
+   */
+  onClientData(chunk: Buffer, reads?: ClientReads): void {
     // Destroyed by a listener that saw this chunk first (a PROXY header from a peer outside
     // proxyNetworks, listeners.ts): not one byte of it is a command.
     if (this.client.destroyed) return;
@@ -252,20 +263,20 @@ export class SmtpSession {
           this.refuseConnection(R.EARLY_TALKER, 'early_talker');
           return;
         }
-        this.reader.push(chunk);
+        this.reader.push(reads ? Buffer.from(chunk) : chunk);
         return;
       case 'command':
       case 'auth':
         this.timers.resetIdle();
-        this.feedCommands(chunk);
+        this.feedCommands(reads ? Buffer.from(chunk) : chunk);
         return;
       case 'data':
         this.timers.resetIdle();
-        this.data.feed(chunk);
+        this.data.feed(chunk, reads);
         return;
       case 'discard':
         this.timers.resetIdle();
-        this.data.discard(chunk);
+        this.data.discard(chunk, reads);
         return;
       default:
         return; // closing: drop
@@ -276,6 +287,14 @@ export class SmtpSession {
    * Feed the reader one line-bound slice at a time and consume lines in between, so that a single
    * large TCP chunk (one over-long line, up to 64 KiB) resyncs instead of overflowing the reader.
    */
+  /** STARTTLS: the TLS socket reads from now on, through 'data' (its own buffers). */
+  detachReads(): void {
+    if (!this.reads) return;
+    this.reads.deliver = undefined;
+    this.reads.release();
+    this.reads = undefined;
+  }
+
   private feedCommands(chunk: Buffer): void {
     const step = this.svc.config.smtp.maxLineBytes;
     for (let i = 0; i < chunk.length; i += step) {

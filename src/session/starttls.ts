@@ -34,6 +34,7 @@ export class StartTls {
     const { s } = this;
     const plain = s.client;
     plain.removeAllListeners('data');
+    s.detachReads();
     plain.removeAllListeners('close');
     plain.removeAllListeners('error');
     plain.on('error', () => undefined);
