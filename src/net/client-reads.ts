@@ -34,10 +34,11 @@ const POOL_KEEP = 16;
 let shared: Buffer | undefined;
 const pool: Buffer[] = [];
 let privateOut = 0;
+let pinnedTotal = 0;
 
-/** Numbers for tests and the bench: private buffers out now, and kept free. */
-export function clientReadStats(): { privateOut: number; pooled: number } {
-  return { privateOut, pooled: pool.length };
+/** For tests: private buffers out now, kept free, and pinned so far (each then left to the GC). */
+export function clientReadStats(): { privateOut: number; pooled: number; pinned: number } {
+  return { privateOut, pooled: pool.length, pinned: pinnedTotal };
 }
 
 export class ClientReads {
@@ -84,7 +85,9 @@ export class ClientReads {
 
   /** A write still holds a view of this socket's own buffer: never read into it again. */
   pin(): void {
-    if (this.privateView) this.pinned = true;
+    if (!this.privateView || this.pinned) return;
+    this.pinned = true;
+    pinnedTotal++;
   }
 
   /** Ask for a buffer of its own from the next read on (a large message is streaming). */
@@ -134,6 +137,7 @@ interface AcceptedHandle {
 export function adopt(raw: net.Socket, reads: ClientReads, opts: { allowHalfOpen: boolean }): net.Socket | undefined {
   const holder = raw as unknown as { _handle: AcceptedHandle | null };
   const handle = holder._handle;
+
   if (!handle || typeof handle.useUserBuffer !== 'function' || typeof handle.readStart !== 'function') return undefined;
   if (raw.readableLength > 0 || raw.readableFlowing === true || raw.destroyed) return undefined;
   holder._handle = null;

@@ -1,0 +1,263 @@
+/**
+ * Plaintext client sockets read into the guard's own buffers (src/net/client-reads.ts): one buffer
+ * shared by every socket, and a private one while a large message streams, forwarded to the
+ * backend without a copy. What could go wrong is a read overwriting bytes something still needs:
+ * a write the kernel has not taken yet (a slow backend), or pipelined commands the reader keeps
+ * after an end-of-data. Each test here makes that happen and checks every byte, in both modes.
+ */
+import net from 'node:net';
+import { createHash } from 'node:crypto';
+import { afterEach, describe, expect, test } from 'vitest';
+import { MODES } from '../helpers/modes.js';
+import { startGuard } from '../helpers/start-guard.js';
+import { Dialog } from '../helpers/dialog.js';
+import { until, withTimeout } from '../helpers/with-timeout.js';
+import { startScriptedBackend } from '../helpers/scripted-backend.js';
+import { ClientReads, MAX_PRIVATE, clientReadStats } from '../../src/net/client-reads.js';
+
+const cleanups: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+/**
+ * A message body as sent after 354, ending with CRLF . CRLF: printable lines of 1 to 990 characters,
+ * one in sixteen dot-stuffed (starting with two dots); no line is a lone dot before the end.
+ */
+function body(seed: number, bytes: number): Buffer {
+  let x = seed >>> 0 || 1;
+  const rnd = () => ((x = (Math.imul(x, 1103515245) + 12345) >>> 0) >>> 8);
+  const out = Buffer.allocUnsafe(bytes + 1024);
+  let n = 0;
+  while (n < bytes) {
+    if (rnd() % 16 === 0) {
+      out[n++] = 0x2e;
+      out[n++] = 0x2e;
+    }
+    const len = 1 + (rnd() % 990);
+    for (let i = 0; i < len; i++) out[n++] = 0x30 + (rnd() % 79); // '0' … '~'
+    out[n++] = 0x0d;
+    out[n++] = 0x0a;
+  }
+  return Buffer.concat([out.subarray(0, n), Buffer.from('.\r\n')]);
+}
+
+/**
+ * An SMTP backend that records each message's bytes as received (from after 354 to the end of
+ * data, terminator included) and stops reading message bytes until resume() is called.
+ */
+async function startSlowBackend(): Promise<{ port: number; messages: Buffer[]; resume(): void; close(): Promise<void> }> {
+  const messages: Buffer[] = [];
+  const sockets = new Set<net.Socket>();
+  let stopped = true;
+  const server = net.createServer((s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => undefined);
+    let text = '';
+    let data: Buffer[] | undefined;
+    let tail = Buffer.alloc(0);
+    s.write('220 slow ESMTP\r\n');
+    s.on('data', (c: Buffer) => {
+      if (data) {
+        data.push(c);
+        tail = Buffer.concat([tail, c]).subarray(-5);
+        if (tail.equals(Buffer.from('\r\n.\r\n'))) {
+          messages.push(Buffer.concat(data));
+          data = undefined;
+          s.write('250 2.0.0 queued\r\n');
+        }
+        return;
+      }
+      text += c.toString('latin1');
+      for (let nl = text.indexOf('\r\n'); nl >= 0; nl = text.indexOf('\r\n')) {
+        const line = text.slice(0, nl);
+        text = text.slice(nl + 2);
+        const verb = line.slice(0, 4).toUpperCase();
+        if (verb === 'EHLO') s.write('250-slow\r\n250-PIPELINING\r\n250 8BITMIME\r\n');
+        else if (verb === 'QUIT') s.end('221 bye\r\n');
+        else if (verb === 'DATA') {
+          data = [];
+          tail = Buffer.from('\r\n');
+          s.write('354 go\r\n');
+          if (stopped) s.pause();
+        } else s.write('250 2.0.0 ok\r\n');
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    messages,
+    resume: () => {
+      stopped = false;
+      for (const s of sockets) s.resume();
+    },
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+async function greeted(port: number): Promise<Dialog> {
+  const d = await Dialog.connect(port);
+  cleanups.push(() => d.close());
+  expect((await d.reply()).code).toBe(220);
+  expect((await d.cmd('EHLO client.test')).code).toBe(250);
+  return d;
+}
+
+const closed = (s: net.Socket): Promise<void> => (s.destroyed ? Promise.resolve() : new Promise((r) => s.once('close', () => r())));
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+describe.each(MODES)('client read buffers ($mode)', ({ config }) => {
+  test('three large messages at once, backend stalled: every byte arrives as sent', async () => {
+    const backend = await startSlowBackend();
+    cleanups.push(() => backend.close());
+    const g = await startGuard({ backendPort: backend.port, config: { ...config, smtp: { maxMessageBytes: '64MB' } } });
+    cleanups.push(() => g.stop());
+    const pinnedBefore = clientReadStats().pinned;
+
+    // One bigger than what the kernel can buffer between guard and backend (send buffer up to
+    // net.ipv4.tcp_wmem's 4 MiB, receive buffer up to tcp_rmem's, 32 MiB here): the guard's writes
+    // then stay pending while that client keeps sending. Two smaller ones read meanwhile.
+    const bodies = [[1, 48], [2, 6], [3, 6]].map(([seed, mib]) => body(seed!, mib! * 1024 * 1024));
+    const clients = await Promise.all(bodies.map(() => greeted(g.port)));
+    for (const d of clients) {
+      expect((await d.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+      expect((await d.cmd('RCPT TO:<someone@example.com>')).code).toBe(250);
+      expect((await d.cmd('DATA')).code).toBe(354);
+    }
+    clients.forEach((d, i) => d.socket.write(bodies[i]!));
+    await until(() => clientReadStats().pinned > pinnedBefore, 20_000, 'a write holding a read buffer');
+    backend.resume();
+    for (const d of clients) expect((await d.reply(20_000)).code).toBe(250);
+
+    expect(backend.messages.map(sha).sort()).toEqual(bodies.map(sha).sort());
+    for (const d of clients) expect((await d.cmd('QUIT')).code).toBe(221);
+    await until(() => clientReadStats().privateOut === 0, 5000, 'every private read buffer given back');
+  });
+
+  test('with every private buffer taken, a large message streams through the shared one, every byte as sent', async () => {
+    // Take them all (the guard runs in this process): the session must forward copies.
+    const holders = Array.from({ length: MAX_PRIVATE }, () => new ClientReads());
+    for (const h of holders) {
+      h.wantPrivate();
+      h.next();
+    }
+    cleanups.push(() => holders.forEach((h) => h.close()));
+    expect(clientReadStats().privateOut).toBe(MAX_PRIVATE);
+    const backend = await startSlowBackend();
+    cleanups.push(() => backend.close());
+    const g = await startGuard({ backendPort: backend.port, config: { ...config, smtp: { maxMessageBytes: '64MB' } } });
+    cleanups.push(() => g.stop());
+    const bodies = [[4, 40], [5, 4]].map(([seed, mib]) => body(seed!, mib! * 1024 * 1024));
+    const clients = await Promise.all(bodies.map(() => greeted(g.port)));
+    for (const d of clients) {
+      expect((await d.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
+      expect((await d.cmd('RCPT TO:<someone@example.com>')).code).toBe(250);
+      expect((await d.cmd('DATA')).code).toBe(354);
+    }
+    clients.forEach((d, i) => d.socket.write(bodies[i]!));
+    // Stalled until the first client can no longer send: the guard stopped reading it.
+    await until(() => clients[0]!.socket.writableLength > 0, 20_000, 'the first client held back');
+    backend.resume();
+    for (const d of clients) expect((await d.reply(20_000)).code).toBe(250);
+    expect(backend.messages.map(sha).sort()).toEqual(bodies.map(sha).sort());
+    expect(clientReadStats().privateOut).toBe(MAX_PRIVATE);
+  });
+
+  test('commands pipelined after the end of data survive other clients reading meanwhile', async () => {
+    let heldEnd: net.Socket | undefined;
+    const backend = await startScriptedBackend({
+      onLine: (line, socket) => {
+        // The first end-of-data: answered only once another client has sent a whole message.
+        if (line === '.' && heldEnd === undefined) {
+          heldEnd = socket;
+          return null;
+        }
+        return undefined;
+      },
+    });
+    cleanups.push(() => backend.close());
+    const g = await startGuard({ backendPort: backend.port, config });
+    cleanups.push(() => g.stop());
+
+    const first = await greeted(g.port);
+    expect((await first.cmd('MAIL FROM:<first@elsewhere.test>')).code).toBe(250);
+    expect((await first.cmd('RCPT TO:<someone@example.com>')).code).toBe(250);
+    expect((await first.cmd('DATA')).code).toBe(354);
+    // The end of the message and the next transaction's commands in one write (one read).
+    first.send('Subject: one\r\n\r\nfirst body\r\n.\r\nMAIL FROM:<next-sender@elsewhere.test>\r\nRCPT TO:<next-rcpt@example.com>\r\n');
+    await until(() => heldEnd !== undefined, 5000, 'the first end-of-data at the backend');
+
+    const second = await greeted(g.port);
+    expect((await second.cmd('MAIL FROM:<second@elsewhere.test>')).code).toBe(250);
+    expect((await second.cmd('RCPT TO:<someone@example.com>')).code).toBe(250);
+    expect((await second.cmd('DATA')).code).toBe(354);
+    expect((await second.cmd(`Subject: two\r\n\r\n${'x'.repeat(2000)}\r\n.`)).code).toBe(250);
+
+    heldEnd!.write('250 2.0.0 queued\r\n');
+    expect((await first.reply()).code).toBe(250);
+    expect((await first.reply()).code).toBe(250);
+    expect((await first.reply()).code).toBe(250);
+    expect(backend.lines).toContain('MAIL FROM:<next-sender@elsewhere.test>');
+    expect(backend.lines).toContain('RCPT TO:<next-rcpt@example.com>');
+  });
+
+  test('a body sent before the 354 waits in the reader, intact, while other clients read', async () => {
+    let heldData: net.Socket | undefined;
+    const backend = await startScriptedBackend({
+      onLine: (line, socket) => {
+        // The first DATA: its 354 comes only once another client has sent a whole message.
+        if (line === 'DATA' && heldData === undefined) {
+          heldData = socket;
+          return null;
+        }
+        return undefined;
+      },
+    });
+    cleanups.push(() => backend.close());
+    const g = await startGuard({ backendPort: backend.port, config });
+    cleanups.push(() => g.stop());
+
+    const first = await greeted(g.port);
+    expect((await first.cmd('MAIL FROM:<first@elsewhere.test>')).code).toBe(250);
+    expect((await first.cmd('RCPT TO:<someone@example.com>')).code).toBe(250);
+    // DATA and the whole message in one write, without waiting for 354 (a client that does not wait).
+    first.send('DATA\r\nSubject: early\r\n\r\nthe early body line\r\n.\r\n');
+    await until(() => heldData !== undefined, 5000, 'the first DATA at the backend');
+
+    const second = await greeted(g.port);
+    expect((await second.cmd('MAIL FROM:<second@elsewhere.test>')).code).toBe(250);
+    expect((await second.cmd('RCPT TO:<someone@example.com>')).code).toBe(250);
+    expect((await second.cmd('DATA')).code).toBe(354);
+    expect((await second.cmd(`Subject: two\r\n\r\n${'y'.repeat(3000)}\r\n.`)).code).toBe(250);
+
+    heldData!.write('354 go\r\n');
+    expect((await first.reply()).code).toBe(354);
+    expect((await first.reply()).code).toBe(250);
+    expect(backend.lines).toContain('Subject: early');
+    expect(backend.lines).toContain('the early body line');
+  });
+});
+
+test('a listener cap counts connections read into the guard\'s buffers, and frees their places', async () => {
+  const backend = await startScriptedBackend();
+  cleanups.push(() => backend.close());
+  const g = await startGuard({ backendPort: backend.port, config: { listeners: [{ name: 'mx', address: '127.0.0.1', port: 0, kind: 'mx', maxConnections: 2 }] } });
+  cleanups.push(() => g.stop());
+  for (let round = 0; round < 3; round++) {
+    const a = await greeted(g.port);
+    const b = await greeted(g.port);
+    // A third is dropped at accept while two are open.
+    const c = net.connect(g.port, '127.0.0.1');
+    c.on('error', () => undefined);
+    await withTimeout(new Promise((r) => c.once('close', r)), 5000, 'the third connection closed');
+    expect((await a.cmd('QUIT')).code).toBe(221);
+    expect((await b.cmd('QUIT')).code).toBe(221);
+    await withTimeout(Promise.all([closed(a.socket), closed(b.socket)]), 5000, 'both closed');
+    await until(() => g.guard.listeners[0]!.server.listening && (g.guard.listeners[0]!.server as unknown as { _connections: number })._connections === 0, 5000, 'the places freed');
+  }
+});
