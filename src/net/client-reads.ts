@@ -16,11 +16,10 @@
  *   beyond that a session streams through the shared buffer, with a copy per read.
  *
  * Node gives `onread` to sockets it creates through `new net.Socket` or `net.connect`, not to the
- * ones `net.Server` accepts: adopt() moves an accepted socket's handle to a new socket that has it
- * (see there). Without that handle (another runtime, a TLS socket) the caller keeps the socket and
- * its 'data' events.
+ * ones `net.Server` accepts: readInto() gives it to an accepted socket (see there). Where it cannot
+ * (another runtime, a TLS socket) the socket keeps its 'data' events.
  */
-import net from 'node:net';
+import type net from 'node:net';
 
 /** The buffer all plaintext client sockets read into. */
 export const SHARED_BYTES = 64 * 1024;
@@ -116,42 +115,45 @@ export class ClientReads {
   }
 }
 
-/** The parts of an accepted socket that adopt() needs; absent on a runtime that does not have them. */
+/** The part of an accepted socket's handle that readInto() needs; absent on a runtime that does not have it. */
 interface AcceptedHandle {
-  readStart(): number;
-  readStop(): number;
   useUserBuffer(buf: Uint8Array): void;
 }
 
 /**
- * Move an accepted, not yet reading socket (net.createServer with pauseOnConnect) onto a new
- * socket that reads through `reads`. Returns undefined, leaving `raw` as it was, when the socket is
- * not a plain TCP socket whose handle can do that.
+ * Make an accepted socket that has not read yet (net.createServer with pauseOnConnect) read
+ * through `reads`, as if it had been created with `onread`. Returns false, leaving the socket as it
+ * was, where that cannot be done (another runtime, a TLS socket): it then keeps its 'data' events.
  *
- * This uses two things Node does not document: the accepted socket's `_handle` and the `handle`
- * option of `new net.Socket` (what `net.Server` itself does with each connection). The old socket
- * keeps its place in the server's connection count (maxConnections): it is destroyed, without its
- * handle, when the new one closes. test/integration/client-reads.test.ts fails if this stops
- * working on a Node version.
+ * Node gives `onread` only to sockets made with `new net.Socket` or `net.connect`. Here the socket
+ * Node made for the connection gets the same three fields its constructor sets from that option
+ * (found by their symbols' names) and its handle the first buffer, as the constructor does. Node
+ * does not document these fields: test/integration/client-reads.test.ts fails if a Node version
+ * stops honouring them (it checks that the reads went through `reads`).
  */
-export function adopt(raw: net.Socket, reads: ClientReads, opts: { allowHalfOpen: boolean }): net.Socket | undefined {
-  const holder = raw as unknown as { _handle: AcceptedHandle | null };
-  const handle = holder._handle;
+export function readInto(raw: net.Socket, reads: ClientReads): boolean {
+  const handle = (raw as unknown as { _handle: AcceptedHandle | null })._handle;
+  if (!handle || typeof handle.useUserBuffer !== 'function') return false;
+  if (raw.readableLength > 0 || raw.readableFlowing === true || raw.destroyed) return false;
+  const f = (fields ??= findFields(raw));
+  const own = raw as unknown as Record<symbol, unknown>;
+  if (!f || own[f.buffer] !== null || own[f.callback] !== null || own[f.generator] !== null) return false;
+  const first = reads.next();
+  own[f.generator] = reads.next;
+  own[f.callback] = reads.onRead;
+  own[f.buffer] = first;
+  handle.useUserBuffer(first);
+  raw.once('close', () => reads.close());
+  return true;
+}
 
-  if (!handle || typeof handle.useUserBuffer !== 'function' || typeof handle.readStart !== 'function') return undefined;
-  if (raw.readableLength > 0 || raw.readableFlowing === true || raw.destroyed) return undefined;
-  holder._handle = null;
-  const socket = new net.Socket({
-    handle,
-    allowHalfOpen: opts.allowHalfOpen,
-    pauseOnCreate: true,
-    readable: true,
-    writable: true,
-    onread: { buffer: reads.next, callback: reads.onRead },
-  } as net.SocketConstructorOpts);
-  socket.once('close', () => {
-    reads.close();
-    raw.destroy();
-  });
-  return socket;
+/** The socket fields behind `onread` (looked up once; false where this Node has none). */
+let fields: { buffer: symbol; callback: symbol; generator: symbol } | false | undefined;
+
+function findFields(socket: net.Socket): { buffer: symbol; callback: symbol; generator: symbol } | false {
+  const byName = new Map(Object.getOwnPropertySymbols(socket).map((sym) => [sym.description, sym]));
+  const buffer = byName.get('kBuffer');
+  const callback = byName.get('kBufferCb');
+  const generator = byName.get('kBufferGen');
+  return buffer && callback && generator ? { buffer, callback, generator } : false;
 }

@@ -11,7 +11,7 @@ import { parseNetwork } from '../util/ip-address.js';
 import { parseProxyHeader, PROXY_V2_MAX_BYTES } from './proxy-protocol.js';
 import type { TlsContextManager } from './tls-context.js';
 import type { Metrics } from '../observability/metrics.js';
-import { adopt, ClientReads } from './client-reads.js';
+import { readInto, ClientReads } from './client-reads.js';
 
 export interface AcceptedConnection {
   socket: net.Socket;
@@ -190,11 +190,9 @@ export class SmtpListener {
   private afterProxy(raw: net.Socket, clientIp: string, clientPort: number, untouched = false): void {
     if (this.config.kind !== 'smtps') {
       const reads = untouched ? new ClientReads() : undefined;
-      const adopted = reads ? adopt(raw, reads, { allowHalfOpen: true }) : undefined;
-      const socket = adopted ?? raw;
-      if (adopted) adopted.on('error', () => adopted.destroy());
-      this.onConnection({ socket, clientIp, clientPort, tls: false, ...(adopted && reads ? { reads } : {}) });
-      socket.resume();
+      const own = reads !== undefined && readInto(raw, reads);
+      this.onConnection({ socket: raw, clientIp, clientPort, tls: false, ...(own ? { reads } : {}) });
+      raw.resume();
       return;
     }
     const secure = new tls.TLSSocket(raw, { ...this.tlsManager!.socketOptions(), isServer: true });
