@@ -316,7 +316,7 @@ export async function createGuard(config: Config, deps: GuardDeps): Promise<Guar
       lc,
       listenerTls.get(lc.name),
       (c: AcceptedConnection) => {
-        const session = new SmtpSession(c.socket, runtime, services, { clientIp: c.clientIp, clientPort: c.clientPort, tls: c.tls, ...(c.reads ? { reads: c.reads } : {}) });
+        const session = new SmtpSession(c.socket, runtime, services, { clientIp: c.clientIp, clientPort: c.clientPort, tls: c.tls });
         void session.start();
       },
       metrics,

@@ -11,15 +11,12 @@ import { parseNetwork } from '../util/ip-address.js';
 import { parseProxyHeader, PROXY_V2_MAX_BYTES } from './proxy-protocol.js';
 import type { TlsContextManager } from './tls-context.js';
 import type { Metrics } from '../observability/metrics.js';
-import { readInto, ClientReads } from './client-reads.js';
 
 export interface AcceptedConnection {
   socket: net.Socket;
   clientIp: string;
   clientPort: number;
   tls: boolean;
-  /** The socket reads into the guard's buffers (client-reads.ts): bytes come through reads.deliver, not 'data'. */
-  reads?: ClientReads;
 }
 
 /** "::ffff:192.0.2.1" → "192.0.2.1"; everything else as Node reports it. */
@@ -93,7 +90,7 @@ export class SmtpListener {
     const peerIp = canonicalClientIp(raw.remoteAddress);
     const peerPort = raw.remotePort ?? 0;
     const mode = this.config.proxyProtocol;
-    if (mode === 'off') return this.afterProxy(raw, peerIp, peerPort, true);
+    if (mode === 'off') return this.afterProxy(raw, peerIp, peerPort);
     const fromBalancer = this.proxyNetworks.containsText(peerIp);
     if (fromBalancer) return this.readProxyHeader(raw, peerIp, peerPort);
     // Not a configured load balancer: it may never speak for a client (proxy-protocol.txt §1,
@@ -183,15 +180,9 @@ export class SmtpListener {
     raw.resume();
   }
 
-  /**
-   * `untouched`: nothing has read from or listened on the socket yet (no PROXY protocol), so it may
-   * move to the guard's own read buffers (client-reads.ts); otherwise it keeps its 'data' events.
-   */
-  private afterProxy(raw: net.Socket, clientIp: string, clientPort: number, untouched = false): void {
+  private afterProxy(raw: net.Socket, clientIp: string, clientPort: number): void {
     if (this.config.kind !== 'smtps') {
-      const reads = untouched ? new ClientReads() : undefined;
-      const own = reads !== undefined && readInto(raw, reads);
-      this.onConnection({ socket: raw, clientIp, clientPort, tls: false, ...(own ? { reads } : {}) });
+      this.onConnection({ socket: raw, clientIp, clientPort, tls: false });
       raw.resume();
       return;
     }

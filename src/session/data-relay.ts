@@ -132,7 +132,7 @@ export class DataRelay {
     switch (step.status) {
       case 'more':
         // A large message: read the rest into a buffer of this session's own, forwarded without a copy.
-        if (reads && chunk.length >= PRIVATE_READS_FROM) reads.wantPrivate();
+        if (chunk.length >= PRIVATE_READS_FROM) (reads ?? s.takeOverReads())?.wantPrivate();
         return;
       case 'end': {
         // Pipelined commands after the end of data are kept by the reader: never a view of a read buffer.

@@ -36,7 +36,7 @@ import { SessionRefusals } from './session-refusals.js';
 import { PolicyServiceStage } from './policy-service-stage.js';
 import { admit } from './admission.js';
 import { commandOutcome } from './command-handlers.js';
-import type { ClientReads } from '../net/client-reads.js';
+import { ClientReads, readInto } from '../net/client-reads.js';
 
 export type Phase = 'admission' | 'connecting' | 'command' | 'data' | 'discard' | 'auth' | 'closing' | 'closed';
 
@@ -89,18 +89,20 @@ export class SmtpSession {
   private clientEnded = false;
   /** The client socket reads into the guard's buffers (src/net/client-reads.ts), not through 'data'. */
   private reads: ClientReads | undefined;
+  /** takeOverReads() ran (once per session). */
+  private readsTried = false;
+  private readonly onData = (chunk: Buffer): void => this.onClientData(chunk);
 
   constructor(
     socket: net.Socket,
     readonly listener: ListenerRuntime,
     readonly svc: GuardServices,
-    opts: { clientIp: string; clientPort: number; tls: boolean; reads?: ClientReads },
+    opts: { clientIp: string; clientPort: number; tls: boolean },
   ) {
     this.client = socket;
     this.clientIp = opts.clientIp;
     this.clientPort = opts.clientPort;
     this.tlsActive = opts.tls;
-    this.reads = opts.reads;
     this.ended = new Promise((r) => (this.resolveEnded = r));
     this.reader = new CommandLineReader({ maxLineBytes: svc.config.smtp.maxLineBytes });
     this.envelope = new EnvelopeRelay(this);
@@ -218,9 +220,7 @@ export class SmtpSession {
 
   private attachClient(socket: net.Socket): void {
     socket.setNoDelay(true);
-    const reads = this.reads;
-    if (reads) reads.deliver = (chunk) => this.onClientData(chunk, reads);
-    else socket.on('data', (chunk: Buffer) => this.onClientData(chunk));
+    socket.on('data', this.onData);
     socket.on('error', (err: NodeJS.ErrnoException) => {
       // Clients that reset after QUIT are common: no child logger for a line nobody reads.
       if (this.svc.log.isLevelEnabled('debug')) this.log.debug({ err: { code: err.code, message: err.message } }, 'client socket error');
@@ -287,6 +287,22 @@ export class SmtpSession {
    * Feed the reader one line-bound slice at a time and consume lines in between, so that a single
    * large TCP chunk (one over-long line, up to 64 KiB) resyncs instead of overflowing the reader.
    */
+  /**
+   * A large message is streaming (DataRelay): from the next read on, the plaintext client socket
+   * reads into the guard's buffers instead of Node's (src/net/client-reads.ts). Undefined where
+   * that cannot be done (TLS, another runtime) or was already tried.
+   */
+  takeOverReads(): ClientReads | undefined {
+    if (this.reads || this.readsTried || this.tlsActive) return this.reads;
+    this.readsTried = true;
+    const reads = new ClientReads();
+    if (!readInto(this.client, reads)) return undefined;
+    this.client.off('data', this.onData);
+    reads.deliver = (chunk) => this.onClientData(chunk, reads);
+    this.reads = reads;
+    return reads;
+  }
+
   /** STARTTLS: the TLS socket reads from now on, through 'data' (its own buffers). */
   detachReads(): void {
     if (!this.reads) return;
