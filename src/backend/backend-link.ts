@@ -6,7 +6,6 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { EventEmitter } from 'node:events';
-import { writeBatched } from '../net/write-batch.js';
 import { ReplyParser } from '../smtp/reply-parser.js';
 import { ehloKeywords } from '../smtp/ehlo.js';
 import type { Reply } from '../smtp/reply.js';
@@ -336,7 +335,7 @@ export class BackendLink extends EventEmitter {
   private transmit(item: Queued): void {
     item.sentAt = performance.now();
     this.inflight.push(item);
-    if (item.wire) writeBatched(this.sock, item.wire);
+    if (item.wire) this.sock.write(item.wire);
     this.arm();
   }
 

@@ -4,7 +4,6 @@
  * that their backend reply fills; the writer applies the error limits (Postfix
  * smtpd_soft_error_limit / smtpd_hard_error_limit) and closes after a closing reply.
  */
-import { writeBatched } from '../net/write-batch.js';
 import { isFailure, type BackendFailure } from '../backend/backend-link.js';
 import { formatCommand, commandVerbName, type Command } from '../smtp/command.js';
 import { formatReply, replyClass, type Reply } from '../smtp/reply.js';
@@ -71,14 +70,14 @@ export class SessionReplies {
   now(r: Reply): void {
     if (this.s.phase === 'closed') return;
     this.count('guard', r);
-    writeBatched(this.s.client, formatReply(r));
+    this.s.client.write(formatReply(r));
   }
 
   /** The one writer: replies in command order, then the error limits. */
   private write(wire: Buffer, replies: readonly Reply[]): void {
     const { s } = this;
     if (s.phase === 'closed') return;
-    writeBatched(s.client, wire);
+    s.client.write(wire);
     s.timers.resetIdle();
     let close = false;
     for (const r of replies) {

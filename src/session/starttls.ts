@@ -4,7 +4,6 @@
  * (HELO, the transaction) is forgotten.
  */
 import tls from 'node:tls';
-import { flushBatched } from '../net/write-batch.js';
 import { reply } from '../smtp/reply.js';
 import * as R from '../smtp/replies.js';
 import type { Outcome } from './outcome.js';
@@ -34,8 +33,6 @@ export class StartTls {
   private upgrade(): void {
     const { s } = this;
     const plain = s.client;
-    // The 220 may still wait in the socket's batch: out with it before TLS writes to the same connection.
-    flushBatched(plain);
     plain.removeAllListeners('data');
     s.detachReads();
     plain.removeAllListeners('close');
