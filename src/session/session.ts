@@ -284,10 +284,6 @@ export class SmtpSession {
   }
 
   /**
-   * Feed the reader one line-bound slice at a time and consume lines in between, so that a single
-   * large TCP chunk (one over-long line, up to 64 KiB) resyncs instead of overflowing the reader.
-   */
-  /**
    * A large message is streaming (DataRelay): from the next read on, the plaintext client socket
    * reads into the guard's buffers instead of Node's (src/net/client-reads.ts). Undefined where
    * that cannot be done (TLS, another runtime) or was already tried.
@@ -311,6 +307,10 @@ export class SmtpSession {
     this.reads = undefined;
   }
 
+  /**
+   * Feed the reader one line-bound slice at a time and consume lines in between, so that a single
+   * large TCP chunk (one over-long line, up to 64 KiB) resyncs instead of overflowing the reader.
+   */
   private feedCommands(chunk: Buffer): void {
     const step = this.svc.config.smtp.maxLineBytes;
     for (let i = 0; i < chunk.length; i += step) {

@@ -8,12 +8,18 @@
  */
 import net from 'node:net';
 import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { afterEach, describe, expect, test } from 'vitest';
 import { MODES } from '../helpers/modes.js';
 import { startGuard } from '../helpers/start-guard.js';
 import { Dialog } from '../helpers/dialog.js';
 import { until } from '../helpers/with-timeout.js';
 import { startScriptedBackend } from '../helpers/scripted-backend.js';
+import { startRecordingBackend } from '../helpers/recording-backend.js';
+import { makeCertificate } from '../helpers/certs.js';
+import { TlsDialog } from '../helpers/tls-dialog.js';
 import { ClientReads, MAX_PRIVATE, clientReadStats } from '../../src/net/client-reads.js';
 
 const cleanups: Array<() => Promise<void> | void> = [];
@@ -260,5 +266,37 @@ describe.each(MODES)('client read buffers ($mode)', ({ config }) => {
     expect((await first.reply()).code).toBe(250);
     expect(backend.lines).toContain('Subject: early');
     expect(backend.lines).toContain('the early body line');
+  });
+
+  test('a session taken over can still STARTTLS; its next large message goes through over TLS', async () => {
+    const cert = await makeCertificate({ commonName: 'guard.test' });
+    const dir = mkdtempSync(path.join(tmpdir(), 'rg-reads-tls-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    writeFileSync(path.join(dir, 'cert.pem'), cert.cert);
+    writeFileSync(path.join(dir, 'key.pem'), cert.key);
+    const tlsConf = { certFile: path.join(dir, 'cert.pem'), keyFile: path.join(dir, 'key.pem') };
+    const backend = await startRecordingBackend();
+    cleanups.push(() => backend.close());
+    const g = await startGuard({ backendPort: backend.port, config: { ...config, listeners: [{ name: 'mx', address: '127.0.0.1', port: 0, kind: 'mx', starttls: true, tls: tlsConf }] } });
+    cleanups.push(() => g.stop());
+
+    const d = await greeted(g.port);
+    await takenOver(d);
+    expect((await d.cmd('STARTTLS')).code).toBe(220);
+    const t = await TlsDialog.upgrade(d.socket);
+    cleanups.push(() => t.close());
+    expect((await t.cmd('EHLO client.test')).code).toBe(250);
+    expect((await t.cmd('MAIL FROM:<after-tls@elsewhere.test>')).code).toBe(250);
+    expect((await t.cmd('RCPT TO:<someone@example.com>')).code).toBe(250);
+    expect((await t.cmd('DATA')).code).toBe(354);
+    const big = body(7, 512 * 1024);
+    t.send(big);
+    expect((await t.reply(20_000)).code).toBe(250);
+    await backend.waitForMessages(2);
+    const sent = backend.messages.find((m) => m.mailFrom === 'after-tls@elsewhere.test');
+    expect(sent).toBeDefined();
+    // smtp-server gives the body un-dot-stuffed, without the terminator.
+    const unstuffed = big.subarray(0, big.length - 3).toString('latin1').replace(/^\.\./gm, '.');
+    expect(sha(sent!.body)).toBe(sha(Buffer.from(unstuffed, 'latin1')));
   });
 });
