@@ -126,6 +126,41 @@ async function takenOver(d: Dialog): Promise<void> {
   expect(clientReadStats().sockets).toBe(before + 1);
 }
 
+/**
+ * A guard in front of a scripted backend that stays silent on the second `line` it gets (the first
+ * is takenOver's) until the test answers on `held()`; the first client taken over and in a
+ * transaction (MAIL, RCPT).
+ */
+async function holdingSecond(line: string, config: Record<string, unknown>): Promise<{ port: number; lines: string[]; first: Dialog; held(): net.Socket | undefined }> {
+  let held: net.Socket | undefined;
+  let seen = 0;
+  const backend = await startScriptedBackend({
+    onLine: (l, socket) => {
+      if (l !== line || ++seen !== 2) return undefined;
+      held = socket;
+      return null;
+    },
+  });
+  cleanups.push(() => backend.close());
+  const g = await startGuard({ backendPort: backend.port, config });
+  cleanups.push(() => g.stop());
+  const first = await greeted(g.port);
+  await takenOver(first);
+  expect((await first.cmd('MAIL FROM:<first@elsewhere.test>')).code).toBe(250);
+  expect((await first.cmd('RCPT TO:<someone@example.com>')).code).toBe(250);
+  return { port: g.port, lines: backend.lines, first, held: () => held };
+}
+
+/** Another client, taken over too (its reads go into the shared buffer), sends a whole message. */
+async function anotherMessage(port: number): Promise<void> {
+  const second = await greeted(port);
+  await takenOver(second);
+  expect((await second.cmd('MAIL FROM:<second@elsewhere.test>')).code).toBe(250);
+  expect((await second.cmd('RCPT TO:<someone@example.com>')).code).toBe(250);
+  expect((await second.cmd('DATA')).code).toBe(354);
+  expect((await second.cmd(`Subject: two\r\n\r\n${'x'.repeat(3000)}\r\n.`)).code).toBe(250);
+}
+
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 describe.each(MODES)('client read buffers ($mode)', ({ config }) => {
@@ -187,85 +222,31 @@ describe.each(MODES)('client read buffers ($mode)', ({ config }) => {
   });
 
   test('commands pipelined after the end of data survive other clients reading meanwhile', async () => {
-    let heldEnd: net.Socket | undefined;
-    let ends = 0;
-    const backend = await startScriptedBackend({
-      onLine: (line, socket) => {
-        // The second end-of-data (the first is takenOver's): answered only once another client has sent a whole message.
-        if (line === '.' && ++ends === 2 && heldEnd === undefined) {
-          heldEnd = socket;
-          return null;
-        }
-        return undefined;
-      },
-    });
-    cleanups.push(() => backend.close());
-    const g = await startGuard({ backendPort: backend.port, config });
-    cleanups.push(() => g.stop());
-
-    const first = await greeted(g.port);
-    await takenOver(first);
-    expect((await first.cmd('MAIL FROM:<first@elsewhere.test>')).code).toBe(250);
-    expect((await first.cmd('RCPT TO:<someone@example.com>')).code).toBe(250);
+    // The end-of-data is answered only once another client has sent a whole message.
+    const { port, lines, first, held } = await holdingSecond('.', config);
     expect((await first.cmd('DATA')).code).toBe(354);
     // The end of the message and the next transaction's commands in one write (one read).
     first.send('Subject: one\r\n\r\nfirst body\r\n.\r\nMAIL FROM:<next-sender@elsewhere.test>\r\nRCPT TO:<next-rcpt@example.com>\r\n');
-    await until(() => heldEnd !== undefined, 5000, 'the first end-of-data at the backend');
-
-    // Its reads go into the shared buffer too once it has sent a large message.
-    const second = await greeted(g.port);
-    await takenOver(second);
-    expect((await second.cmd('MAIL FROM:<second@elsewhere.test>')).code).toBe(250);
-    expect((await second.cmd('RCPT TO:<someone@example.com>')).code).toBe(250);
-    expect((await second.cmd('DATA')).code).toBe(354);
-    expect((await second.cmd(`Subject: two\r\n\r\n${'x'.repeat(2000)}\r\n.`)).code).toBe(250);
-
-    heldEnd!.write('250 2.0.0 queued\r\n');
-    expect((await first.reply()).code).toBe(250);
-    expect((await first.reply()).code).toBe(250);
-    expect((await first.reply()).code).toBe(250);
-    expect(backend.lines).toContain('MAIL FROM:<next-sender@elsewhere.test>');
-    expect(backend.lines).toContain('RCPT TO:<next-rcpt@example.com>');
+    await until(() => held() !== undefined, 5000, 'the end-of-data at the backend');
+    await anotherMessage(port);
+    held()!.write('250 2.0.0 queued\r\n');
+    for (let i = 0; i < 3; i++) expect((await first.reply()).code).toBe(250);
+    expect(lines).toContain('MAIL FROM:<next-sender@elsewhere.test>');
+    expect(lines).toContain('RCPT TO:<next-rcpt@example.com>');
   });
 
   test('a body sent before the 354 waits in the reader, intact, while other clients read', async () => {
-    let heldData: net.Socket | undefined;
-    let datas = 0;
-    const backend = await startScriptedBackend({
-      onLine: (line, socket) => {
-        // The second DATA (the first is takenOver's): its 354 comes only once another client has sent a whole message.
-        if (line === 'DATA' && ++datas === 2 && heldData === undefined) {
-          heldData = socket;
-          return null;
-        }
-        return undefined;
-      },
-    });
-    cleanups.push(() => backend.close());
-    const g = await startGuard({ backendPort: backend.port, config });
-    cleanups.push(() => g.stop());
-
-    const first = await greeted(g.port);
-    await takenOver(first);
-    expect((await first.cmd('MAIL FROM:<first@elsewhere.test>')).code).toBe(250);
-    expect((await first.cmd('RCPT TO:<someone@example.com>')).code).toBe(250);
+    // The 354 comes only once another client has sent a whole message.
+    const { port, lines, first, held } = await holdingSecond('DATA', config);
     // DATA and the whole message in one write, without waiting for 354 (a client that does not wait).
     first.send('DATA\r\nSubject: early\r\n\r\nthe early body line\r\n.\r\n');
-    await until(() => heldData !== undefined, 5000, 'the first DATA at the backend');
-
-    // Its reads go into the shared buffer too once it has sent a large message.
-    const second = await greeted(g.port);
-    await takenOver(second);
-    expect((await second.cmd('MAIL FROM:<second@elsewhere.test>')).code).toBe(250);
-    expect((await second.cmd('RCPT TO:<someone@example.com>')).code).toBe(250);
-    expect((await second.cmd('DATA')).code).toBe(354);
-    expect((await second.cmd(`Subject: two\r\n\r\n${'y'.repeat(3000)}\r\n.`)).code).toBe(250);
-
-    heldData!.write('354 go\r\n');
+    await until(() => held() !== undefined, 5000, 'the DATA at the backend');
+    await anotherMessage(port);
+    held()!.write('354 go\r\n');
     expect((await first.reply()).code).toBe(354);
     expect((await first.reply()).code).toBe(250);
-    expect(backend.lines).toContain('Subject: early');
-    expect(backend.lines).toContain('the early body line');
+    expect(lines).toContain('Subject: early');
+    expect(lines).toContain('the early body line');
   });
 
   test('a session taken over can still STARTTLS; its next large message goes through over TLS', async () => {
