@@ -115,12 +115,17 @@ async function greeted(port: number): Promise<Dialog> {
   return d;
 }
 
+/** MAIL, RCPT and DATA, each answered as a relay of the accepted domain would answer. */
+async function intoData(d: Dialog, sender: string): Promise<void> {
+  expect((await d.cmd(`MAIL FROM:<${sender}>`)).code).toBe(250);
+  expect((await d.cmd('RCPT TO:<someone@example.com>')).code).toBe(250);
+  expect((await d.cmd('DATA')).code).toBe(354);
+}
+
 /** One 256 KiB message: the session's socket reads into the guard's buffers from then on. */
 async function takenOver(d: Dialog): Promise<void> {
   const before = clientReadStats().sockets;
-  expect((await d.cmd('MAIL FROM:<big@elsewhere.test>')).code).toBe(250);
-  expect((await d.cmd('RCPT TO:<someone@example.com>')).code).toBe(250);
-  expect((await d.cmd('DATA')).code).toBe(354);
+  await intoData(d, 'big@elsewhere.test');
   d.send(body(9, 256 * 1024));
   expect((await d.reply()).code).toBe(250);
   expect(clientReadStats().sockets).toBe(before + 1);
@@ -155,9 +160,7 @@ async function holdingSecond(line: string, config: Record<string, unknown>): Pro
 async function anotherMessage(port: number): Promise<void> {
   const second = await greeted(port);
   await takenOver(second);
-  expect((await second.cmd('MAIL FROM:<second@elsewhere.test>')).code).toBe(250);
-  expect((await second.cmd('RCPT TO:<someone@example.com>')).code).toBe(250);
-  expect((await second.cmd('DATA')).code).toBe(354);
+  await intoData(second, 'second@elsewhere.test');
   expect((await second.cmd(`Subject: two\r\n\r\n${'x'.repeat(3000)}\r\n.`)).code).toBe(250);
 }
 
@@ -176,11 +179,7 @@ describe.each(MODES)('client read buffers ($mode)', ({ config }) => {
     // then stay pending while that client keeps sending. Two smaller ones read meanwhile.
     const bodies = [[1, 48], [2, 6], [3, 6]].map(([seed, mib]) => body(seed!, mib! * 1024 * 1024));
     const clients = await Promise.all(bodies.map(() => greeted(g.port)));
-    for (const d of clients) {
-      expect((await d.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
-      expect((await d.cmd('RCPT TO:<someone@example.com>')).code).toBe(250);
-      expect((await d.cmd('DATA')).code).toBe(354);
-    }
+    for (const d of clients) await intoData(d, 'a@elsewhere.test');
     clients.forEach((d, i) => d.socket.write(bodies[i]!));
     await until(() => clientReadStats().pinned > pinnedBefore, 20_000, 'a write holding a read buffer');
     backend.resume();
@@ -207,11 +206,7 @@ describe.each(MODES)('client read buffers ($mode)', ({ config }) => {
     cleanups.push(() => g.stop());
     const bodies = [[4, 40], [5, 4]].map(([seed, mib]) => body(seed!, mib! * 1024 * 1024));
     const clients = await Promise.all(bodies.map(() => greeted(g.port)));
-    for (const d of clients) {
-      expect((await d.cmd('MAIL FROM:<a@elsewhere.test>')).code).toBe(250);
-      expect((await d.cmd('RCPT TO:<someone@example.com>')).code).toBe(250);
-      expect((await d.cmd('DATA')).code).toBe(354);
-    }
+    for (const d of clients) await intoData(d, 'a@elsewhere.test');
     clients.forEach((d, i) => d.socket.write(bodies[i]!));
     // Stalled until the first client can no longer send: the guard stopped reading it.
     await until(() => clients[0]!.socket.writableLength > 0, 20_000, 'the first client held back');
