@@ -120,8 +120,8 @@ export class ClientReads {
   }
 }
 
-/** The part of an accepted socket's handle that readInto() needs; absent on a runtime that does not have it. */
-interface AcceptedHandle {
+/** The part of a socket's handle that readInto() needs; absent on a runtime that does not have it. */
+interface SocketHandle {
   useUserBuffer(buf: Uint8Array): void;
 }
 
@@ -137,19 +137,19 @@ interface AcceptedHandle {
  * does not document these fields: test/integration/client-reads.test.ts fails if a Node version
  * stops honouring them (it checks that sockets were taken over and a write pinned a buffer).
  */
-export function readInto(raw: net.Socket, reads: ClientReads): boolean {
-  const handle = (raw as unknown as { _handle: AcceptedHandle | null })._handle;
+export function readInto(socket: net.Socket, reads: ClientReads): boolean {
+  const handle = (socket as unknown as { _handle: SocketHandle | null })._handle;
   if (!handle || typeof handle.useUserBuffer !== 'function') return false;
-  if (raw.readableLength > 0 || raw.destroyed) return false;
-  const f = (fields ??= findFields(raw));
-  const own = raw as unknown as Record<symbol, unknown>;
+  if (socket.readableLength > 0 || socket.destroyed) return false;
+  const f = (fields ??= findFields(socket));
+  const own = socket as unknown as Record<symbol, unknown>;
   if (!f || own[f.buffer] !== null || own[f.callback] !== null || own[f.generator] !== null) return false;
   const first = reads.next();
   own[f.generator] = reads.next;
   own[f.callback] = reads.onRead;
   own[f.buffer] = first;
   handle.useUserBuffer(first);
-  raw.once('close', () => reads.close());
+  socket.once('close', () => reads.close());
   socketsTaken++;
   return true;
 }
