@@ -17,8 +17,10 @@
  *   the kernel did not take it all), the buffer is pinned: it never goes back to the pool, and the
  *   socket's next read goes into another one. At the end of the message the buffer goes back to the
  *   pool (unless pinned).
- * - At most MAX_PRIVATE private buffers are out at once (MAX_PRIVATE × BIG_BYTES of memory);
- *   beyond that a session streams through the shared buffer, with a copy per read.
+ * - At most MAX_PRIVATE private buffers are out at once (MAX_PRIVATE × BIG_BYTES of memory, plus
+ *   pinned ones until their writes finish: a session pauses its client once the backend's socket
+ *   buffer is full, so it leaves one or two at most); beyond that a session streams through the
+ *   shared buffer, with a copy per read.
  */
 import type net from 'node:net';
 
