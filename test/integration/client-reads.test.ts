@@ -275,4 +275,27 @@ describe.each(MODES)('client read buffers ($mode)', ({ config }) => {
     const unstuffed = big.subarray(0, big.length - 3).toString('latin1').replace(/^\.\./gm, '.');
     expect(sha(sent!.body)).toBe(sha(Buffer.from(unstuffed, 'latin1')));
   });
+
+  test('behind PROXY protocol: taken over at the first large read, every byte as sent', async () => {
+    const backend = await startSlowBackend();
+    backend.resume();
+    cleanups.push(() => backend.close());
+    const g = await startGuard({
+      backendPort: backend.port,
+      config: { ...config, listeners: [{ name: 'lb', address: '127.0.0.1', port: 0, kind: 'mx', proxyProtocol: 'required', proxyNetworks: ['127.0.0.1/32'] }] },
+    });
+    cleanups.push(() => g.stop());
+    const before = clientReadStats().sockets;
+    const d = await Dialog.connect(g.port);
+    cleanups.push(() => d.close());
+    d.send('PROXY TCP4 192.0.2.7 192.0.2.1 40000 25\r\n');
+    expect((await d.reply()).code).toBe(220);
+    expect((await d.cmd('EHLO client.test')).code).toBe(250);
+    await intoData(d, 'behind-lb@elsewhere.test');
+    const big = body(11, 3 * 1024 * 1024);
+    d.send(big);
+    expect((await d.reply(20_000)).code).toBe(250);
+    expect(clientReadStats().sockets).toBe(before + 1);
+    expect(backend.messages.map(sha)).toEqual([sha(big)]);
+  });
 });
